@@ -1,0 +1,1 @@
+"""The Response Network: the system of record, served by ``uvicorn app.main:app``."""

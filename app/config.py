@@ -1,0 +1,73 @@
+"""Settings of the Response Network processes: the API and the arq worker."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from netsync.config import CommonSettings, ConfigurationError
+
+
+class ResponseSettings(CommonSettings):
+    response_database_url: str | None = None
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    admin_password: SecretStr | None = None
+    access_token_minutes: int = 60
+    #: How long a finished job's state and result stay readable (arq's keep_result).
+    job_result_ttl_s: int = 3600
+    #: The queue of interactive sync jobs (password changes); never behind bulk exports.
+    sync_queue: str = "netsync:queue:sync"
+    #: Fallback poll interval of the worker; enqueues wake it at once through Redis pub/sub.
+    worker_poll_delay_s: float = 0.5
+    #: How often the outbox sweeper exports whatever the per-change jobs did not.
+    sweep_interval_s: int = 5
+    #: Retries of a failing sync job before it is given up (the sweeper still covers it).
+    job_max_tries: int = 5
+    #: Largest number of outbox changes in one export file.
+    export_batch_size: int = 1000
+
+    @cached_property
+    def database_url(self) -> str:
+        if self.response_database_url:
+            return self.response_database_url
+        raise ConfigurationError(
+            "NETSYNC_RESPONSE_DATABASE_URL is not set (./run up starts embedded servers)"
+        )
+
+    @cached_property
+    def redis_dsn(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        raise ConfigurationError("NETSYNC_REDIS_URL is not set (./run up starts embedded servers)")
+
+    @property
+    def signing_key_path(self) -> Path:
+        if self.signing_key_file is not None:
+            return self.signing_key_file
+        if self.is_development:
+            return self.state_dir / "keys" / "signing.pem"
+        raise ConfigurationError("NETSYNC_SIGNING_KEY_FILE must be set outside development")
+
+    def jwt_secret(self) -> str:
+        """The token signing secret; in development a random one kept in the state directory."""
+        self.require("secret_key", self.secret_key, min_length=32)
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value()
+        path = self.state_dir / "secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    def check(self) -> None:
+        """Fail fast on configuration that would only break later."""
+        _ = self.database_url, self.redis_dsn, self.signing_key_path
+        self.jwt_secret()

@@ -1,0 +1,31 @@
+"""The Response Network's database: its declarative base and its own session type."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase
+
+from netsync.db import naming_metadata
+
+
+class ResponseBase(DeclarativeBase):
+    metadata = naming_metadata()
+
+
+class ResponseSession(AsyncSession):
+    """A session of the Response database; Request Network code does not accept it."""
+
+
+ResponseSessionMaker = async_sessionmaker[ResponseSession]
+
+
+def make_sessionmaker(engine: AsyncEngine) -> ResponseSessionMaker:
+    return async_sessionmaker(engine, class_=ResponseSession, expire_on_commit=False)
+
+
+async def session_scope(maker: ResponseSessionMaker) -> AsyncIterator[ResponseSession]:
+    """Commit on success, roll back on any error: the single owner of the transaction."""
+    async with maker() as session, session.begin():
+        yield session

@@ -1,0 +1,74 @@
+"""The Response Network API: ``uvicorn app.main:app``.
+
+Everything with a connection is built in ``lifespan`` and closed on the way out; importing this
+module does no I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from app.auth.endpoints import router as auth_router
+from app.config import ResponseSettings
+from app.db import make_sessionmaker
+from app.health import router as health_router
+from app.operations.endpoints import router as jobs_router
+from app.users.endpoints import router as users_router
+from jobs.client import JobQueue, redis_pool
+from netsync.db import make_engine
+from netsync.errors import install_error_handlers
+from netsync.logging import configure_logging, correlation_id
+
+
+def create_app(settings: ResponseSettings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cfg = settings or ResponseSettings()
+        configure_logging("response-api", level=cfg.log_level, fmt=cfg.log_format)
+        cfg.check()
+        engine = make_engine(cfg.database_url, application_name="netsync-response-api")
+        queue = JobQueue(
+            redis_pool(cfg.redis_dsn, queue_name=cfg.sync_queue), sync_queue=cfg.sync_queue
+        )
+        app.state.settings = cfg
+        app.state.engine = engine
+        app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.queue = queue
+        try:
+            yield
+        finally:
+            await queue.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="netsync Response Network API",
+        version="1.0.0",
+        description="System of record for users, settings and profile types.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _correlation(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        incoming = request.headers.get("x-request-id", "")
+        cid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
+        token = correlation_id.set(cid)
+        try:
+            response = await call_next(request)
+        finally:
+            correlation_id.reset(token)
+        response.headers["X-Request-ID"] = cid
+        return response
+
+    for router in (health_router, auth_router, users_router, jobs_router):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

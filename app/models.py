@@ -1,0 +1,7 @@
+"""Every table of the Response database, imported in one place for Alembic and tests."""
+
+from app.db import ResponseBase
+from app.outbox.models import ExportFile, ExportStream, OutboxEvent
+from app.users.models import User
+
+__all__ = ["ExportFile", "ExportStream", "OutboxEvent", "ResponseBase", "User"]

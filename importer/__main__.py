@@ -1,0 +1,63 @@
+"""``python -m importer``: the Request Network's importer daemon (watch mode).
+
+``python -m importer --once`` applies what the directory holds now and exits (for cron-style
+deployments and for operators). SIGTERM and SIGINT stop the daemon between files: the file being
+applied finishes or rolls back as a whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from exchange.signing import Keyring
+from importer.config import RequestSettings
+from importer.daemon import Importer
+from importer.db import make_sessionmaker
+from netsync.db import make_engine
+from netsync.logging import configure_logging
+
+log = logging.getLogger("importer")
+
+
+def load_keyring(settings: RequestSettings) -> Keyring:
+    return Keyring.from_sources(settings.trusted_keys_path, settings.trusted_keys_list)
+
+
+async def main(once: bool = False) -> int:
+    settings = RequestSettings()
+    configure_logging("importer", level=settings.log_level, fmt=settings.log_format)
+    keyring = load_keyring(settings)
+    if not keyring.key_ids:
+        log.error("no trusted public keys: set NETSYNC_TRUSTED_KEYS_DIR or NETSYNC_TRUSTED_KEYS")
+        return 2
+    engine = make_engine(settings.database_url, pool_size=2, application_name="netsync-importer")
+    importer = Importer(settings, make_sessionmaker(engine), keyring)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if once:
+            importer.prepare()
+            result = await importer.scan_once()
+            log.info("import pass finished", extra=result.__dict__)
+        else:
+            await importer.run(stop)
+    finally:
+        await engine.dispose()
+    log.info("importer stopped")
+    return 0
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(prog="python -m importer", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="apply what is there now and exit")
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(main(once=args.once)))
+
+
+if __name__ == "__main__":
+    cli()

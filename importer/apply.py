@@ -1,0 +1,131 @@
+"""Applying one verified export file to the Request database, exactly once.
+
+The ledger row and the changes are written in the caller's transaction. The ledger insert comes
+first: a second importer applying the same file blocks on the ledger's primary key until the
+first commits, then finds the row and applies nothing. Each change is an upsert guarded by the
+entity's version, so a replayed or late change never overwrites a newer one. A ``NOTIFY`` in the
+same transaction tells listeners (the latency benchmark, the Request API) the moment it commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from exchange.format import ChangeRecord
+from exchange.reader import ExportFile
+from importer.db import RequestSession
+from importer.models import ImportLedger, SyncedUser
+
+APPLIED_CHANNEL = "netsync_applied"
+_NOTIFY_EVENT_IDS = 100
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    duplicate: bool
+    changes: int
+
+
+def _latest_per_entity(records: list[ChangeRecord]) -> list[ChangeRecord]:
+    latest: dict[tuple[str, object], ChangeRecord] = {}
+    for record in records:
+        key = (record.entity, record.entity_id)
+        if key not in latest or latest[key].version < record.version:
+            latest[key] = record
+    return list(latest.values())
+
+
+def _user_row(record: ChangeRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": record.entity_id,
+        "version": record.version,
+        "event_id": record.event_id,
+        "changed_at": record.occurred_at,
+        "applied_at": func.clock_timestamp(),
+        "deleted": record.op == "delete",
+        "username": None,
+        "email": None,
+        "password_hash": None,
+        "role": None,
+        "is_active": False,
+        "profile_type_id": None,
+    }
+    if record.op == "upsert" and record.data is not None:
+        row.update(record.data.model_dump())
+    return row
+
+
+async def _upsert_users(session: RequestSession, records: list[ChangeRecord]) -> int:
+    if not records:
+        return 0
+    base = insert(SyncedUser).values([_user_row(r) for r in records])
+    excluded = base.excluded
+    stmt = base.on_conflict_do_update(
+        index_elements=[SyncedUser.id],
+        set_={
+            col: excluded[col]
+            for col in (
+                "version",
+                "event_id",
+                "changed_at",
+                "applied_at",
+                "deleted",
+                "username",
+                "email",
+                "password_hash",
+                "role",
+                "is_active",
+                "profile_type_id",
+            )
+        },
+        where=SyncedUser.version < excluded.version,
+    ).returning(SyncedUser.id)
+    return len((await session.execute(stmt)).all())
+
+
+async def already_applied(session: RequestSession, export: ExportFile) -> bool:
+    found = await session.scalar(
+        select(ImportLedger.seq).where(
+            ImportLedger.stream == export.header.stream, ImportLedger.seq == export.header.seq
+        )
+    )
+    return found is not None
+
+
+async def apply_export(session: RequestSession, export: ExportFile) -> ApplyResult:
+    header = export.header
+    claimed = await session.scalar(
+        insert(ImportLedger)
+        .values(
+            stream=header.stream,
+            seq=header.seq,
+            file_id=header.file_id,
+            file_name=export.name.name,
+            sha256=export.sha256,
+            key_id=export.key_id,
+            records=header.records,
+            applied_changes=0,
+            exported_at=header.created_at,
+            applied_at=func.clock_timestamp(),
+        )
+        .on_conflict_do_nothing()
+        .returning(ImportLedger.seq)
+    )
+    if claimed is None:
+        return ApplyResult(duplicate=True, changes=0)
+    latest = _latest_per_entity(export.records)
+    changes = await _upsert_users(session, [r for r in latest if r.entity == "user"])
+    await session.execute(
+        update(ImportLedger)
+        .where(ImportLedger.stream == header.stream, ImportLedger.seq == header.seq)
+        .values(applied_changes=changes)
+    )
+    events = [str(r.event_id) for r in export.records[:_NOTIFY_EVENT_IDS]]
+    payload = {"stream": header.stream, "seq": header.seq, "changes": changes, "events": events}
+    await session.execute(select(func.pg_notify(APPLIED_CHANNEL, orjson.dumps(payload).decode())))
+    return ApplyResult(duplicate=False, changes=changes)

@@ -1,0 +1,128 @@
+"""Worker settings, start-up and the jobs it runs.
+
+The sync queue carries interactive work only: one ``sync_changes`` job per committed change, and
+the outbox sweeper that exports whatever those jobs did not (Redis down at commit time, a job that
+ran out of retries, a crash between allocation and publication).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from arq import Retry, cron, func
+from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import ResponseSettings
+from app.db import make_sessionmaker
+from jobs import wakeup
+from jobs.client import SYNC_JOB
+from jobs.relay import OutboxRelay
+from netsync.db import make_engine
+from netsync.keys import load_signer
+from netsync.logging import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+def redis_settings(dsn: str) -> RedisSettings:
+    """Connection settings that ride out a Redis outage instead of killing the poll loop."""
+    settings = RedisSettings.from_dsn(dsn)
+    settings.conn_timeout = 2
+    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
+    settings.retry = RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
+    return settings
+
+
+def retry_delay(job_try: int) -> float:
+    """Exponential backoff: 1, 2, 4, 8 … seconds, at most a minute."""
+    return float(min(60, 2 ** max(0, job_try - 1)))
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: ResponseSettings = ctx["settings"]
+    configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
+    engine = make_engine(settings.database_url, application_name="netsync-worker")
+    settings.exports_path.mkdir(parents=True, exist_ok=True)
+    ctx["engine"] = engine
+    ctx["relay"] = OutboxRelay(
+        make_sessionmaker(engine),
+        settings.exports_path,
+        load_signer(
+            settings.signing_key_path,
+            state_dir=settings.state_dir,
+            development=settings.is_development,
+        ),
+        batch_size=settings.export_batch_size,
+    )
+    wakeup.install()
+    ctx["wake_task"] = asyncio.create_task(wakeup.listen(ctx["redis"], settings.sync_queue))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    task: asyncio.Task[None] | None = ctx.get("wake_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if "engine" in ctx:
+        await ctx["engine"].dispose()
+
+
+async def sync_changes(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
+    """Export the file that carries one change; safe to run any number of times."""
+    relay: OutboxRelay = ctx["relay"]
+    try:
+        return await relay.export_event(uuid.UUID(event_id))
+    except (OSError, SQLAlchemyError) as exc:
+        delay = retry_delay(ctx["job_try"])
+        log.warning(
+            "sync failed, retrying",
+            extra={"job_id": ctx.get("job_id"), "error": repr(exc), "retry_in_s": delay},
+        )
+        raise Retry(defer=delay) from exc
+
+
+async def sweep_outbox(ctx: dict[str, Any]) -> dict[str, int]:
+    relay: OutboxRelay = ctx["relay"]
+    result = await relay.run()
+    if result.events:
+        log.info("sweeper exported changes", extra={"events": result.events})
+    return {"files": len(result.files), "events": result.events}
+
+
+def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
+    cfg = settings or ResponseSettings()
+    sweep_every = max(1, min(59, cfg.sweep_interval_s))
+    return {
+        "functions": [func(sync_changes, name=SYNC_JOB, max_tries=cfg.job_max_tries, timeout=30)],
+        "cron_jobs": [
+            cron(
+                sweep_outbox,
+                name="sweep_outbox",
+                second=set(range(0, 60, sweep_every)),
+                run_at_startup=True,
+                unique=True,
+                timeout=120,
+                keep_result=cfg.job_result_ttl_s,
+            )
+        ],
+        "queue_name": cfg.sync_queue,
+        "redis_settings": redis_settings(cfg.redis_dsn),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {"settings": cfg},
+        "poll_delay": cfg.worker_poll_delay_s,
+        "keep_result": cfg.job_result_ttl_s,
+        "max_jobs": 20,
+        "job_timeout": 60,
+        "health_check_interval": 10,
+    }

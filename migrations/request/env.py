@@ -1,0 +1,7 @@
+"""Alembic environment of the Request Network database."""
+
+from importer.config import RequestSettings
+from importer.models import RequestBase
+from netsync.migrate import run_env
+
+run_env(RequestBase.metadata, RequestSettings().database_url)

@@ -1,0 +1,7 @@
+"""Alembic environment of the Response Network database."""
+
+from app.config import ResponseSettings
+from app.models import ResponseBase
+from netsync.migrate import run_env
+
+run_env(ResponseBase.metadata, ResponseSettings().database_url)

@@ -1,0 +1,80 @@
+"""Settings shared by every process: environment, state directory, exports directory, logging.
+
+Each process has its own settings class built on this one (``app.config``, ``importer.config``),
+all read from ``NETSYNC_*`` environment variables. In development, anything left unset falls back
+to the embedded servers and generated keys under the state directory, which ``./run up`` and the
+test suite create. Outside development every secret and URL must be given, and placeholders are
+refused at start-up rather than discovered in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "test", "production"]
+
+PLACEHOLDERS = frozenset(
+    {"", "changeme", "change-me", "change_me", "secret", "password", "placeholder", "todo", "xxx"}
+)
+
+
+class ConfigurationError(RuntimeError):
+    """The process cannot start with this configuration; the message says what to set."""
+
+
+def is_placeholder(value: SecretStr | str | None, *, min_length: int = 1) -> bool:
+    if value is None:
+        return True
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return raw.strip().lower() in PLACEHOLDERS or len(raw) < min_length
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs as users write them; SQLAlchemy needs the driver."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ConfigurationError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
+
+
+class CommonSettings(BaseSettings):
+    # ``./run up`` writes the embedded servers' URLs here so that processes started by hand in
+    # development find them; real environment variables always take precedence.
+    model_config = SettingsConfigDict(
+        env_prefix="NETSYNC_", extra="ignore", env_file=".netsync/embedded.env"
+    )
+
+    env: Environment = "development"
+    state_dir: Path = Path(".netsync")
+    exports_dir: Path | None = None
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] | None = None
+
+    @model_validator(mode="after")
+    def _defaults(self) -> CommonSettings:
+        if self.exports_dir is None:
+            self.exports_dir = self.state_dir / "exports"
+        if self.log_format is None:
+            self.log_format = "console" if self.env == "development" else "json"
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.env != "production"
+
+    @property
+    def exports_path(self) -> Path:
+        assert self.exports_dir is not None
+        return self.exports_dir
+
+    def require(self, name: str, value: SecretStr | str | None, *, min_length: int = 1) -> None:
+        """Refuse to start outside development with a missing or placeholder value."""
+        if not self.is_development and is_placeholder(value, min_length=min_length):
+            raise ConfigurationError(
+                f"NETSYNC_{name.upper()} must be set to a real value outside development"
+                + (f" (at least {min_length} characters)" if min_length > 1 else "")
+            )
