@@ -56,6 +56,10 @@ class JobInfo:
     error: str | None = None
 
 
+class QueueUnavailable(Exception):
+    """Redis did not answer; job states are unknown right now."""
+
+
 class JobQueue:
     """Enqueue jobs and read their state; one instance per process."""
 
@@ -84,6 +88,13 @@ class JobQueue:
         )
 
     async def info(self, job_id: str) -> JobInfo:
+        try:
+            async with asyncio.timeout(self.enqueue_timeout_s):
+                return await self._info(job_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise QueueUnavailable(repr(exc)) from exc
+
+    async def _info(self, job_id: str) -> JobInfo:
         job = Job(job_id, self.redis, _queue_name=self.sync_queue)
         status = await job.status()
         if status == JobStatus.not_found:

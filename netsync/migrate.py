@@ -8,6 +8,7 @@ Response tree lives in ``migrations/response``, the Request tree in ``migrations
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -34,9 +35,9 @@ def upgrade(tree: Tree, url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(tree, url), revision)
 
 
-def run_env(metadata: MetaData, default_url: str) -> None:
+def run_env(metadata: MetaData, default_url: Callable[[], str]) -> None:
     """The body of both ``env.py`` files: run migrations online over asyncpg."""
-    url = context.config.get_main_option("sqlalchemy.url") or to_asyncpg_url(default_url)
+    url = context.config.get_main_option("sqlalchemy.url") or to_asyncpg_url(default_url())
 
     def _migrate(connection: Connection) -> None:
         context.configure(

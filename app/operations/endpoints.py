@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from app.deps import CurrentUser, QueueDep, UowDep
 from app.outbox.models import ExportFile, OutboxEvent
-from jobs.client import JobInfo, JobState
-from netsync.errors import ERROR_RESPONSES, NotFound
+from jobs.client import JobInfo, JobState, QueueUnavailable
+from netsync.errors import ERROR_RESPONSES, NotFound, ServiceUnavailable
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
@@ -54,7 +54,12 @@ async def read_job(job_id: str, uow: UowDep, queue: QueueDep, user: CurrentUser)
         )
     if user.role != "admin" and (event is None or event.entity_id != user.id):
         raise NotFound(f"no job {job_id!r}")
-    info = await queue.info(job_id)
+    try:
+        info = await queue.info(job_id)
+    except QueueUnavailable as exc:
+        if event is None:
+            raise ServiceUnavailable("the job queue is unreachable; try again shortly") from exc
+        info = JobInfo(job_id, "not_found")
     if info.state == "not_found" and event is not None:
         info = await _from_outbox(uow, job_id, event)
     if info.state == "not_found":

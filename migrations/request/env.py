@@ -4,4 +4,4 @@ from importer.config import RequestSettings
 from importer.models import RequestBase
 from netsync.migrate import run_env
 
-run_env(RequestBase.metadata, RequestSettings().database_url)
+run_env(RequestBase.metadata, lambda: RequestSettings().database_url)

@@ -4,4 +4,4 @@ from app.config import ResponseSettings
 from app.models import ResponseBase
 from netsync.migrate import run_env
 
-run_env(ResponseBase.metadata, ResponseSettings().database_url)
+run_env(ResponseBase.metadata, lambda: ResponseSettings().database_url)

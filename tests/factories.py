@@ -1,0 +1,43 @@
+"""Small typed helpers that create what a test needs through the real API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from app.bootstrap import ensure_admin
+from app.config import ResponseSettings
+
+ADMIN_PASSWORD = "bootstrap secret for tests"
+
+
+async def admin_headers(api: httpx.AsyncClient, settings: ResponseSettings) -> dict[str, str]:
+    await ensure_admin(settings.model_copy(update={"admin_password": SecretStr(ADMIN_PASSWORD)}))
+    return await login(api, "admin", ADMIN_PASSWORD)
+
+
+async def login(api: httpx.AsyncClient, username: str, password: str) -> dict[str, str]:
+    response = await api.post(
+        "/api/v1/auth/token", data={"username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def create_user(
+    api: httpx.AsyncClient,
+    headers: dict[str, str],
+    username: str,
+    password: str = "initial password 1",
+    **extra: Any,
+) -> dict[str, Any]:
+    response = await api.post(
+        "/api/v1/users",
+        json={"username": username, "password": password, **extra},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body

@@ -1,0 +1,216 @@
+"""Test helpers: databases, keys, settings and real processes, all on ephemeral resources.
+
+Tests never touch a system started with ``./run up``: every session gets its own two databases
+(created here and dropped at the end), its own Redis database number and queue names, and every
+test its own exports directory and keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from app.config import ResponseSettings
+from exchange.signing import Signer, write_key_pair
+from importer.config import RequestSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Services:
+    """The PostgreSQL and Redis the whole session uses, and its two fresh databases."""
+
+    response_url: str
+    request_url: str
+    redis_url: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """One test's own directories, keys and queue: settings for both networks."""
+
+    root: Path
+    services: Services
+    signer: Signer
+    queue: str
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment a real process of this sandbox runs with."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NETSYNC_")}
+        env.update(
+            {
+                "NETSYNC_ENV": "test",
+                "NETSYNC_STATE_DIR": str(self.root / "state"),
+                "NETSYNC_EXPORTS_DIR": str(self.exports),
+                "NETSYNC_RESPONSE_DATABASE_URL": self.services.response_url,
+                "NETSYNC_REQUEST_DATABASE_URL": self.services.request_url,
+                "NETSYNC_REDIS_URL": self.services.redis_url,
+                "NETSYNC_SIGNING_KEY_FILE": str(self.root / "keys" / "signing.pem"),
+                "NETSYNC_TRUSTED_KEYS_DIR": str(self.root / "keys" / "trusted"),
+                "NETSYNC_SECRET_KEY": "test-secret-" + "x" * 40,
+                "NETSYNC_SYNC_QUEUE": self.queue,
+                "NETSYNC_LOG_FORMAT": "json",
+                "NETSYNC_SWEEP_INTERVAL_S": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def response_settings(self, **overrides: object) -> ResponseSettings:
+        env = self.env()
+        values: dict[str, object] = {
+            "env": "test",
+            "state_dir": Path(env["NETSYNC_STATE_DIR"]),
+            "exports_dir": self.exports,
+            "response_database_url": self.services.response_url,
+            "redis_url": self.services.redis_url,
+            "signing_key_file": Path(env["NETSYNC_SIGNING_KEY_FILE"]),
+            "secret_key": env["NETSYNC_SECRET_KEY"],
+            "sync_queue": self.queue,
+            "sweep_interval_s": 1,
+            "log_format": "json",
+        }
+        return ResponseSettings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg, arg-type]
+
+    def request_settings(self, **overrides: object) -> RequestSettings:
+        env = self.env()
+        values: dict[str, object] = {
+            "env": "test",
+            "state_dir": Path(env["NETSYNC_STATE_DIR"]),
+            "exports_dir": self.exports,
+            "request_database_url": self.services.request_url,
+            "trusted_keys_dir": Path(env["NETSYNC_TRUSTED_KEYS_DIR"]),
+            "log_format": "json",
+        }
+        return RequestSettings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg, arg-type]
+
+
+def make_sandbox(root: Path, services: Services) -> Sandbox:
+    signer = Signer.generate()
+    write_key_pair(signer, root / "keys" / "signing.pem", root / "keys" / "trusted")
+    (root / "exports").mkdir(parents=True)
+    return Sandbox(root, services, signer, f"netsync-test:{uuid.uuid4().hex[:12]}:sync")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def truncate_all(services: Services) -> None:
+    """Empty every table of both databases (the schema stays migrated)."""
+    for url in (services.response_url, services.request_url):
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                " AND tablename <> 'alembic_version'"
+            )
+            if tables:
+                names = ", ".join(f'"{t["tablename"]}"' for t in tables)
+                await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        finally:
+            await conn.close()
+
+
+async def eventually(
+    check: Callable[[], object], *, timeout: float = 10.0, interval: float = 0.02
+) -> object:
+    """Poll an (async) check until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+class Process:
+    """A real netsync process with its output captured to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        return self
+
+    def kill(self, sig: int = 9) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(15)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def response_api(sandbox: Sandbox, port: int, **env: str) -> Process:
+    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)]
+    return Process(f"response-api-{port}", argv, sandbox.env(**env), sandbox.root)
+
+
+def request_api(sandbox: Sandbox, port: int, **env: str) -> Process:
+    argv = [sys.executable, "-m", "uvicorn", "importer.api:app", "--port", str(port)]
+    return Process(f"request-api-{port}", argv, sandbox.env(**env), sandbox.root)
+
+
+def worker(sandbox: Sandbox, name: str = "worker", **env: str) -> Process:
+    argv = [sys.executable, "-m", "arq", "jobs.WorkerSettings"]
+    return Process(name, argv, sandbox.env(**env), sandbox.root)
+
+
+def importer(sandbox: Sandbox, name: str = "importer", **env: str) -> Process:
+    return Process(name, [sys.executable, "-m", "importer"], sandbox.env(**env), sandbox.root)
+
+
+async def wait_http(url: str, timeout: float = 20.0) -> None:
+    async with httpx.AsyncClient() as client:
+
+        async def up() -> bool:
+            try:
+                return (await client.get(url)).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await eventually(up, timeout=timeout, interval=0.1)

@@ -1,0 +1,165 @@
+"""The exchange contract on its own: what a reader accepts and everything it refuses."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exchange.format import STAGING_DIRNAME, parse_file_name
+from exchange.reader import RejectedFile, RejectReason, read_export
+from exchange.signing import Keyring, Signer
+from exchange.writer import ExportFileWriter, publish_export
+
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+
+
+def record(version: int = 1, **data: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "entity": "user",
+        "entity_id": str(uuid.uuid4()),
+        "version": version,
+        "op": "upsert",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "data": {
+            "username": "bob",
+            "password_hash": HASH,
+            "role": "user",
+            "is_active": True,
+            **data,
+        },
+    }
+
+
+def publish(directory: Path, signer: Signer, seq: int = 1, records: int = 2) -> Path:
+    published = publish_export(
+        directory,
+        signer,
+        stream="changes",
+        seq=seq,
+        kind="changes",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=[record() for _ in range(records)],
+    )
+    return published.path
+
+
+def read(path: Path, keyring: Keyring, max_bytes: int = 1 << 20) -> Any:
+    name = parse_file_name(path.name)
+    assert name is not None
+    return read_export(path.parent, name, keyring, max_bytes)
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer.generate()
+
+
+@pytest.fixture
+def keyring(signer: Signer) -> Keyring:
+    return Keyring([signer.private_key.public_key()])
+
+
+def test_a_published_file_reads_back_with_its_records(tmp_path: Path, signer: Signer) -> None:
+    path = publish(tmp_path, signer, seq=7, records=3)
+    export = read(path, Keyring([signer.private_key.public_key()]))
+    assert path.name == "changes-000000000007.jsonl"
+    assert (export.header.stream, export.header.seq, export.header.records) == ("changes", 7, 3)
+    assert len(export.records) == 3
+    assert export.key_id == signer.key_id
+    assert list((tmp_path / STAGING_DIRNAME).iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["flip_a_byte", "truncate", "drop_trailer", "append_record"],
+)
+def test_a_damaged_file_is_refused_before_parsing(
+    tmp_path: Path, signer: Signer, keyring: Keyring, damage: str
+) -> None:
+    path = publish(tmp_path, signer)
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    if damage == "flip_a_byte":
+        i = data.index(b"bob")
+        data = data[:i] + b"eve" + data[i + 3 :]
+    elif damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "drop_trailer":
+        data = b"".join(lines[:-1])
+    else:
+        data = b"".join([*lines[:-1], lines[1], lines[-1]])
+    path.write_bytes(data)
+    with pytest.raises(RejectedFile) as err:
+        read(path, keyring)
+    assert err.value.reason in {
+        RejectReason.BAD_SIGNATURE,
+        RejectReason.TRUNCATED,
+        RejectReason.UNSIGNED,
+    }
+
+
+def test_a_file_signed_with_another_key_is_refused(tmp_path: Path, keyring: Keyring) -> None:
+    path = publish(tmp_path, Signer.generate())
+    with pytest.raises(RejectedFile) as err:
+        read(path, keyring)
+    assert err.value.reason is RejectReason.UNKNOWN_KEY
+
+
+def test_a_renamed_file_is_refused(tmp_path: Path, signer: Signer, keyring: Keyring) -> None:
+    path = publish(tmp_path, signer, seq=1)
+    renamed = path.rename(tmp_path / "changes-000000000002.jsonl")
+    with pytest.raises(RejectedFile) as err:
+        read(renamed, keyring)
+    assert err.value.reason is RejectReason.NAME_MISMATCH
+
+
+def test_oversized_files_are_refused_without_reading(
+    tmp_path: Path, signer: Signer, keyring: Keyring
+) -> None:
+    path = publish(tmp_path, signer, records=20)
+    with pytest.raises(RejectedFile) as err:
+        read(path, keyring, max_bytes=100)
+    assert err.value.reason is RejectReason.TOO_LARGE
+
+
+def test_symlinks_are_never_followed(tmp_path: Path, signer: Signer, keyring: Keyring) -> None:
+    real = publish(tmp_path / "elsewhere", signer)
+    link = tmp_path / real.name
+    link.symlink_to(real)
+    with pytest.raises(RejectedFile) as err:
+        read(link, keyring)
+    assert err.value.reason is RejectReason.SYMLINK
+
+
+def test_a_failed_write_publishes_nothing(tmp_path: Path, signer: Signer) -> None:
+    writer = ExportFileWriter(
+        tmp_path,
+        signer,
+        stream="changes",
+        seq=1,
+        kind="changes",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=2,
+    )
+    writer.write_record(record())
+    with pytest.raises(ValueError, match="announced 2 records"):
+        writer.publish()  # one record short
+    assert sorted(os.listdir(tmp_path)) == [STAGING_DIRNAME]
+    assert os.listdir(tmp_path / STAGING_DIRNAME) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["changes-1.jsonl", "changes-000000000001.jsonl.tmp", "../changes-000000000001.jsonl",
+     "Changes-000000000001.jsonl", "changes-000000000000.jsonl", ".changes-000000000001.jsonl"],
+)  # fmt: skip
+def test_names_that_are_not_ours_do_not_parse(name: str) -> None:
+    assert parse_file_name(name) is None
