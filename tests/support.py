@@ -88,7 +88,7 @@ class Sandbox:
             "sweep_interval_s": 1,
             "log_format": "json",
         }
-        return ResponseSettings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg, arg-type]
+        return ResponseSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 
     def request_settings(self, **overrides: object) -> RequestSettings:
         env = self.env()
@@ -100,7 +100,7 @@ class Sandbox:
             "trusted_keys_dir": Path(env["NETSYNC_TRUSTED_KEYS_DIR"]),
             "log_format": "json",
         }
-        return RequestSettings(_env_file=None, **{**values, **overrides})  # type: ignore[call-arg, arg-type]
+        return RequestSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 
 
 def make_sandbox(root: Path, services: Services) -> Sandbox:
