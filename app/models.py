@@ -2,6 +2,16 @@
 
 from app.db import ResponseBase
 from app.outbox.models import ExportFile, ExportStream, OutboxEvent
+from app.profile_types.models import ProfileType
+from app.settings.models import Setting
 from app.users.models import User
 
-__all__ = ["ExportFile", "ExportStream", "OutboxEvent", "ResponseBase", "User"]
+__all__ = [
+    "ExportFile",
+    "ExportStream",
+    "OutboxEvent",
+    "ProfileType",
+    "ResponseBase",
+    "Setting",
+    "User",
+]

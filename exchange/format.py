@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 FORMAT_NAME = "netsync-export"
 FORMAT_VERSION = 1
@@ -65,6 +65,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+EntityName = Literal["user", "setting", "profile_type"]
+ExportKind = Literal["changes", "snapshot"]
+
+#: Snapshot streams carry one entity each: ``snapshot_users``, ``snapshot_settings``, …
+SNAPSHOT_STREAMS: dict[str, str] = {
+    "user": "snapshot_users",
+    "setting": "snapshot_settings",
+    "profile_type": "snapshot_profile_types",
+}
+
+
 class ExportHeader(_Strict):
     """The first line of every export file."""
 
@@ -73,9 +84,25 @@ class ExportHeader(_Strict):
     stream: Annotated[str, Field(pattern=r"^[a-z][a-z_]{0,31}$")]
     seq: Annotated[int, Field(ge=1)]
     file_id: UUID
-    kind: Literal["changes"]
+    kind: ExportKind
     created_at: datetime
     records: Annotated[int, Field(ge=0)]
+    #: Snapshots only: the entity type the snapshot holds in full.
+    entity: EntityName | None = None
+    #: Snapshots only: the last ``changes`` sequence number allocated when the snapshot was
+    #: read. An entity missing from a complete snapshot is removed on the Request side only if
+    #: its last change came from a ``changes`` file at or below this mark; anything changed
+    #: later is newer than the snapshot and stays.
+    changes_seq: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _snapshot_fields(self) -> ExportHeader:
+        if self.kind == "snapshot" and (self.entity is None or self.changes_seq is None):
+            raise ValueError("a snapshot header names its entity and changes_seq")
+        return self
+
+
+SETTING_KEY_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 
 
 class UserData(_Strict):
@@ -89,20 +116,46 @@ class UserData(_Strict):
     profile_type_id: UUID | None = None
 
 
+class SettingData(_Strict):
+    key: Annotated[str, Field(min_length=1, max_length=200, pattern=SETTING_KEY_PATTERN)]
+    value: JsonValue
+    description: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class ProfileTypeData(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    description: Annotated[str, Field(max_length=2000)] | None = None
+    permissions: list[Annotated[str, Field(min_length=1, max_length=100)]] = []
+
+
+_DATA_TYPES: dict[str, type[BaseModel]] = {
+    "user": UserData,
+    "setting": SettingData,
+    "profile_type": ProfileTypeData,
+}
+
+
 class ChangeRecord(_Strict):
-    """One change of one entity, exactly as the Response Network's outbox recorded it."""
+    """One entity at one version, exactly as the Response Network's outbox recorded it.
+
+    Records carry the entity's whole state, not a delta: applying a record is an upsert guarded
+    by ``version``, so order and repetition cannot make an older state win.
+    """
 
     event_id: UUID
-    entity: Literal["user"]
+    entity: EntityName
     entity_id: UUID
     version: Annotated[int, Field(ge=1)]
     op: Literal["upsert", "delete"]
     occurred_at: datetime
     correlation_id: Annotated[str, Field(max_length=128)] | None = None
-    data: UserData | None = None
+    data: UserData | SettingData | ProfileTypeData | None = None
 
     @model_validator(mode="after")
-    def _upsert_has_data(self) -> ChangeRecord:
-        if self.op == "upsert" and self.data is None:
-            raise ValueError("an upsert record needs data")
+    def _data_matches_entity(self) -> ChangeRecord:
+        if self.op == "upsert":
+            if self.data is None:
+                raise ValueError("an upsert record needs data")
+            if not isinstance(self.data, _DATA_TYPES[self.entity]):
+                raise ValueError(f"data is not {self.entity} data")
         return self

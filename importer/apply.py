@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
 from importer.db import RequestSession
-from importer.models import ImportLedger, SyncedUser
+from importer.models import ImportLedger, SyncedProfileType, SyncedSetting, SyncedUser
 
 APPLIED_CHANNEL = "netsync_applied"
 _NOTIFY_EVENT_IDS = 100
@@ -40,7 +40,19 @@ def _latest_per_entity(records: list[ChangeRecord]) -> list[ChangeRecord]:
     return list(latest.values())
 
 
-def _user_row(record: ChangeRecord) -> dict[str, Any]:
+#: Per entity: its table and the columns its data fills (NULL / false on a tombstone).
+_TABLES: dict[str, tuple[type[SyncedUser | SyncedSetting | SyncedProfileType], tuple[str, ...]]] = {
+    "user": (
+        SyncedUser,
+        ("username", "email", "password_hash", "role", "is_active", "profile_type_id"),
+    ),
+    "setting": (SyncedSetting, ("key", "value", "description")),
+    "profile_type": (SyncedProfileType, ("name", "description", "permissions")),
+}
+_BOOLEAN_COLUMNS = {"is_active"}
+
+
+def _row(record: ChangeRecord, columns: tuple[str, ...], changes_seq: int | None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": record.entity_id,
         "version": record.version,
@@ -48,44 +60,46 @@ def _user_row(record: ChangeRecord) -> dict[str, Any]:
         "changed_at": record.occurred_at,
         "applied_at": func.clock_timestamp(),
         "deleted": record.op == "delete",
-        "username": None,
-        "email": None,
-        "password_hash": None,
-        "role": None,
-        "is_active": False,
-        "profile_type_id": None,
+        "last_changes_seq": changes_seq,
     }
-    if record.op == "upsert" and record.data is not None:
-        row.update(record.data.model_dump())
+    data = record.data.model_dump(mode="json") if record.op == "upsert" and record.data else {}
+    for column in columns:
+        row[column] = data.get(column, False if column in _BOOLEAN_COLUMNS else None)
     return row
 
 
-async def _upsert_users(session: RequestSession, records: list[ChangeRecord]) -> int:
-    if not records:
-        return 0
-    base = insert(SyncedUser).values([_user_row(r) for r in records])
-    excluded = base.excluded
-    stmt = base.on_conflict_do_update(
-        index_elements=[SyncedUser.id],
-        set_={
-            col: excluded[col]
-            for col in (
-                "version",
-                "event_id",
-                "changed_at",
-                "applied_at",
-                "deleted",
-                "username",
-                "email",
-                "password_hash",
-                "role",
-                "is_active",
-                "profile_type_id",
-            )
-        },
-        where=SyncedUser.version < excluded.version,
-    ).returning(SyncedUser.id)
-    return len((await session.execute(stmt)).all())
+async def upsert_records(
+    session: RequestSession, records: list[ChangeRecord], *, changes_seq: int | None
+) -> int:
+    """Write the latest state of each entity unless the database already holds a newer one.
+
+    ``changes_seq`` is the ``changes`` file the records come from (``None`` for a snapshot).
+    Returns how many rows were inserted or updated.
+    """
+    written = 0
+    latest = _latest_per_entity(records)
+    for entity, (table, columns) in _TABLES.items():
+        rows = [_row(r, columns, changes_seq) for r in latest if r.entity == entity]
+        if not rows:
+            continue
+        base = insert(table).values(rows)
+        excluded = base.excluded
+        updated = (
+            "version",
+            "event_id",
+            "changed_at",
+            "applied_at",
+            "deleted",
+            "last_changes_seq",
+            *columns,
+        )
+        stmt = base.on_conflict_do_update(
+            index_elements=[table.id],
+            set_={col: excluded[col] for col in updated},
+            where=table.version < excluded.version,
+        ).returning(table.id)
+        written += len((await session.execute(stmt)).all())
+    return written
 
 
 async def already_applied(session: RequestSession, export: ExportFile) -> bool:
@@ -99,6 +113,8 @@ async def already_applied(session: RequestSession, export: ExportFile) -> bool:
 
 async def apply_export(session: RequestSession, export: ExportFile) -> ApplyResult:
     header = export.header
+    if header.kind != "changes":
+        raise NotImplementedError(f"export kind {header.kind!r}")
     claimed = await session.scalar(
         insert(ImportLedger)
         .values(
@@ -118,8 +134,7 @@ async def apply_export(session: RequestSession, export: ExportFile) -> ApplyResu
     )
     if claimed is None:
         return ApplyResult(duplicate=True, changes=0)
-    latest = _latest_per_entity(export.records)
-    changes = await _upsert_users(session, [r for r in latest if r.entity == "user"])
+    changes = await upsert_records(session, export.records, changes_seq=header.seq)
     await session.execute(
         update(ImportLedger)
         .where(ImportLedger.stream == header.stream, ImportLedger.seq == header.seq)

@@ -1,35 +1,61 @@
-"""What the Request Network holds: synced users, the import ledger, quarantined files."""
+"""What the Request Network holds: synced entities, the import ledger, quarantined files.
+
+Every synced table keeps the entity's ``version`` (the guard against older changes), a
+``deleted`` flag (a tombstone, so that an older upsert arriving late cannot bring an entity
+back) and ``last_changes_seq``: the ``changes`` file that last wrote the row, or NULL when a
+snapshot did. Snapshots use it to tell entities they may remove from ones changed after them.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Index, String, Text, func, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from importer.db import RequestBase
 
 
-class SyncedUser(RequestBase):
-    """A user as last exported; a deletion is kept as a tombstone so an older upsert arriving
-    late cannot bring the user back."""
+class _Synced:
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    version: Mapped[int]
+    deleted: Mapped[bool] = mapped_column(default=False)
+    event_id: Mapped[uuid.UUID]
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_changes_seq: Mapped[int | None] = mapped_column(BigInteger)
 
+
+class SyncedUser(_Synced, RequestBase):
     __tablename__ = "synced_users"
     __table_args__ = (Index("ix_synced_users_username_lower", text("lower(username)")),)
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    version: Mapped[int]
     username: Mapped[str | None] = mapped_column(String(150))
     email: Mapped[str | None] = mapped_column(String(320))
     password_hash: Mapped[str | None] = mapped_column(String(512))
     role: Mapped[str | None] = mapped_column(String(16))
     is_active: Mapped[bool] = mapped_column(default=False)
     profile_type_id: Mapped[uuid.UUID | None]
-    deleted: Mapped[bool] = mapped_column(default=False)
-    event_id: Mapped[uuid.UUID]
-    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SyncedSetting(_Synced, RequestBase):
+    __tablename__ = "synced_settings"
+    __table_args__ = (Index("ix_synced_settings_key", "key"),)
+
+    key: Mapped[str | None] = mapped_column(String(200))
+    value: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    description: Mapped[str | None] = mapped_column(Text)
+
+
+class SyncedProfileType(_Synced, RequestBase):
+    __tablename__ = "synced_profile_types"
+
+    name: Mapped[str | None] = mapped_column(String(100))
+    description: Mapped[str | None] = mapped_column(Text)
+    permissions: Mapped[list[str] | None] = mapped_column(JSONB)
 
 
 class ImportLedger(RequestBase):
@@ -63,4 +89,11 @@ class QuarantinedFile(RequestBase):
     )
 
 
-__all__ = ["ImportLedger", "QuarantinedFile", "RequestBase", "SyncedUser"]
+__all__ = [
+    "ImportLedger",
+    "QuarantinedFile",
+    "RequestBase",
+    "SyncedProfileType",
+    "SyncedSetting",
+    "SyncedUser",
+]

@@ -31,7 +31,7 @@ def alembic_config(tree: Tree, url: str) -> Config:
     return cfg
 
 
-def upgrade(tree: Tree, url: str, revision: str = "head") -> None:
+def upgrade(tree: Tree, url: str, revision: str = "heads") -> None:
     command.upgrade(alembic_config(tree, url), revision)
 
 

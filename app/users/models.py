@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, DateTime, Index, String, func, text
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import ResponseBase
@@ -24,6 +24,10 @@ class User(ResponseBase):
     password_hash: Mapped[str] = mapped_column(String(512))
     role: Mapped[str] = mapped_column(String(16), default="user")
     is_active: Mapped[bool] = mapped_column(default=True)
+    #: A profile type in use cannot be deleted (RESTRICT): the API answers 409.
+    profile_type_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("profile_types.id", ondelete="RESTRICT"), index=True
+    )
     #: Grows by one with every change the Request Network must learn about.
     version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -35,7 +35,7 @@ def sync_payload(user: User) -> dict[str, Any]:
         "password_hash": user.password_hash,
         "role": user.role,
         "is_active": user.is_active,
-        "profile_type_id": None,
+        "profile_type_id": str(user.profile_type_id) if user.profile_type_id else None,
     }
 
 
