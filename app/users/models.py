@@ -9,6 +9,7 @@ from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Index, String, fun
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import ResponseBase
+from app.profile_types.models import ProfileType
 
 
 class User(ResponseBase):
@@ -26,7 +27,7 @@ class User(ResponseBase):
     is_active: Mapped[bool] = mapped_column(default=True)
     #: A profile type in use cannot be deleted (RESTRICT): the API answers 409.
     profile_type_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("profile_types.id", ondelete="RESTRICT"), index=True
+        ForeignKey(ProfileType.id, ondelete="RESTRICT"), index=True
     )
     #: Grows by one with every change the Request Network must learn about.
     version: Mapped[int] = mapped_column(default=1)
