@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,8 +36,11 @@ pytestmark = pytest.mark.slow
 
 async def bootstrap_admin(sandbox: Sandbox, **env: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        "python", "-m", "app.bootstrap", env=sandbox.env(NETSYNC_ADMIN_PASSWORD=ADMIN_PASSWORD, **env)
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "app.bootstrap",
+        env=sandbox.env(NETSYNC_ADMIN_PASSWORD=ADMIN_PASSWORD, **env),
+    )
     assert await proc.wait() == 0
 
 
@@ -177,9 +181,9 @@ async def test_an_importer_killed_mid_apply_applies_every_file_exactly_once_afte
 
 
 async def test_a_password_changed_while_redis_is_down_syncs_when_it_returns(
-    sandbox: Sandbox, procs: list[Process], tmp_path: Path
+    sandbox: Sandbox, procs: list[Process]
 ) -> None:
-    redis_dir = Path(os.path.realpath("/tmp")) / f"nsr-{uuid.uuid4().hex[:8]}"
+    redis_dir = Path("/tmp") / f"nsr-{uuid.uuid4().hex[:8]}"  # Unix socket paths must be short
     redis = EmbeddedRedis(redis_dir)
     env = {"NETSYNC_REDIS_URL": redis.url()}
     try:
