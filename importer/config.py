@@ -21,7 +21,7 @@ class RequestSettings(CommonSettings):
     max_file_bytes: int = 64 * 1024 * 1024
     #: watchfiles tuning: the defaults (1,600/50 ms) would add ~80 ms to every change.
     watch_debounce_ms: int = 10
-    watch_step_ms: int = 2
+    watch_step_ms: int = 1
     #: Poll the directory instead of relying on inotify (NFS, Docker Desktop bind mounts).
     force_polling: bool = False
     #: Events can be lost (queue overflow, network file systems): rescan this often regardless.
