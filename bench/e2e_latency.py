@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -42,16 +43,18 @@ def _embedded(name: str) -> str | None:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def run(api: str, request_db: str, admin_password: str, count: int) -> None:
     received: dict[str, float] = {}
+    arrival = asyncio.Event()
 
     def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
         now = time.time()
         for event in json.loads(payload).get("events", []):
             received[event] = now
+        arrival.set()
 
     listener = await asyncpg.connect(request_db.replace("+asyncpg", ""))
     await listener.add_listener("netsync_applied", on_notify)
@@ -85,7 +88,9 @@ async def run(api: str, request_db: str, admin_password: str, count: int) -> Non
             round_trips.append((done - start) * 1000)
             deadline = time.monotonic() + 10
             while event not in received and time.monotonic() < deadline:
-                await asyncio.sleep(0.0005)
+                arrival.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrival.wait(), deadline - time.monotonic())
     await listener.close()
 
     lost = [e for e in sent if e not in received]
