@@ -9,6 +9,7 @@ with servers already running on the machine's standard ports.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import subprocess
 import time
@@ -21,6 +22,8 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         import pgserver
 
+        # pgserver logs at INFO from an atexit hook, after log handlers may be closed
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
         data_dir.mkdir(parents=True, exist_ok=True)
         self._server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
 
