@@ -68,6 +68,7 @@ class ResponseSettings(CommonSettings):
         return path.read_text().strip()
 
     def check(self) -> None:
-        """Fail fast on configuration that would only break later."""
-        _ = self.database_url, self.redis_dsn, self.signing_key_path
+        """Fail fast on configuration that would only break later (the API never signs files,
+        so the signing key is the worker's to check)."""
+        _ = self.database_url, self.redis_dsn
         self.jwt_secret()

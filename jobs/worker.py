@@ -123,6 +123,9 @@ def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
         "poll_delay": cfg.worker_poll_delay_s,
         "keep_result": cfg.job_result_ttl_s,
         "max_jobs": 20,
+        # On SIGTERM, let running jobs finish (they take milliseconds; exports seconds) before
+        # arq cancels and re-queues them. Kubernetes' grace period is longer than this.
+        "job_completion_wait": 60,
         "job_timeout": 60,
         "health_check_interval": 10,
     }

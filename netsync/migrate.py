@@ -63,12 +63,22 @@ def run_env(metadata: MetaData, default_url: Callable[[], str]) -> None:
         asyncio.run(_run())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``python -m netsync.migrate [response|request]``: both databases unless one is named
+    (each network's site migrates its own database when they are deployed apart)."""
+    import sys
+
     from app.config import ResponseSettings
     from importer.config import RequestSettings
 
-    upgrade("response", ResponseSettings().database_url)
-    upgrade("request", RequestSettings().database_url)
+    trees = (argv if argv is not None else sys.argv[1:]) or ["response", "request"]
+    for tree in trees:
+        if tree == "response":
+            upgrade("response", ResponseSettings().database_url)
+        elif tree == "request":
+            upgrade("request", RequestSettings().database_url)
+        else:
+            raise SystemExit(f"unknown database {tree!r}: choose response or request")
 
 
 if __name__ == "__main__":

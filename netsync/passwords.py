@@ -17,7 +17,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 _hasher = PasswordHasher()
-_pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="hash")
+# One thread per usable core (``NETSYNC_HASH_THREADS`` overrides it where a container's CPU quota
+# is smaller than the cores it can see): each argon2id call holds 64 MiB while it runs.
+_THREADS = int(os.environ.get("NETSYNC_HASH_THREADS", "0")) or len(os.sched_getaffinity(0))
+_pool = ThreadPoolExecutor(max_workers=max(1, _THREADS), thread_name_prefix="hash")
 
 
 @functools.cache
