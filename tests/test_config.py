@@ -1,0 +1,69 @@
+"""Outside development, processes refuse to start with missing or placeholder secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from app.bootstrap import ensure_admin
+from app.config import ResponseSettings
+from netsync.config import ConfigurationError
+from tests.support import Sandbox
+
+
+def production(**values: object) -> ResponseSettings:
+    base: dict[str, object] = {
+        "env": "production",
+        "response_database_url": "postgresql://u@db/response",
+        "redis_url": "redis://redis:6379/0",
+        "secret_key": "s" * 48,
+    }
+    return ResponseSettings(_env_file=None, **{**base, **values})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("secret", [None, "", "changeme", "secret", "too-short-for-a-key"])
+def test_the_api_refuses_placeholder_token_secrets_in_production(secret: str | None) -> None:
+    with pytest.raises(ConfigurationError, match="NETSYNC_SECRET_KEY"):
+        production(secret_key=secret).check()
+
+
+def test_production_needs_real_urls_and_a_signing_key() -> None:
+    production().check()  # a complete configuration starts
+    with pytest.raises(ConfigurationError, match="NETSYNC_RESPONSE_DATABASE_URL"):
+        production(response_database_url=None).check()
+    with pytest.raises(ConfigurationError, match="NETSYNC_REDIS_URL"):
+        production(redis_url=None).check()
+    with pytest.raises(ConfigurationError, match="NETSYNC_SIGNING_KEY_FILE"):
+        _ = production().signing_key_path
+
+
+def test_development_generates_a_token_secret_once(tmp_path: Path) -> None:
+    settings = ResponseSettings(_env_file=None, state_dir=tmp_path)
+    first = settings.jwt_secret()
+    assert len(first) >= 32
+    assert ResponseSettings(_env_file=None, state_dir=tmp_path).jwt_secret() == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+async def test_the_admin_is_not_created_with_a_missing_or_weak_password_in_production(
+    sandbox: Sandbox,
+) -> None:
+    settings = sandbox.response_settings(env="production")
+    with pytest.raises(ConfigurationError, match="NETSYNC_ADMIN_PASSWORD"):
+        await ensure_admin(settings)
+    with pytest.raises(ConfigurationError, match="NETSYNC_ADMIN_PASSWORD"):
+        await ensure_admin(settings.model_copy(update={"admin_password": SecretStr("changeme")}))
+
+
+async def test_development_generates_the_admin_password_and_keeps_it_private(
+    sandbox: Sandbox,
+) -> None:
+    settings = sandbox.response_settings(env="development")
+    generated = await ensure_admin(settings)
+    assert generated is not None and len(generated) >= 20
+    stored = settings.state_dir / "admin-password"
+    assert stored.read_text().strip() == generated
+    assert stored.stat().st_mode & 0o077 == 0
+    assert await ensure_admin(settings) is None  # printed once: the second start creates nothing

@@ -1,0 +1,99 @@
+"""The worker side of a change: wake-up on enqueue, and recovery of a file that was allocated
+but never published."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+from arq.worker import Worker, create_worker
+
+from app.db import make_sessionmaker
+from app.outbox.models import ExportFile
+from jobs.relay import OutboxRelay
+from jobs.worker import worker_settings
+from netsync.db import make_engine
+from tests.factories import admin_headers, create_user
+from tests.support import Sandbox, eventually
+
+
+async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_poll(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    # A worker that would poll only every 30 s: the job still runs at once, because the
+    # enqueue publishes a wake-up the worker listens for.
+    settings = sandbox.response_settings(worker_poll_delay_s=30.0)
+    lazy: Worker = create_worker(worker_settings(settings), handle_signals=False)
+    task = asyncio.create_task(lazy.async_run())
+    try:
+        await asyncio.sleep(1)  # idle, asleep in its poll
+        admin = await admin_headers(api, settings)
+        user = await create_user(api, admin, "ivan")
+
+        async def done() -> bool:
+            job = await api.get(f"/api/v1/jobs/{user['sync_job_id']}", headers=admin)
+            return bool(job.json()["state"] == "complete")
+
+        await eventually(done, timeout=10)
+    finally:
+        await lazy.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_file_allocated_but_never_published_is_published_by_the_sweeper(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    settings = sandbox.response_settings()
+    admin = await admin_headers(api, settings)
+    await create_user(api, admin, "judy")  # no worker runs: the change waits in the outbox
+
+    engine = make_engine(settings.database_url, pool_size=1)
+    sessions = make_sessionmaker(engine)
+    relay = OutboxRelay(sessions, sandbox.exports, sandbox.signer)
+    try:
+        # A relay that crashes right after the allocation commit: the numbering is durable.
+        async with sessions() as session, session.begin():
+            seq = await relay._allocate(session)
+        assert seq is not None
+        assert not list(sandbox.exports.glob("*.jsonl"))
+
+        result = await relay.run()  # what the sweeper does
+        assert [f.name for f in result.files] == [f"changes-{seq:012d}.jsonl"]
+        async with sessions() as session:
+            file = await session.get(ExportFile, ("changes", seq))
+            assert file is not None and file.published_at is not None
+        first = (sandbox.exports / result.files[0].name).read_bytes()
+
+        # Publishing the same file again (a relay that died after the rename) gives the same
+        # records under the same name: the importer's ledger turns it into a no-op.
+        async with sessions() as session, session.begin():
+            file = await session.get(ExportFile, ("changes", seq))
+            assert file is not None
+            again = await relay._publish(session, file)
+        assert again.name == result.files[0].name
+        assert again.path.read_bytes() == first
+        assert (await relay.run()).files == []
+    finally:
+        await engine.dispose()
+
+
+async def test_every_event_id_leaves_in_exactly_one_file(
+    api: httpx.AsyncClient, sandbox: Sandbox, worker: Worker
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    users = await asyncio.gather(*(create_user(api, admin, f"kate{i}") for i in range(20)))
+
+    def exported() -> list[str]:
+        events: list[str] = []
+        for path in sorted(sandbox.exports.glob("changes-*.jsonl")):
+            for line in path.read_text().splitlines()[1:-1]:
+                events.append(line.split('"event_id":"')[1].split('"')[0])
+        return events
+
+    wanted = {u["sync_job_id"].removeprefix("sync:") for u in users}
+    await eventually(lambda: wanted <= set(exported()))
+    events = exported()
+    assert len(events) == len(set(events))  # no event in two files
+    assert all(uuid.UUID(e) for e in events)
