@@ -62,7 +62,8 @@ async def test_development_generates_the_admin_password_and_keeps_it_private(
 ) -> None:
     settings = sandbox.response_settings(env="development")
     generated = await ensure_admin(settings)
-    assert generated is not None and len(generated) >= 20
+    assert generated is not None
+    assert len(generated) >= 20
     stored = settings.state_dir / "admin-password"
     assert stored.read_text().strip() == generated
     assert stored.stat().st_mode & 0o077 == 0

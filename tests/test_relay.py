@@ -63,7 +63,8 @@ async def test_a_file_allocated_but_never_published_is_published_by_the_sweeper(
         assert [f.name for f in result.files] == [f"changes-{seq:012d}.jsonl"]
         async with sessions() as session:
             file = await session.get(ExportFile, ("changes", seq))
-            assert file is not None and file.published_at is not None
+            assert file is not None
+            assert file.published_at is not None
         first = (sandbox.exports / result.files[0].name).read_bytes()
 
         # Publishing the same file again (a relay that died after the rename) gives the same
