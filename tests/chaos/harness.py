@@ -1,0 +1,378 @@
+"""Fault injection over the whole running system, and the figures that prove nothing was lost.
+
+The harness runs the real processes (Response API, workers, importer, Request API) against real
+PostgreSQL and a Redis of its own (so it can stop it), drives a steady load of changes through the
+Response API, injects faults, then waits for the two databases to agree and reports:
+
+- changes made (accepted by the API) and changes applied (visible in the Request database),
+- lost (an accepted version never reached the Request side), applied twice (an event in more than
+  one applied file), older-overwrote-newer (a version seen to go down on the Request side),
+- files quarantined by reason, API server errors, and the time to converge after the last fault.
+
+``bench/chaos.py`` runs the long version; ``tests/test_chaos.py`` a short one in the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from netsync.embedded import EmbeddedRedis
+from tests.support import (
+    Process,
+    Sandbox,
+    free_port,
+    importer,
+    request_api,
+    response_api,
+    wait_http,
+    worker,
+)
+
+ADMIN_PASSWORD = "chaos bootstrap phrase"
+
+
+@dataclass
+class Plan:
+    """What to run: sizes and which faults, with their durations."""
+
+    changes: int = 3000
+    users: int = 30
+    clients: int = 8
+    password_every: int = 20  # one change in N is a password change (hashing is the slow part)
+    workers: int = 2
+    kills: int = 4
+    redis_outage_s: float = 5.0
+    request_db_outage_s: float = 5.0
+    disk_full_s: float = 4.0
+    converge_timeout_s: float = 60.0
+
+
+@dataclass
+class Report:
+    changes_made: int = 0
+    changes_applied: int = 0
+    lost: int = 0
+    applied_twice: int = 0
+    regressions: int = 0
+    server_errors: int = 0
+    quarantined: Counter[str] = field(default_factory=Counter)
+    faults: list[str] = field(default_factory=list)
+    converge_s: float = 0.0
+    duration_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [
+            f"changes made:              {self.changes_made}",
+            f"changes applied:           {self.changes_applied}",
+            f"lost:                      {self.lost}",
+            f"applied twice:             {self.applied_twice}",
+            f"older overwrote newer:     {self.regressions}",
+            f"API server errors (5xx):   {self.server_errors}",
+            f"files quarantined:         {dict(self.quarantined) or 0}",
+            f"faults injected:           {len(self.faults)}  ({', '.join(self.faults)})",
+            f"converged after last fault: {self.converge_s:.1f} s",
+            f"total run time:            {self.duration_s:.0f} s",
+        ]
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+class Chaos:
+    def __init__(self, sandbox: Sandbox, plan: Plan, redis_dir: Path) -> None:
+        self.sandbox = sandbox
+        self.plan = plan
+        self.redis_dir = redis_dir
+        self.redis: EmbeddedRedis | None = None
+        self.report = Report()
+        self.procs: dict[str, Process] = {}
+        self.accepted: dict[str, int] = {}  # user id -> highest accepted version
+        self.seen: dict[str, int] = {}  # user id -> highest version seen on the Request side
+        self.api_port = free_port()
+        self.request_port = free_port()
+        self._stop_load = asyncio.Event()
+
+    # -- processes ------------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.redis is not None
+        return {"NETSYNC_REDIS_URL": self.redis.url(), "NETSYNC_JOB_MAX_TRIES": "1000"}
+
+    def _start(self, name: str, factory: Callable[[], Process]) -> None:
+        self.procs[name] = factory().start()
+
+    def start_processes(self) -> None:
+        sb = self.sandbox
+        self._start("response-api", lambda: response_api(sb, self.api_port, **self.env))
+        for i in range(self.plan.workers):
+            self._start(f"worker-{i}", lambda i=i: worker(sb, f"worker-{i}", **self.env))  # type: ignore[misc]
+        self._start("importer", lambda: importer(sb, **self.env))
+        self._start("request-api", lambda: request_api(sb, self.request_port, **self.env))
+
+    def stop_processes(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    # -- load -----------------------------------------------------------------------------
+
+    async def _client(
+        self, client: httpx.AsyncClient, headers: dict[str, str], ids: list[str], budget: list[int]
+    ) -> None:
+        while budget[0] > 0 and not self._stop_load.is_set():
+            budget[0] -= 1
+            n = budget[0]
+            uid = random.choice(ids)
+            if n % self.plan.password_every == 0:
+                response = await client.post(
+                    f"/api/v1/users/{uid}/reset-password",
+                    json={"new_password": f"chaos pass phrase {n}"},
+                    headers=headers,
+                )
+            else:
+                response = await client.patch(
+                    f"/api/v1/users/{uid}",
+                    json={"email": f"u{n}@example.org"},
+                    headers=headers,
+                )
+                if response.status_code == 404 or response.status_code == 405:  # no PATCH yet
+                    response = await client.post(
+                        f"/api/v1/users/{uid}/reset-password",
+                        json={"new_password": f"chaos pass phrase {n}"},
+                        headers=headers,
+                    )
+            if response.status_code >= 500:
+                self.report.server_errors += 1
+                continue
+            if response.status_code == 200:
+                version = int(response.json()["version"])
+                self.accepted[uid] = max(self.accepted.get(uid, 0), version)
+                self.report.changes_made += 1
+
+    async def load(self, headers: dict[str, str], ids: list[str]) -> None:
+        budget = [self.plan.changes]
+        limits = httpx.Limits(max_connections=self.plan.clients)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.api_port}", timeout=30, limits=limits
+        ) as client:
+            await asyncio.gather(
+                *(self._client(client, headers, ids, budget) for _ in range(self.plan.clients))
+            )
+
+    # -- observation ----------------------------------------------------------------------
+
+    async def _request_versions(self) -> dict[str, int] | None:
+        try:
+            conn = await asyncpg.connect(_plain(self.sandbox.services.request_url), timeout=2)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return None
+        try:
+            rows = await conn.fetch("SELECT id::text AS id, version FROM synced_users")
+            return {r["id"]: r["version"] for r in rows}
+        except (OSError, asyncpg.PostgresError):
+            return None
+        finally:
+            await conn.close()
+
+    async def watch_regressions(self) -> None:
+        """Sample the Request side; a version that goes down is an older value winning."""
+        while True:
+            versions = await self._request_versions()
+            for uid, version in (versions or {}).items():
+                if version < self.seen.get(uid, 0):
+                    self.report.regressions += 1
+                self.seen[uid] = max(self.seen.get(uid, 0), version)
+            await asyncio.sleep(0.25)
+
+    # -- faults ---------------------------------------------------------------------------
+
+    async def kill_random(self) -> None:
+        candidates = [n for n in self.procs if n.startswith(("worker", "importer"))]
+        name = random.choice(candidates)
+        self.procs[name].kill()
+        self.report.faults.append(f"kill -9 {name}")
+        await asyncio.sleep(random.uniform(0.2, 1.0))
+        old = self.procs[name]
+        self.procs[name] = Process(old.name, old.argv, old.env, self.sandbox.root).start()
+
+    async def redis_outage(self) -> None:
+        assert self.redis is not None
+        self.redis.stop()
+        self.report.faults.append(f"redis down {self.plan.redis_outage_s:.0f}s")
+        await asyncio.sleep(self.plan.redis_outage_s)
+        self.redis = EmbeddedRedis(self.redis_dir)
+
+    async def request_db_outage(self) -> None:
+        """The Request database refuses connections (and loses the open ones) for a while."""
+        name = _plain(self.sandbox.services.request_url).rsplit("/", 1)[1].split("?")[0]
+        admin = _plain(self.sandbox.services.request_url).replace(f"/{name}", "/postgres")
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            self.report.faults.append(f"request db down {self.plan.request_db_outage_s:.0f}s")
+            await asyncio.sleep(self.plan.request_db_outage_s)
+        finally:
+            await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await conn.close()
+
+    async def disk_full(self) -> None:
+        """Fill the exports file system (a small tmpfs) until writes fail, then free it."""
+        filler = self.sandbox.exports / ".filler"
+        await asyncio.to_thread(_fill, filler)
+        self.report.faults.append(f"exports disk full {self.plan.disk_full_s:.0f}s")
+        await asyncio.sleep(self.plan.disk_full_s)
+        filler.unlink()
+
+    # -- the run --------------------------------------------------------------------------
+
+    async def _admin(self, client: httpx.AsyncClient) -> dict[str, str]:
+        await wait_http(f"http://127.0.0.1:{self.api_port}/ready", timeout=60)
+        token = await client.post(
+            "/api/v1/auth/token", data={"username": "admin", "password": ADMIN_PASSWORD}
+        )
+        token.raise_for_status()
+        return {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+    async def run(self, faults: list[Callable[[], Awaitable[None]]]) -> Report:
+        started = time.monotonic()
+        self.redis = EmbeddedRedis(self.redis_dir)
+        bootstrap = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "app.bootstrap",
+            env=self.sandbox.env(NETSYNC_ADMIN_PASSWORD=ADMIN_PASSWORD, **self.env),
+        )
+        if await bootstrap.wait() != 0:
+            raise RuntimeError("bootstrap failed")
+        self.start_processes()
+        watcher = asyncio.create_task(self.watch_regressions())
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api_port}") as client:
+                headers = await self._admin(client)
+                ids = []
+                for i in range(self.plan.users):
+                    created = await client.post(
+                        "/api/v1/users",
+                        json={"username": f"chaos{i:03d}", "password": "chaos pass phrase"},
+                        headers=headers,
+                    )
+                    created.raise_for_status()
+                    ids.append(created.json()["id"])
+                    self.accepted[created.json()["id"]] = 1
+                load = asyncio.create_task(self.load(headers, ids))
+                for fault in faults:
+                    if load.done():
+                        break
+                    await asyncio.sleep(random.uniform(0.5, 2.0))
+                    await fault()
+                await load
+            # Agreement cannot come before the last change was made, nor before the last fault
+            # ended: count from whichever came later.
+            self.report.converge_s = await self._converge(time.monotonic())
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            self.stop_processes()
+            if self.redis is not None:
+                self.redis.stop()
+        await self._tally()
+        self.report.duration_s = time.monotonic() - started
+        return self.report
+
+    async def _converge(self, last_fault: float) -> float:
+        deadline = time.monotonic() + self.plan.converge_timeout_s
+        while time.monotonic() < deadline:
+            versions = await self._request_versions() or {}
+            if all(versions.get(uid, 0) >= v for uid, v in self.accepted.items()):
+                return time.monotonic() - last_fault
+            await asyncio.sleep(0.1)
+        return float("inf")
+
+    async def _tally(self) -> None:
+        versions = await self._request_versions() or {}
+        self.report.lost = sum(1 for uid, v in self.accepted.items() if versions.get(uid, 0) < v)
+        conn = await asyncpg.connect(_plain(self.sandbox.services.request_url))
+        try:
+            applied = await conn.fetchval(
+                "SELECT coalesce(sum(applied_changes), 0) FROM import_ledger"
+            )
+            self.report.changes_applied = int(applied)
+            for row in await conn.fetch(
+                "SELECT reason, count(*) AS n FROM quarantined_files GROUP BY reason"
+            ):
+                self.report.quarantined[row["reason"]] = row["n"]
+        finally:
+            await conn.close()
+        self.report.applied_twice = _events_in_more_than_one_file(self.sandbox)
+
+
+def _events_in_more_than_one_file(sandbox: Sandbox) -> int:
+    """Events carried by two different applied files (a duplicate of one file is not that)."""
+    archive = sandbox.exports / "archive"
+    owners: dict[str, str] = {}
+    twice = 0
+    for path in sorted(archive.glob("changes-*.jsonl")):  # duplicates carry a suffix: skipped
+        for line in path.read_bytes().splitlines()[1:-1]:
+            event = line.split(b'"event_id":"', 1)[1][:36].decode()
+            if event in owners and owners[event] != path.name:
+                twice += 1
+            owners[event] = path.name
+    return twice
+
+
+def _fill(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "wb") as fh:
+        while True:
+            fh.write(b"\0" * 65536)
+
+
+def mount_tmpfs(path: Path, size: str = "64M") -> bool:
+    """A small file system for the exports directory, so "disk full" can really happen."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+    )
+    return result.returncode == 0
+
+
+def unmount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def default_faults(chaos: Chaos, *, disk: bool) -> list[Callable[[], Awaitable[None]]]:
+    plan = chaos.plan
+    faults: list[Callable[[], Awaitable[None]]] = [chaos.kill_random for _ in range(plan.kills)]
+    faults.insert(len(faults) // 3, chaos.redis_outage)
+    faults.insert(2 * len(faults) // 3, chaos.request_db_outage)
+    if disk:
+        faults.append(chaos.disk_full)
+    return faults
+
+
+def unique_dir(prefix: str) -> Path:
+    return Path("/tmp") / f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+__all__ = ["Chaos", "Plan", "Report", "default_faults", "mount_tmpfs", "unique_dir", "unmount"]

@@ -1,0 +1,45 @@
+"""The short fault-injection run: a few thousand changes, every kind of fault, nothing lost.
+
+The long run (100,000 changes, 20+ kills, 30 s outages) is ``./run bench chaos``; its latest
+figures are in ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.chaos.harness import Chaos, Plan, default_faults, mount_tmpfs, unique_dir, unmount
+from tests.support import Sandbox
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def exports_on_tmpfs(sandbox: Sandbox) -> Iterator[bool]:
+    mounted = mount_tmpfs(sandbox.exports)
+    yield mounted
+    if mounted:
+        unmount(sandbox.exports)
+
+
+async def test_faults_lose_nothing_apply_nothing_twice_and_the_networks_converge(
+    sandbox: Sandbox, exports_on_tmpfs: bool
+) -> None:
+    redis_dir = unique_dir("nsc")
+    plan = Plan(changes=300, users=25, workers=2, kills=4)
+    chaos = Chaos(sandbox, plan, redis_dir)
+    try:
+        report = await chaos.run(default_faults(chaos, disk=exports_on_tmpfs))
+    finally:
+        shutil.rmtree(redis_dir, ignore_errors=True)
+    print("\n".join(report.lines()))
+    assert report.changes_made >= plan.changes * 0.9
+    assert report.lost == 0
+    assert report.applied_twice == 0
+    assert report.regressions == 0
+    assert report.server_errors == 0
+    assert not report.quarantined  # no outage may make a genuine file look bad
+    assert report.converge_s <= 10
