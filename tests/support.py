@@ -8,13 +8,17 @@ test its own exports directory and keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import httpx
 from app.config import ResponseSettings
 from exchange.signing import Signer, write_key_pair
 from importer.config import RequestSettings
+from netsync.embedded import EmbeddedPostgres, EmbeddedRedis
+from netsync.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,6 +107,61 @@ class Sandbox:
             "log_format": "json",
         }
         return RequestSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@contextlib.contextmanager
+def provision_services(admin_url: str | None, redis_url: str | None) -> Iterator[Services]:
+    """Two fresh, migrated databases and a Redis database number, dropped afterwards.
+
+    ``admin_url`` / ``redis_url`` name the machine's servers; where they are ``None``, embedded
+    servers start under a short temporary directory (Unix socket paths must stay short).
+    """
+    stoppers: list[EmbeddedPostgres | EmbeddedRedis] = []
+    short = Path(tempfile.mkdtemp(prefix="nst-", dir="/tmp"))
+    if not admin_url:
+        pg = EmbeddedPostgres(short / "pg")
+        stoppers.append(pg)
+        admin_url = pg.url("postgres")
+    if not redis_url:
+        rd = EmbeddedRedis(short / "redis")
+        stoppers.append(rd)
+        redis_url = rd.url(0)
+    else:  # a database number of its own, so concurrent runs on one server do not meet
+        base = redis_url.split("?")[0].rstrip("/")
+        if base.startswith("redis://") and base.count("/") == 3:
+            base = base.rsplit("/", 1)[0]
+        redis_url = f"{base}/{random.randint(1, 15)}"
+    admin = _plain(admin_url)
+    run_id = uuid.uuid4().hex[:10]
+    names = [f"nst_{run_id}_response", f"nst_{run_id}_request"]
+
+    async def admin_sql(*statements: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    def db_url(name: str) -> str:
+        base, _, query = admin.partition("?")
+        return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
+
+    asyncio.run(admin_sql(*(f'CREATE DATABASE "{n}"' for n in names)))
+    svc = Services(db_url(names[0]), db_url(names[1]), redis_url, run_id)
+    try:
+        upgrade("response", svc.response_url)
+        upgrade("request", svc.request_url)
+        yield svc
+    finally:
+        asyncio.run(admin_sql(*(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in names)))
+        for server in reversed(stoppers):
+            server.stop()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def make_sandbox(root: Path, services: Services) -> Sandbox:
