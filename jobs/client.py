@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,9 +146,15 @@ class JobQueue:
 # -- what operators inspect (``netsync inspect queued|active|workers``) -------------------------
 
 
-async def queue_depth(redis: ArqRedis, queue: str) -> int:
-    """Jobs waiting in ``queue``, deferred retries included."""
-    return int(await redis.zcard(queue))
+async def queue_depth(redis: ArqRedis, queue: str) -> tuple[int, int]:
+    """``(due, deferred)``: jobs of ``queue`` due now, and jobs waiting for a later time (retries
+    in backoff, the next tick of a cron job, which arq enqueues about a second early)."""
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(queue, "-inf", now_ms)
+        pipe.zcount(queue, f"({now_ms}", "+inf")
+        due, deferred = await pipe.execute()
+    return int(due), int(deferred)
 
 
 async def _describe(redis: ArqRedis, job_ids: list[str], state: JobState) -> list[JobInfo]:

@@ -182,7 +182,9 @@ async def _outbox_backlog(engine: AsyncEngine) -> None:
 
 async def sample(ctx: dict[str, Any], queue: str) -> None:
     """Refresh the gauges sampled on scrape: queue depth, outbox backlog, poll heartbeat."""
-    metrics.QUEUE_DEPTH.labels(queue).set(await queue_depth(ctx["redis"], queue))
+    due, deferred = await queue_depth(ctx["redis"], queue)
+    metrics.QUEUE_DEPTH.labels(queue).set(due)
+    metrics.QUEUE_DEFERRED.labels(queue).set(deferred)
     await _outbox_backlog(ctx["engine"])
     last = wakeup.last_poll()
     if last is not None:

@@ -66,7 +66,12 @@ JOB_QUEUE_WAIT = Histogram(
     buckets=_FAST,
 )
 QUEUE_DEPTH = Gauge(
-    "netsync_queue_depth", "Jobs waiting in a queue (sampled on scrape).", ["queue"]
+    "netsync_queue_depth", "Jobs due now and waiting for a worker (on scrape).", ["queue"]
+)
+QUEUE_DEFERRED = Gauge(
+    "netsync_queue_deferred",
+    "Jobs queued for a later time: retries in backoff, next cron ticks (on scrape).",
+    ["queue"],
 )
 OUTBOX_BACKLOG = Gauge(
     "netsync_outbox_backlog", "Outbox changes not yet assigned to an export file (on scrape)."
