@@ -31,6 +31,8 @@ class ResponseSettings(CommonSettings):
     job_max_tries: int = 5
     #: Largest number of outbox changes in one export file.
     export_batch_size: int = 1000
+    #: The worker's /metrics, /health and /ready port; 0 disables. One per replica on a host.
+    worker_metrics_port: int = 9100
 
     @cached_property
     def database_url(self) -> str:

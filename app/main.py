@@ -6,11 +6,10 @@ module does no I/O.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from app.auth.endpoints import router as auth_router
 from app.config import ResponseSettings
@@ -19,9 +18,10 @@ from app.health import router as health_router
 from app.operations.endpoints import router as jobs_router
 from app.users.endpoints import router as users_router
 from jobs.client import JobQueue, redis_pool
+from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import install_error_handlers
-from netsync.logging import configure_logging, correlation_id
+from netsync.logging import configure_logging
 
 
 def create_app(settings: ResponseSettings | None = None) -> FastAPI:
@@ -52,19 +52,7 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def _correlation(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        incoming = request.headers.get("x-request-id", "")
-        cid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex
-        token = correlation_id.set(cid)
-        try:
-            response = await call_next(request)
-        finally:
-            correlation_id.reset(token)
-        response.headers["X-Request-ID"] = cid
-        return response
+    instrument(app, "response-api")
 
     for router in (health_router, auth_router, users_router, jobs_router):
         app.include_router(router)

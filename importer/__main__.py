@@ -16,8 +16,10 @@ from exchange.signing import Keyring
 from importer.config import RequestSettings
 from importer.daemon import Importer
 from importer.db import make_sessionmaker
+from importer.probes import importer_probes
 from netsync.db import make_engine
 from netsync.logging import configure_logging
+from netsync.probes import start_probes
 
 log = logging.getLogger("importer")
 
@@ -45,7 +47,17 @@ async def main(once: bool = False) -> int:
             result = await importer.scan_once()
             log.info("import pass finished", extra=result.__dict__)
         else:
-            await importer.run(stop)
+            probes = await start_probes(
+                importer_probes(importer, engine),
+                host=settings.metrics_host,
+                port=settings.importer_metrics_port,
+                name="importer",
+            )
+            try:
+                await importer.run(stop)
+            finally:
+                if probes is not None:
+                    await probes.stop()
     finally:
         await engine.dispose()
     log.info("importer stopped")

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, text
 from importer.config import RequestSettings
 from importer.db import RequestSession, RequestSessionMaker, make_sessionmaker
 from importer.models import ImportLedger, QuarantinedFile, SyncedUser
+from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import ERROR_RESPONSES, NotAuthenticated, install_error_handlers
 from netsync.logging import configure_logging
@@ -85,6 +86,7 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
+    instrument(app, "request-api")
 
     @app.get("/health", tags=["health"])
     async def health() -> dict[str, str]:

@@ -26,6 +26,8 @@ class RequestSettings(CommonSettings):
     force_polling: bool = False
     #: Events can be lost (queue overflow, network file systems): rescan this often regardless.
     rescan_interval_s: float = 2.0
+    #: The importer's /metrics, /health and /ready port; 0 disables. One per daemon on a host.
+    importer_metrics_port: int = 9101
 
     @cached_property
     def database_url(self) -> str:

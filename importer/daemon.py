@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ from importer.apply import apply_export
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
 from importer.models import QuarantinedFile
+from importer.probes import observe_applied
+from netsync import metrics
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ class Importer:
         self._wake = asyncio.Event()
         self._ignored: set[str] = set()
         self._own_entries = {STAGING_DIRNAME, self.archive_dir.name, self.quarantine_dir.name}
+        #: ``time.monotonic()`` of the loop's last pass or file: its liveness (``importer.probes``)
+        self.heartbeat = time.monotonic()
 
     def prepare(self) -> None:
         for path in (self.exports_dir, self.archive_dir, self.quarantine_dir):
@@ -84,6 +89,7 @@ class Importer:
         try:
             while not stop.is_set():
                 self._wake.clear()
+                self.heartbeat = time.monotonic()
                 try:
                     await self.scan_once(stop)
                     backoff = 0.1
@@ -143,6 +149,7 @@ class Importer:
         return result
 
     async def process(self, name: FileName, result: ScanResult) -> None:
+        self.heartbeat = time.monotonic()
         try:
             export = await asyncio.to_thread(
                 read_export, self.exports_dir, name, self.keyring, self.settings.max_file_bytes
@@ -164,6 +171,7 @@ class Importer:
             raise DatabaseUnavailable(repr(exc)) from exc
         finally:
             correlation_id.reset(token)
+        observe_applied(export, outcome)
         if outcome.duplicate:
             result.duplicates += 1
             log.info("file already applied, archiving", extra={"file": export.name.name})
@@ -221,6 +229,7 @@ class Importer:
         if moved is None:
             return
         stored_as, size = moved
+        metrics.IMPORT_FILES_QUARANTINED.labels(rejected.reason.value).inc()
         log.warning(
             "quarantined file",
             extra={"file": name, "reason": rejected.reason.value, "detail": rejected.detail},

@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from arq.connections import ArqRedis
-from arq.jobs import Job, JobStatus
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import Job, JobStatus, deserialize_job
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
+
+from netsync import metrics
 
 log = logging.getLogger(__name__)
 
 WAKE_CHANNEL_PREFIX = "netsync:wake:"
+#: ``netsync:workers:<worker id>``: a live worker's heartbeat (``jobs.observe``), with a TTL.
+WORKER_KEY_PREFIX = "netsync:workers:"
 SYNC_JOB = "sync_changes"
 
 JobState = Literal["queued", "in_progress", "complete", "failed", "not_found"]
@@ -80,6 +87,7 @@ class JobQueue:
                 extra={"job_id": job_id, "error": repr(exc)},
             )
             return False
+        metrics.JOBS_ENQUEUED.labels(function, queue).inc()
         return True
 
     async def enqueue_sync(self, event_id: uuid.UUID) -> bool:
@@ -133,3 +141,63 @@ class JobQueue:
 
     async def close(self) -> None:
         await self.redis.aclose(close_connection_pool=True)
+
+
+# -- what operators inspect (``netsync inspect queued|active|workers``) -------------------------
+
+
+async def queue_depth(redis: ArqRedis, queue: str) -> tuple[int, int]:
+    """``(due, deferred)``: jobs of ``queue`` due now, and jobs waiting for a later time (retries
+    in backoff, the next tick of a cron job, which arq enqueues about a second early)."""
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(queue, "-inf", now_ms)
+        pipe.zcount(queue, f"({now_ms}", "+inf")
+        due, deferred = await pipe.execute()
+    return int(due), int(deferred)
+
+
+async def _describe(redis: ArqRedis, job_ids: list[str], state: JobState) -> list[JobInfo]:
+    if not job_ids:
+        return []
+    raw = await redis.mget([job_key_prefix + job_id for job_id in job_ids])
+    jobs: list[JobInfo] = []
+    for job_id, value in zip(job_ids, raw, strict=True):
+        if value is None:  # finished between the two reads
+            continue
+        definition = deserialize_job(value)
+        jobs.append(
+            JobInfo(
+                job_id,
+                state,
+                function=definition.function,
+                enqueued_at=definition.enqueue_time,
+                tries=definition.job_try,
+            )
+        )
+    return jobs
+
+
+async def list_queued(redis: ArqRedis, queue: str, *, limit: int = 1000) -> list[JobInfo]:
+    """The jobs waiting in ``queue``, next to run first (at most ``limit``)."""
+    job_ids = [m.decode() for m in await redis.zrange(queue, 0, max(0, limit - 1))]
+    return await _describe(redis, job_ids, "queued")
+
+
+async def list_active(redis: ArqRedis, *, limit: int = 1000) -> list[JobInfo]:
+    """Jobs some worker is running now, on any queue (arq's in-progress keys are global)."""
+    job_ids: list[str] = []
+    async for key in redis.scan_iter(match=in_progress_key_prefix + "*", count=500):
+        job_ids.append(key.decode()[len(in_progress_key_prefix) :])
+        if len(job_ids) >= limit:
+            break
+    return await _describe(redis, sorted(job_ids), "in_progress")
+
+
+async def list_workers(redis: ArqRedis) -> list[dict[str, Any]]:
+    """The heartbeats of the workers alive now (each key expires unless its worker renews it)."""
+    keys = [key async for key in redis.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500)]
+    if not keys:
+        return []
+    workers = [orjson.loads(value) for value in await redis.mget(keys) if value is not None]
+    return sorted(workers, key=lambda w: str(w.get("id")))

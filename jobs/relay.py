@@ -33,6 +33,7 @@ from app.outbox.models import ExportFile, ExportStream, OutboxEvent
 from exchange.format import CHANGES_STREAM
 from exchange.signing import Signer
 from exchange.writer import PublishedFile, publish_export
+from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,12 @@ class OutboxRelay:
         file.sha256 = published.sha256
         log.info(
             "published export file",
-            extra={"file": published.name, "records": published.records},
+            extra={
+                "file": published.name,
+                "records": published.records,
+                # one grep for a request id finds the file that carried its change
+                "correlation_ids": sorted({e.correlation_id for e in events if e.correlation_id}),
+            },
         )
         return published
 
@@ -187,11 +193,15 @@ class OutboxRelay:
             async with self.sessions() as session, session.begin():
                 row = (
                     await session.execute(
-                        select(OutboxEvent.export_seq).where(OutboxEvent.event_id == event_id)
+                        select(OutboxEvent.export_seq, OutboxEvent.correlation_id).where(
+                            OutboxEvent.event_id == event_id
+                        )
                     )
                 ).first()
                 if row is None:
                     raise LookupError(f"outbox event {event_id} does not exist")
+                if row.correlation_id:  # the job's log lines carry the change's request id
+                    correlation_id.set(row.correlation_id)
                 if row.export_seq is not None:
                     seq: int = row.export_seq
                     break

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 
 import arq
@@ -30,13 +31,23 @@ log = logging.getLogger(__name__)
 
 _SUPPORTED_ARQ = ("0.28.0",)
 _wake = asyncio.Event()
+_last_poll: float | None = None
+
+
+def last_poll() -> float | None:
+    """``time.monotonic()`` of the poll loop's last iteration: this worker's liveness signal
+    (``jobs.observe``). A loop stuck anywhere, in a job's synchronous code or on Redis, stops
+    moving it; ``None`` until the first iteration."""
+    return _last_poll
 
 
 async def _wakeable_poll(step: float = 0.5) -> AsyncGenerator[float, None]:
+    global _last_poll
     loop = asyncio.get_running_loop()
     start = loop.time()
     while True:
         _wake.clear()
+        _last_poll = time.monotonic()
         yield loop.time() - start
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_wake.wait(), timeout=step)

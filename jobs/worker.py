@@ -25,6 +25,7 @@ from app.config import ResponseSettings
 from app.db import make_sessionmaker
 from jobs import wakeup
 from jobs.client import SYNC_JOB
+from jobs.observe import observed
 from jobs.relay import OutboxRelay
 from netsync.db import make_engine
 from netsync.keys import load_signer
@@ -102,7 +103,7 @@ async def sweep_outbox(ctx: dict[str, Any]) -> dict[str, int]:
 def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
     cfg = settings or ResponseSettings()
     sweep_every = max(1, min(59, cfg.sweep_interval_s))
-    return {
+    worker: dict[str, Any] = {
         "functions": [func(sync_changes, name=SYNC_JOB, max_tries=cfg.job_max_tries, timeout=30)],
         "cron_jobs": [
             cron(
@@ -129,3 +130,4 @@ def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
         "job_timeout": 60,
         "health_check_interval": 10,
     }
+    return observed(worker, cfg)

@@ -53,6 +53,8 @@ class CommonSettings(BaseSettings):
     exports_dir: Path | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
+    #: Where the daemons (worker, importer) serve /metrics, /health and /ready.
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _defaults(self) -> CommonSettings:

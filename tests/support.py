@@ -74,6 +74,9 @@ class Sandbox:
                 "NETSYNC_SYNC_QUEUE": self.queue,
                 "NETSYNC_LOG_FORMAT": "json",
                 "NETSYNC_SWEEP_INTERVAL_S": "1",
+                # no fixed ports: a test that wants the probes passes free_port()s
+                "NETSYNC_WORKER_METRICS_PORT": "0",
+                "NETSYNC_IMPORTER_METRICS_PORT": "0",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -93,6 +96,7 @@ class Sandbox:
             "sync_queue": self.queue,
             "sweep_interval_s": 1,
             "log_format": "json",
+            "worker_metrics_port": 0,
         }
         return ResponseSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 
@@ -105,6 +109,7 @@ class Sandbox:
             "request_database_url": self.services.request_url,
             "trusted_keys_dir": Path(env["NETSYNC_TRUSTED_KEYS_DIR"]),
             "log_format": "json",
+            "importer_metrics_port": 0,
         }
         return RequestSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 

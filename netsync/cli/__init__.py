@@ -1,0 +1,28 @@
+"""The ``netsync`` command: operators' view of and control over a running system.
+
+Each group lives in its own module; every command reads the same ``NETSYNC_*`` configuration as
+the processes, prints a Rich table for people and JSON with ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from netsync.cli import export, importing, inspect, keys
+from netsync.cli.verify import verify
+
+app = typer.Typer(
+    name="netsync",
+    help="Operate netsync: inspect queues and configuration, run exports, import, verify, keys.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(inspect.app, name="inspect")
+app.add_typer(export.app, name="export")
+app.add_typer(importing.app, name="import")
+app.add_typer(keys.app, name="keys")
+app.command("verify")(verify)
+
+
+def main() -> None:
+    app()
