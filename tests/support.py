@@ -48,6 +48,10 @@ class Sandbox:
     queue: str
 
     @property
+    def bulk_queue(self) -> str:
+        return self.queue.removesuffix(":sync") + ":bulk"
+
+    @property
     def exports(self) -> Path:
         return self.root / "exports"
 
@@ -66,6 +70,7 @@ class Sandbox:
                 "NETSYNC_TRUSTED_KEYS_DIR": str(self.root / "keys" / "trusted"),
                 "NETSYNC_SECRET_KEY": "test-secret-" + "x" * 40,
                 "NETSYNC_SYNC_QUEUE": self.queue,
+                "NETSYNC_BULK_QUEUE": self.bulk_queue,
                 "NETSYNC_LOG_FORMAT": "json",
                 "NETSYNC_SWEEP_INTERVAL_S": "1",
                 "PYTHONUNBUFFERED": "1",
@@ -85,6 +90,7 @@ class Sandbox:
             "signing_key_file": Path(env["NETSYNC_SIGNING_KEY_FILE"]),
             "secret_key": env["NETSYNC_SECRET_KEY"],
             "sync_queue": self.queue,
+            "bulk_queue": self.bulk_queue,
             "sweep_interval_s": 1,
             "log_format": "json",
         }
