@@ -6,8 +6,9 @@ here, as a 422, instead of failing later as a 500 or a quarantined file:
 
 - PostgreSQL ``text`` and ``jsonb`` refuse the NUL character, and a lone UTF-16 surrogate (which
   ``json.loads`` happily produces from ``"\\ud800"``) cannot be encoded for the wire at all;
-- ``jsonb`` refuses ``NaN`` and ``Infinity`` (which ``json.loads`` also accepts), and the export
-  writer (orjson) refuses integers beyond 64 bits.
+- ``jsonb`` refuses ``NaN`` and ``Infinity`` (which ``json.loads`` also accepts), the export
+  writer (orjson) refuses integers beyond 64 bits, and ``jsonb`` turns a float such as ``1e22``
+  into exactly such an integer when it is read back.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def _check_json(value: Any, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("numbers must be finite (no NaN or Infinity)")
+        # jsonb prints 1e22 as 10000000000000000000000, which reads back as an integer that no
+        # longer fits in 64 bits: refuse magnitudes that cannot make the round trip.
+        if abs(value) >= _INT64:
+            raise ValueError("numbers must lie between -2^63 and 2^63")
     elif isinstance(value, list):
         for item in value:
             _check_json(item, depth + 1)

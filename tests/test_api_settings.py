@@ -103,6 +103,7 @@ async def test_keys_and_values_the_request_network_could_not_take_are_422(
         b'{"key": "a.b", "value": Infinity}',
         b'{"key": "a.b", "value": 1e400}',
         b'{"key": "a.b", "value": 18446744073709551616}',
+        b'{"key": "a.b", "value": [-4.5631227517436510e22]}',
         b'{"key": "a.b", "value": "nul \\u0000 inside"}',
         b'{"key": "a.b", "value": {"\\u0000": 1}}',
         b'{"key": "a.b", "value": "\\udc00"}',

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from app.fields import StoredJson, Text
 from exchange.format import SETTING_KEY_PATTERN
@@ -45,7 +45,7 @@ class SettingOut(BaseModel):
 
     id: uuid.UUID
     key: str
-    value: StoredJson
+    value: JsonValue
     description: str | None
     version: int
     created_at: datetime

@@ -30,7 +30,10 @@ def sync_payload(setting: Setting) -> dict[str, Any]:
 
 def _same(old: Any, new: Any) -> bool:
     """Equal as JSON: ``1``, ``1.0`` and ``true`` are different values, key order is not."""
-    return bool(orjson.dumps(old, option=_SORTED) == orjson.dumps(new, option=_SORTED))
+    try:
+        return bool(orjson.dumps(old, option=_SORTED) == orjson.dumps(new, option=_SORTED))
+    except TypeError:  # a value orjson cannot write is never the same as a new, valid one
+        return False
 
 
 async def _record(session: ResponseSession, setting: Setting) -> OutboxEvent:
