@@ -6,8 +6,9 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 
 from netsync.config import CommonSettings, ConfigurationError
 
@@ -23,6 +24,10 @@ class ResponseSettings(CommonSettings):
     job_result_ttl_s: int = 3600
     #: The queue of interactive sync jobs (password changes); never behind bulk exports.
     sync_queue: str = "netsync:queue:sync"
+    #: The queue of bulk work (exports on demand and on schedule), served by its own workers.
+    bulk_queue: str = "netsync:queue:bulk"
+    #: The timezone cron schedules are evaluated in (an IANA name, e.g. ``Europe/Berlin``).
+    timezone: str = "UTC"
     #: Fallback poll interval of the worker; enqueues wake it at once through Redis pub/sub.
     worker_poll_delay_s: float = 0.5
     #: How often the outbox sweeper exports whatever the per-change jobs did not.
@@ -33,6 +38,15 @@ class ResponseSettings(CommonSettings):
     export_batch_size: int = 1000
     #: The worker's /metrics, /health and /ready port; 0 disables. One per replica on a host.
     worker_metrics_port: int = 9100
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (use an IANA name such as UTC)") from None
+        return value
 
     @cached_property
     def database_url(self) -> str:

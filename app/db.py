@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 
@@ -29,3 +30,10 @@ async def session_scope(maker: ResponseSessionMaker) -> AsyncIterator[ResponseSe
     """Commit on success, roll back on any error: the single owner of the transaction."""
     async with maker() as session, session.begin():
         yield session
+
+
+def violated_constraint(exc: IntegrityError) -> str | None:
+    """The name of the constraint an ``IntegrityError`` broke (asyncpg reports it), if known."""
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    name = getattr(cause, "constraint_name", None)
+    return name if isinstance(name, str) else None

@@ -16,6 +16,8 @@ from app.config import ResponseSettings
 from app.db import make_sessionmaker
 from app.health import router as health_router
 from app.operations.endpoints import router as jobs_router
+from app.profile_types.endpoints import router as profile_types_router
+from app.settings.endpoints import router as settings_router
 from app.users.endpoints import router as users_router
 from jobs.client import JobQueue, redis_pool
 from netsync.asgi import instrument
@@ -32,7 +34,9 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         cfg.check()
         engine = make_engine(cfg.database_url, application_name="netsync-response-api")
         queue = JobQueue(
-            redis_pool(cfg.redis_dsn, queue_name=cfg.sync_queue), sync_queue=cfg.sync_queue
+            redis_pool(cfg.redis_dsn, queue_name=cfg.sync_queue),
+            sync_queue=cfg.sync_queue,
+            bulk_queue=cfg.bulk_queue,
         )
         app.state.settings = cfg
         app.state.engine = engine
@@ -54,7 +58,14 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
 
     instrument(app, "response-api")
 
-    for router in (health_router, auth_router, users_router, jobs_router):
+    for router in (
+        health_router,
+        auth_router,
+        users_router,
+        settings_router,
+        profile_types_router,
+        jobs_router,
+    ):
         app.include_router(router)
     return app
 

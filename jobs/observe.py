@@ -156,7 +156,8 @@ def _wrap_cron(job: CronJob, queue: str, default_timeout: float) -> CronJob:
         job,
         coroutine=_wrap(
             job.coroutine,
-            name=job.name,
+            # arq names cron functions ``cron:<entry>``; metrics speak of the entry
+            name=job.name.removeprefix("cron:"),
             queue=queue,
             cron=True,
             max_tries=job.max_tries or 1,

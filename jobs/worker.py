@@ -13,7 +13,7 @@ import logging
 import uuid
 from typing import Any
 
-from arq import Retry, cron, func
+from arq import Retry
 from arq.connections import RedisSettings
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
-from jobs import wakeup
+from jobs import deadletter, schedule, wakeup
 from jobs.client import SYNC_JOB
 from jobs.observe import observed
 from jobs.relay import OutboxRelay
@@ -102,20 +102,19 @@ async def sweep_outbox(ctx: dict[str, Any]) -> dict[str, int]:
 
 def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
     cfg = settings or ResponseSettings()
-    sweep_every = max(1, min(59, cfg.sweep_interval_s))
     worker: dict[str, Any] = {
-        "functions": [func(sync_changes, name=SYNC_JOB, max_tries=cfg.job_max_tries, timeout=30)],
-        "cron_jobs": [
-            cron(
-                sweep_outbox,
-                name="sweep_outbox",
-                second=set(range(0, 60, sweep_every)),
-                run_at_startup=True,
-                unique=True,
-                timeout=120,
-                keep_result=cfg.job_result_ttl_s,
+        "functions": [
+            deadletter.register(
+                sync_changes,
+                name=SYNC_JOB,
+                queue=cfg.sync_queue,
+                max_tries=cfg.job_max_tries,
+                timeout_s=30,
             )
         ],
+        # Periodic jobs are declared in jobs.schedule, where the API reads them too.
+        "cron_jobs": schedule.cron_jobs(cfg, "sync"),
+        "timezone": schedule.timezone(cfg),
         "queue_name": cfg.sync_queue,
         "redis_settings": redis_settings(cfg.redis_dsn),
         "on_startup": startup,

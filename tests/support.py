@@ -54,6 +54,10 @@ class Sandbox:
     queue: str
 
     @property
+    def bulk_queue(self) -> str:
+        return self.queue.removesuffix(":sync") + ":bulk"
+
+    @property
     def exports(self) -> Path:
         return self.root / "exports"
 
@@ -72,6 +76,7 @@ class Sandbox:
                 "NETSYNC_TRUSTED_KEYS_DIR": str(self.root / "keys" / "trusted"),
                 "NETSYNC_SECRET_KEY": "test-secret-" + "x" * 40,
                 "NETSYNC_SYNC_QUEUE": self.queue,
+                "NETSYNC_BULK_QUEUE": self.bulk_queue,
                 "NETSYNC_LOG_FORMAT": "json",
                 "NETSYNC_SWEEP_INTERVAL_S": "1",
                 # no fixed ports: a test that wants the probes passes free_port()s
@@ -94,6 +99,7 @@ class Sandbox:
             "signing_key_file": Path(env["NETSYNC_SIGNING_KEY_FILE"]),
             "secret_key": env["NETSYNC_SECRET_KEY"],
             "sync_queue": self.queue,
+            "bulk_queue": self.bulk_queue,
             "sweep_interval_s": 1,
             "log_format": "json",
             "worker_metrics_port": 0,

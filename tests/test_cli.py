@@ -193,7 +193,7 @@ async def test_export_run_changes_runs_the_sweeper_now_and_prints_its_job_id(
     job = as_json(result)
     assert job["job_id"].startswith("export:changes:")
     assert (job["function"], job["queue"], job["state"]) == (
-        "sweep_outbox",
+        "cron:sweep_outbox",
         sandbox.queue,
         "complete",
     )

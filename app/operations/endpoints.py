@@ -1,37 +1,131 @@
-"""``GET /api/v1/jobs/{job_id}``: the state of a job, as ``AsyncResult(id).state`` told.
+"""Operators' control of jobs: what ``AsyncResult``, ``celery inspect``, Flower and
+``debug_celery.py`` gave in the old system.
 
-A sync job's id is derived from its outbox event, so even a job that never reached Redis (it was
-down at commit time) has a true answer: the outbox says whether its change was exported.
+- ``/api/v1/jobs``: one job's state, jobs by state, and the dead-letter list (retry, discard);
+- ``/api/v1/exports/{name}/run``: run an export now on the bulk queue;
+- ``/api/v1/schedule``: every periodic job with its next and last run;
+- ``/api/v1/queues``: queue sizes, and purging a queue (with a confirmation).
+
+Reading one job is open to its owner (a sync job of their own change); everything else is for
+administrators. A sync job's id is derived from its outbox event, so even a job that never reached
+Redis (it was down at commit time) has a true answer: the outbox says whether its change was
+exported. Redis being unreachable is a 503, never a 500.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel
+from fastapi import APIRouter, Path, Query, status
 from sqlalchemy import select
 
-from app.deps import CurrentUser, QueueDep, UowDep
+from app.deps import AdminUser, CurrentUser, QueueDep, SettingsDep, UowDep
+from app.operations.schemas import (
+    DeadJobOut,
+    JobAccepted,
+    JobList,
+    JobOut,
+    QueueOut,
+    QueuePurged,
+    ScheduleEntryOut,
+)
 from app.outbox.models import ExportFile, OutboxEvent
-from jobs.client import JobInfo, JobState, QueueUnavailable
-from netsync.errors import ERROR_RESPONSES, NotFound, ServiceUnavailable
+from jobs import schedule
+from jobs.client import EXPORTS, DeadJob, JobInfo, QueueUnavailable, export_job
+from netsync.errors import ERROR_RESPONSES, NetsyncError, NotFound, ServiceUnavailable
 
-router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+jobs_router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+exports_router = APIRouter(prefix="/api/v1/exports", tags=["jobs"], responses=ERROR_RESPONSES)
+schedule_router = APIRouter(prefix="/api/v1/schedule", tags=["jobs"], responses=ERROR_RESPONSES)
+queues_router = APIRouter(prefix="/api/v1/queues", tags=["jobs"], responses=ERROR_RESPONSES)
+
+JobId = Annotated[str, Path(min_length=1, max_length=256)]
+_UNREACHABLE = "the job queue is unreachable; try again shortly"
 
 
-class JobOut(BaseModel):
-    job_id: str
-    state: JobState
-    function: str | None = None
-    enqueued_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    tries: int | None = None
-    result: Any = None
-    error: str | None = None
+class ConfirmationRequired(NetsyncError):
+    code = "confirmation_required"
+
+
+def _job_out(info: JobInfo) -> JobOut:
+    return JobOut(**info.__dict__)
+
+
+def _dead_out(dead: DeadJob, labels: dict[str, str]) -> DeadJobOut:
+    return DeadJobOut(
+        job_id=dead.job_id,
+        function=dead.function,
+        queue=labels.get(dead.queue, dead.queue),
+        tries=dead.tries,
+        error=dead.error,
+        failed_at=dead.failed_at,
+        enqueued_at=dead.enqueued_at,
+        args=dead.args,
+        keyword_args=dead.kwargs,
+    )
+
+
+# The dead-letter routes come first: ``/jobs/dead`` must not be read as the job ``dead``.
+
+
+@jobs_router.get("/dead")
+async def list_dead_jobs(
+    queue: QueueDep, _: AdminUser, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> list[DeadJobOut]:
+    """Jobs that failed for good (an error, or out of retries), newest first."""
+    try:
+        dead = await queue.dead_jobs(limit=limit)
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
+    labels = {key: name for name, key in queue.queues.items()}
+    return [_dead_out(d, labels) for d in dead]
+
+
+@jobs_router.post("/dead/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED)
+async def retry_dead_job(job_id: JobId, queue: QueueDep, _: AdminUser) -> JobAccepted:
+    """Run a dead job again with the same function and arguments on the same queue."""
+    try:
+        dead = await queue.dead_letters.get(queue.queues.values(), job_id)
+        new_id = await queue.retry_dead(job_id) if dead is not None else None
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
+    if dead is None or new_id is None:
+        raise NotFound(f"no dead job {job_id!r}")
+    return JobAccepted(
+        job_id=new_id, queue=queue.queue_label(dead.queue) or dead.queue, function=dead.function
+    )
+
+
+@jobs_router.delete("/dead/{job_id}")
+async def discard_dead_job(job_id: JobId, queue: QueueDep, _: AdminUser) -> DeadJobOut:
+    """Forget a dead job; answers what was discarded."""
+    try:
+        dead = await queue.discard_dead(job_id)
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
+    if dead is None:
+        raise NotFound(f"no dead job {job_id!r}")
+    return _dead_out(dead, {key: name for name, key in queue.queues.items()})
+
+
+@jobs_router.get("")
+async def list_jobs(
+    queue: QueueDep,
+    _: AdminUser,
+    status: Annotated[Literal["queued", "in_progress", "complete", "failed"], Query()],
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> JobList:
+    """Jobs of every queue in one state; finished ones (kept ``NETSYNC_JOB_RESULT_TTL_S``)
+    newest first."""
+    try:
+        found = await queue.list_jobs(status, limit=limit)
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
+    return JobList(
+        status=status, items=[_job_out(i) for i in found.items], truncated=found.truncated
+    )
 
 
 def _event_id(job_id: str) -> uuid.UUID | None:
@@ -44,8 +138,8 @@ def _event_id(job_id: str) -> uuid.UUID | None:
         return None
 
 
-@router.get("/{job_id}")
-async def read_job(job_id: str, uow: UowDep, queue: QueueDep, user: CurrentUser) -> JobOut:
+@jobs_router.get("/{job_id}")
+async def read_job(job_id: JobId, uow: UowDep, queue: QueueDep, user: CurrentUser) -> JobOut:
     event_id = _event_id(job_id)
     event = None
     if event_id is not None:
@@ -58,13 +152,13 @@ async def read_job(job_id: str, uow: UowDep, queue: QueueDep, user: CurrentUser)
         info = await queue.info(job_id)
     except QueueUnavailable as exc:
         if event is None:
-            raise ServiceUnavailable("the job queue is unreachable; try again shortly") from exc
+            raise ServiceUnavailable(_UNREACHABLE) from exc
         info = JobInfo(job_id, "not_found")
     if info.state == "not_found" and event is not None:
         info = await _from_outbox(uow, job_id, event)
     if info.state == "not_found":
         raise NotFound(f"no job {job_id!r}")
-    return JobOut(**info.__dict__)
+    return _job_out(info)
 
 
 async def _from_outbox(uow: UowDep, job_id: str, event: OutboxEvent) -> JobInfo:
@@ -81,3 +175,90 @@ async def _from_outbox(uow: UowDep, job_id: str, event: OutboxEvent) -> JobInfo:
         finished_at=file.published_at,
         result={"event_id": str(event.event_id), "stream": file.stream, "seq": file.seq},
     )
+
+
+@exports_router.post("/{name}/run", status_code=status.HTTP_202_ACCEPTED)
+async def run_export(
+    name: Annotated[str, Path(max_length=64, description=f"One of: {', '.join(EXPORTS)}.")],
+    queue: QueueDep,
+    _: AdminUser,
+) -> JobAccepted:
+    """Run an export now, on the bulk queue (never in the way of interactive sync jobs)."""
+    if name not in EXPORTS:
+        raise NotFound(f"no export {name!r}; there are: {', '.join(EXPORTS)}")
+    try:
+        job_id = await queue.enqueue_export(name)
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
+    return JobAccepted(job_id=job_id, queue="bulk", function=export_job(name))
+
+
+@schedule_router.get("")
+async def read_schedule(
+    queue: QueueDep, settings: SettingsDep, _: AdminUser
+) -> list[ScheduleEntryOut]:
+    """Every periodic job: its schedule, timezone, next run and last finished run."""
+    tz = schedule.timezone(settings)
+    now = datetime.now(tz)
+    entries = []
+    for entry in schedule.periodic(settings):
+        try:
+            last = await queue.last_run(entry.job_name, queue.queues[entry.queue])
+        except QueueUnavailable as exc:
+            raise ServiceUnavailable(_UNREACHABLE) from exc
+        entries.append(
+            ScheduleEntryOut(
+                name=entry.name,
+                job_name=entry.job_name,
+                function=entry.function,
+                queue=entry.queue,
+                description=entry.description,
+                crontab=entry.crontab(),
+                timezone=settings.timezone,
+                run_at_startup=entry.run_at_startup,
+                next_run=entry.next_run(now),
+                last_run=_job_out(last) if last is not None else None,
+            )
+        )
+    return entries
+
+
+@queues_router.get("")
+async def list_queues(queue: QueueDep, _: AdminUser) -> list[QueueOut]:
+    try:
+        sizes = await queue.queue_sizes()
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
+    return [
+        QueueOut(name=name, key=queue.queues[name], jobs=jobs, dead=dead)
+        for name, (jobs, dead) in sizes.items()
+    ]
+
+
+@queues_router.delete("/{name}")
+async def purge_queue(
+    name: Annotated[str, Path(max_length=256, description="`sync`, `bulk`, or the queue key.")],
+    queue: QueueDep,
+    _: AdminUser,
+    confirm: Annotated[str | None, Query(max_length=256)] = None,
+) -> QueuePurged:
+    """Drop every queued job of one queue (running ones finish). ``?confirm=`` must repeat the
+    queue's name: purging cannot be undone."""
+    key = queue.queue_key(name)
+    if key is None:
+        raise NotFound(f"no queue {name!r}; there are: {', '.join(queue.queues)}")
+    if confirm != name:
+        raise ConfirmationRequired(
+            f"purging drops every queued job of {name!r} for good; "
+            f"repeat the queue's name to confirm: ?confirm={name}"
+        )
+    try:
+        removed = await queue.purge(key)
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
+    return QueuePurged(name=queue.queue_label(key) or name, removed=removed)
+
+
+router = APIRouter()
+for _router in (jobs_router, exports_router, schedule_router, queues_router):
+    router.include_router(_router)

@@ -3,24 +3,76 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 
 from app.deps import AdminUser, CurrentUser, UowDep
+from app.fields import Limit, Offset, Page, Text
+from app.outbox.models import OutboxEvent
 from app.users import service
+from app.users.models import User
 from app.users.schemas import (
     ChangeOwnPassword,
     ResetPassword,
+    Role,
     SyncAccepted,
+    UserChanged,
     UserCreate,
     UserCreated,
     UserOut,
+    UserUpdate,
 )
 from jobs.client import sync_job_id
 from netsync.errors import ERROR_RESPONSES, NotPermitted
 from netsync.passwords import verify_password
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], responses=ERROR_RESPONSES)
+
+#: What only an administrator may change, and nobody on their own account (role, active flag).
+_ADMIN_FIELDS = frozenset({"role", "is_active", "profile_type_id"})
+_NOT_ON_SELF = frozenset({"role", "is_active"})
+
+UsernameFilter = Annotated[
+    Text | None,
+    Query(max_length=150, description="Only usernames containing this (case-insensitive)."),
+]
+
+
+def _changed(user: User, event: OutboxEvent | None) -> UserChanged:
+    return UserChanged(
+        **UserOut.model_validate(user).model_dump(),
+        sync_job_id=sync_job_id(event.event_id) if event is not None else None,
+    )
+
+
+def _self_or_admin(caller: User, user_id: uuid.UUID) -> None:
+    if caller.role != "admin" and caller.id != user_id:
+        raise NotPermitted("you may only read and change your own account")
+
+
+@router.get("")
+async def list_users(
+    uow: UowDep,
+    _: AdminUser,
+    username: UsernameFilter = None,
+    profile_type_id: Annotated[uuid.UUID | None, Query()] = None,
+    is_active: Annotated[bool | None, Query()] = None,
+    role: Annotated[Role | None, Query()] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> Page[UserOut]:
+    rows, total = await service.list_users(
+        uow.session,
+        username=username,
+        profile_type_id=profile_type_id,
+        is_active=is_active,
+        role=role,
+        limit=limit,
+        offset=offset,
+    )
+    items = [UserOut.model_validate(r) for r in rows]
+    return Page(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -32,6 +84,7 @@ async def create_user(body: UserCreate, uow: UowDep, _: AdminUser) -> UserCreate
         password=body.password,
         role=body.role,
         is_active=body.is_active,
+        profile_type_id=body.profile_type_id,
     )
     uow.sync_after_commit(event.event_id)
     return UserCreated(
@@ -62,3 +115,48 @@ async def reset_password(
     updated, event = await service.set_password(uow.session, user_id, body.new_password)
     uow.sync_after_commit(event.event_id)
     return SyncAccepted(sync_job_id=sync_job_id(event.event_id), version=updated.version)
+
+
+@router.get("/{user_id}")
+async def read_user(user_id: uuid.UUID, uow: UowDep, caller: CurrentUser) -> UserOut:
+    _self_or_admin(caller, user_id)
+    return UserOut.model_validate(await service.get(uow.session, user_id))
+
+
+@router.patch("/{user_id}")
+async def update_user(
+    user_id: uuid.UUID, body: UserUpdate, uow: UowDep, caller: CurrentUser
+) -> UserChanged:
+    _self_or_admin(caller, user_id)
+    fields = body.model_fields_set
+    if caller.role != "admin" and fields & _ADMIN_FIELDS:
+        names = ", ".join(sorted(fields & _ADMIN_FIELDS))
+        raise NotPermitted(f"only administrators may change {names}")
+    if caller.id == user_id and fields & _NOT_ON_SELF:
+        names = ", ".join(sorted(fields & _NOT_ON_SELF))
+        raise NotPermitted(f"you may not change your own {names}")
+    user, event = await service.update_user(uow.session, user_id, body.model_dump(include=fields))
+    if event is not None:
+        uow.sync_after_commit(event.event_id)
+    return _changed(user, event)
+
+
+@router.post("/{user_id}/deactivate")
+async def deactivate_user(user_id: uuid.UUID, uow: UowDep, caller: AdminUser) -> UserChanged:
+    """Sign-in stops on both networks; the account and its history stay."""
+    if caller.id == user_id:
+        raise NotPermitted("you may not deactivate your own account")
+    user, event = await service.update_user(uow.session, user_id, {"is_active": False})
+    if event is not None:
+        uow.sync_after_commit(event.event_id)
+    return _changed(user, event)
+
+
+@router.delete("/{user_id}")
+async def delete_user(user_id: uuid.UUID, uow: UowDep, caller: AdminUser) -> SyncAccepted:
+    """The Request Network keeps a tombstone, so a late older change cannot bring it back."""
+    if caller.id == user_id:
+        raise NotPermitted("you may not delete your own account")
+    event = await service.delete_user(uow.session, user_id)
+    uow.sync_after_commit(event.event_id)
+    return SyncAccepted(sync_job_id=sync_job_id(event.event_id), version=event.version)

@@ -6,7 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+from app.fields import Text
 
 Username = Annotated[
     str,
@@ -17,7 +19,8 @@ Username = Annotated[
         description="Letters, digits and _ . @ -, starting with a letter or digit.",
     ),
 ]
-Password = Annotated[str, Field(min_length=1, max_length=1024)]
+Password = Annotated[Text, Field(min_length=1, max_length=1024)]
+Role = Literal["admin", "user"]
 
 
 class UserCreate(BaseModel):
@@ -26,8 +29,33 @@ class UserCreate(BaseModel):
     username: Username
     email: EmailStr | None = None
     password: Password
-    role: Literal["admin", "user"] = "user"
+    role: Role = "user"
     is_active: bool = True
+    profile_type_id: uuid.UUID | None = None
+
+
+class UserUpdate(BaseModel):
+    """Only the fields present change; ``email`` and ``profile_type_id`` may be ``null``.
+
+    A user may change their own ``username`` and ``email``; ``role``, ``is_active`` and
+    ``profile_type_id`` (which grants permissions) are for administrators, and nobody changes
+    their own role or active flag.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: Username | None = None
+    email: EmailStr | None = None
+    role: Role | None = None
+    is_active: bool | None = None
+    profile_type_id: uuid.UUID | None = None
+
+    @model_validator(mode="after")
+    def _no_null_required(self) -> UserUpdate:
+        for field in ("username", "role", "is_active"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
 
 
 class UserOut(BaseModel):
@@ -38,6 +66,7 @@ class UserOut(BaseModel):
     email: str | None
     role: str
     is_active: bool
+    profile_type_id: uuid.UUID | None
     version: int
     created_at: datetime
     updated_at: datetime
@@ -45,6 +74,13 @@ class UserOut(BaseModel):
 
 class UserCreated(UserOut):
     sync_job_id: str
+
+
+class UserChanged(UserOut):
+    """The user after the change, and the sync job that carries it (``null`` when the request
+    changed nothing, so nothing was sent)."""
+
+    sync_job_id: str | None
 
 
 class ResetPassword(BaseModel):

@@ -10,13 +10,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from app.db import ResponseSession
+from app.db import ResponseSession, violated_constraint
+from app.fields import clean_text
 from app.outbox.models import OutboxEvent
 from app.outbox.service import record_change
+from app.profile_types.service import UnknownProfileType, require_exists
 from app.users.models import User
 from app.users.policy import password_problems
 from netsync.errors import AlreadyExists, InvalidInput, NotFound
 from netsync.passwords import hash_password
+
+ENTITY = "user"
 
 
 class WeakPassword(InvalidInput):
@@ -48,7 +52,7 @@ def check_password(password: str, *, username: str) -> None:
 async def _record(session: ResponseSession, user: User) -> OutboxEvent:
     return await record_change(
         session,
-        entity="user",
+        entity=ENTITY,
         entity_id=user.id,
         version=user.version,
         op="upsert",
@@ -57,6 +61,10 @@ async def _record(session: ResponseSession, user: User) -> OutboxEvent:
 
 
 async def get_by_username(session: ResponseSession, username: str) -> User | None:
+    try:
+        clean_text(username)
+    except ValueError:  # no stored name contains what PostgreSQL cannot even compare
+        return None
     result = await session.execute(
         select(User).where(func.lower(User.username) == username.lower())
     )
@@ -71,10 +79,13 @@ async def create_user(
     password: str,
     role: str,
     is_active: bool = True,
+    profile_type_id: uuid.UUID | None = None,
 ) -> tuple[User, OutboxEvent]:
     check_password(password, username=username)
     if await get_by_username(session, username) is not None:
         raise AlreadyExists(f"username {username!r} is taken")
+    if profile_type_id is not None:
+        await require_exists(session, profile_type_id)
     user = User(
         id=uuid.uuid4(),
         username=username,
@@ -82,16 +93,106 @@ async def create_user(
         password_hash=await hash_password(password),
         role=role,
         is_active=is_active,
+        profile_type_id=profile_type_id,
         version=1,
     )
     session.add(user)
+    await _flush(session, user)
+    await session.refresh(user)
+    return user, await _record(session, user)
+
+
+async def _flush(session: ResponseSession, user: User) -> None:
+    """Flush in a savepoint, turning a lost race into the error the caller would have got."""
     try:
         async with session.begin_nested():
             await session.flush()
-    except IntegrityError as exc:  # a concurrent create of the same name won the race
-        raise AlreadyExists(f"username {username!r} is taken") from exc
-    await session.refresh(user)
+    except IntegrityError as exc:
+        constraint = violated_constraint(exc)
+        if constraint == "uq_users_username_lower":  # a concurrent change took the name
+            raise AlreadyExists(f"username {user.username!r} is taken") from exc
+        if constraint == "fk_users_profile_type_id_profile_types":  # deleted meanwhile
+            raise UnknownProfileType(f"profile type {user.profile_type_id} does not exist") from exc
+        raise
+
+
+async def get(session: ResponseSession, user_id: uuid.UUID, *, for_update: bool = False) -> User:
+    user = await session.get(
+        User, user_id, with_for_update=for_update, populate_existing=for_update
+    )
+    if user is None:
+        raise NotFound(f"user {user_id} does not exist")
+    return user
+
+
+async def list_users(
+    session: ResponseSession,
+    *,
+    username: str | None = None,
+    profile_type_id: uuid.UUID | None = None,
+    is_active: bool | None = None,
+    role: str | None = None,
+    limit: int,
+    offset: int,
+) -> tuple[list[User], int]:
+    where = []
+    if username:
+        where.append(User.username.icontains(username, autoescape=True))
+    if profile_type_id is not None:
+        where.append(User.profile_type_id == profile_type_id)
+    if is_active is not None:
+        where.append(User.is_active.is_(is_active))
+    if role is not None:
+        where.append(User.role == role)
+    total = await session.scalar(select(func.count()).select_from(User).where(*where))
+    rows = await session.scalars(
+        select(User)
+        .where(*where)
+        .order_by(func.lower(User.username), User.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(rows), total or 0
+
+
+async def update_user(
+    session: ResponseSession, user_id: uuid.UUID, changes: dict[str, Any]
+) -> tuple[User, OutboxEvent | None]:
+    """Apply the given fields (who may change what is the endpoint's business).
+
+    No outbox row and no new version when nothing actually changes.
+    """
+    user = await get(session, user_id, for_update=True)
+    changed = {k: v for k, v in changes.items() if getattr(user, k) != v}
+    if not changed:
+        return user, None
+    if "username" in changed:
+        other = await get_by_username(session, changed["username"])
+        if other is not None and other.id != user.id:
+            raise AlreadyExists(f"username {changed['username']!r} is taken")
+    if changed.get("profile_type_id") is not None:
+        await require_exists(session, changed["profile_type_id"])
+    for key, value in changed.items():
+        setattr(user, key, value)
+    user.version += 1
+    user.updated_at = datetime.now(UTC)
+    await _flush(session, user)
     return user, await _record(session, user)
+
+
+async def delete_user(session: ResponseSession, user_id: uuid.UUID) -> OutboxEvent:
+    """Delete the account and record a tombstone one version above its last state."""
+    user = await get(session, user_id, for_update=True)
+    await session.delete(user)
+    await session.flush()
+    return await record_change(
+        session,
+        entity=ENTITY,
+        entity_id=user_id,
+        version=user.version + 1,
+        op="delete",
+        data=None,
+    )
 
 
 async def set_password(

@@ -17,14 +17,13 @@ from typing import Any
 import typer
 
 from app.config import ResponseSettings
-from jobs.client import JobInfo, JobQueue, redis_pool
+from jobs.client import JobInfo, JobQueue, export_job, redis_pool
 from netsync.cli.output import JsonOption, err, out, print_json, run
 
 app = typer.Typer(help="Run exports now.", no_args_is_help=True)
 
-SWEEP_JOB = "sweep_outbox"
-#: Until the bulk queue has a setting of its own, this is its name.
-DEFAULT_BULK_QUEUE = "netsync:queue:bulk"
+#: arq registers a cron job's function under ``cron:<name>``; this one sweeps the outbox.
+SWEEP_JOB = "cron:sweep_outbox"
 _NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
 
 
@@ -32,8 +31,7 @@ def target(name: str, settings: ResponseSettings) -> tuple[str, str]:
     """The function and queue that run export ``name``."""
     if name == "changes":
         return SWEEP_JOB, settings.sync_queue
-    bulk = getattr(settings, "bulk_queue", None) or DEFAULT_BULK_QUEUE
-    return f"export_{name}", str(bulk)
+    return export_job(name), settings.bulk_queue
 
 
 async def _run(name: str, queue: str | None, wait_s: float) -> dict[str, Any]:

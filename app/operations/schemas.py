@@ -1,0 +1,81 @@
+"""What the operations API returns: jobs, dead letters, queues, the schedule, exports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from jobs.states import JobState
+
+
+class JobOut(BaseModel):
+    job_id: str
+    state: JobState
+    function: str | None = None
+    #: ``sync`` or ``bulk``, where known.
+    queue: str | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    tries: int | None = None
+    result: Any = None
+    error: str | None = None
+
+
+class JobList(BaseModel):
+    status: Literal["queued", "in_progress", "complete", "failed"]
+    items: list[JobOut]
+    #: More jobs may match than were read; narrow down or look again later.
+    truncated: bool
+
+
+class DeadJobOut(BaseModel):
+    job_id: str
+    function: str
+    queue: str | None
+    tries: int
+    error: str
+    failed_at: datetime
+    enqueued_at: datetime | None
+    args: list[Any]
+    #: ``kwargs`` in JSON (a field of that name would clash with pydantic's constructor).
+    keyword_args: dict[str, Any] = Field(serialization_alias="kwargs")
+
+
+class JobAccepted(BaseModel):
+    """The job is queued; follow it with ``GET /api/v1/jobs/{job_id}``."""
+
+    job_id: str
+    queue: str
+    function: str
+
+
+class QueueOut(BaseModel):
+    name: str
+    #: The arq queue name (its Redis key).
+    key: str
+    #: Jobs waiting or running, deferred retries included.
+    jobs: int
+    dead: int
+
+
+class QueuePurged(BaseModel):
+    name: str
+    removed: int
+
+
+class ScheduleEntryOut(BaseModel):
+    name: str
+    #: arq's job name; each tick's job id is ``<job_name>:<tick ms>``.
+    job_name: str
+    function: str
+    queue: str
+    description: str
+    #: Six crontab fields, seconds first.
+    crontab: str
+    timezone: str
+    run_at_startup: bool
+    next_run: datetime
+    last_run: JobOut | None

@@ -1,0 +1,278 @@
+"""Operators' job control through the real app, Redis and arq's real Worker: exports on the bulk
+queue, listings by state, the dead-letter cycle, purging a queue and the schedule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from arq import Retry
+from arq.worker import Function, Worker
+
+from jobs.client import JobQueue, redis_pool
+from jobs.deadletter import register
+from jobs.worker import redis_settings
+from tests.factories import admin_headers, create_user, login
+from tests.support import Sandbox, eventually
+
+FLAG = "netsync-test:flag:"
+
+
+@pytest.fixture
+async def queue(sandbox: Sandbox) -> AsyncIterator[JobQueue]:
+    """Our own client of the sandbox's queues, as the API and the worker hold one."""
+    q = JobQueue(
+        redis_pool(sandbox.services.redis_url, queue_name=sandbox.queue),
+        sync_queue=sandbox.queue,
+        bulk_queue=sandbox.bulk_queue,
+    )
+    try:
+        yield q
+    finally:
+        await q.redis.delete(FLAG + sandbox.queue)
+        await q.close()
+
+
+def burst_worker(sandbox: Sandbox, queue_name: str, functions: list[Function]) -> Worker:
+    """arq's real Worker that runs until its queue is empty (deferred retries included)."""
+    return Worker(
+        functions=functions,
+        queue_name=queue_name,
+        redis_settings=redis_settings(sandbox.services.redis_url),
+        burst=True,
+        poll_delay=0.01,
+        keep_result=3600,
+        handle_signals=False,
+    )
+
+
+async def run_burst(worker: Worker) -> None:
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+async def flaky(ctx: dict[str, Any], name: str, *, times: int) -> str:
+    """Fails (asking for a retry) until the test sets its flag; then succeeds."""
+    if await ctx["redis"].get(FLAG + ctx["queue"]):
+        return f"done {name} x{times}"
+    raise Retry(defer=0.01) from ConnectionError(f"{name} is unreachable")
+
+
+async def broken(ctx: dict[str, Any]) -> None:
+    raise ValueError("this job cannot work")
+
+
+async def test_run_an_export_now_on_the_bulk_queue(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    accepted = await api.post("/api/v1/exports/settings/run", headers=admin)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    assert accepted.json()["queue"] == "bulk"
+    other = await api.post("/api/v1/exports/settings/run", headers=admin)
+    assert other.json()["job_id"] != job_id
+
+    queued = (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()
+    assert {j["job_id"] for j in queued["items"]} == {job_id, other.json()["job_id"]}
+    assert {j["function"] for j in queued["items"]} == {"export_settings"}
+    state = (await api.get(f"/api/v1/jobs/{job_id}", headers=admin)).json()
+    assert (state["state"], state["queue"]) == ("queued", "bulk")
+
+    unknown = await api.post("/api/v1/exports/passwords/run", headers=admin)
+    assert unknown.status_code == 404
+    assert "settings" in unknown.json()["detail"]
+
+    async def export_settings(ctx: dict[str, Any]) -> dict[str, str]:
+        return {"exported": "settings"}
+
+    # A worker of the sync queue does not take it; a worker of the bulk queue does.
+    await run_burst(
+        burst_worker(
+            sandbox,
+            sandbox.queue,
+            [register(export_settings, name="export_settings", queue=sandbox.queue, max_tries=1)],
+        )
+    )
+    assert (await api.get(f"/api/v1/jobs/{job_id}", headers=admin)).json()["state"] == "queued"
+    await run_burst(
+        burst_worker(
+            sandbox,
+            sandbox.bulk_queue,
+            [
+                register(
+                    export_settings, name="export_settings", queue=sandbox.bulk_queue, max_tries=1
+                )
+            ],
+        )
+    )
+    done = (await api.get(f"/api/v1/jobs/{job_id}", headers=admin)).json()
+    assert (done["state"], done["result"], done["queue"]) == (
+        "complete",
+        {"exported": "settings"},
+        "bulk",
+    )
+    complete = (await api.get("/api/v1/jobs?status=complete", headers=admin)).json()
+    assert job_id in {j["job_id"] for j in complete["items"]}
+    assert (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()["items"] == []
+
+
+async def test_a_job_that_keeps_failing_is_dead_lettered_retried_and_discarded(
+    api: httpx.AsyncClient, sandbox: Sandbox, queue: JobQueue
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    functions = [
+        register(flaky, name="flaky", queue=sandbox.queue, max_tries=3),
+        register(broken, name="broken", queue=sandbox.queue, max_tries=3),
+    ]
+    await queue.submit("flaky", "smtp", job_id="job-flaky", queue=sandbox.queue, times=2)
+    await queue.submit("broken", job_id="job-broken", queue=sandbox.queue)
+    worker = burst_worker(sandbox, sandbox.queue, functions)
+    worker.ctx["queue"] = sandbox.queue
+    await run_burst(worker)
+
+    dead = (await api.get("/api/v1/jobs/dead", headers=admin)).json()
+    by_id = {d["job_id"]: d for d in dead}
+    assert set(by_id) == {"job-flaky", "job-broken"}
+    assert by_id["job-flaky"]["tries"] == 3  # Retry kept its meaning until max_tries
+    assert "smtp is unreachable" in by_id["job-flaky"]["error"]
+    assert (by_id["job-flaky"]["args"], by_id["job-flaky"]["kwargs"]) == (["smtp"], {"times": 2})
+    assert by_id["job-broken"]["tries"] == 1  # any other error is final at once
+    assert "this job cannot work" in by_id["job-broken"]["error"]
+    assert by_id["job-broken"]["queue"] == "sync"
+    failed = (await api.get("/api/v1/jobs?status=failed", headers=admin)).json()
+    assert {"job-flaky", "job-broken"} <= {j["job_id"] for j in failed["items"]}
+
+    await queue.redis.set(FLAG + sandbox.queue, b"1")
+    retried = await api.post("/api/v1/jobs/dead/job-flaky/retry", headers=admin)
+    assert retried.status_code == 202, retried.text
+    new_id = retried.json()["job_id"]
+    assert new_id.startswith("job-flaky:retry:")
+    assert (await api.post("/api/v1/jobs/dead/job-flaky/retry", headers=admin)).status_code == 404
+    worker = burst_worker(sandbox, sandbox.queue, functions)
+    worker.ctx["queue"] = sandbox.queue
+    await run_burst(worker)
+    rerun = (await api.get(f"/api/v1/jobs/{new_id}", headers=admin)).json()
+    assert (rerun["state"], rerun["result"]) == ("complete", "done smtp x2")
+
+    discarded = await api.delete("/api/v1/jobs/dead/job-broken", headers=admin)
+    assert discarded.status_code == 200
+    assert discarded.json()["function"] == "broken"
+    assert (await api.delete("/api/v1/jobs/dead/job-broken", headers=admin)).status_code == 404
+    assert (await api.get("/api/v1/jobs/dead", headers=admin)).json() == []
+
+
+async def test_running_jobs_are_listed_in_progress(
+    api: httpx.AsyncClient, sandbox: Sandbox, queue: JobQueue
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(ctx: dict[str, Any]) -> str:
+        started.set()
+        await release.wait()
+        return "released"
+
+    worker = Worker(
+        functions=[register(slow, name="slow", queue=sandbox.queue, max_tries=1)],
+        queue_name=sandbox.queue,
+        redis_settings=redis_settings(sandbox.services.redis_url),
+        poll_delay=0.01,
+        handle_signals=False,
+    )
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await queue.submit("slow", job_id="job-slow", queue=sandbox.queue)
+        await asyncio.wait_for(started.wait(), 10)
+        running = (await api.get("/api/v1/jobs?status=in_progress", headers=admin)).json()
+        assert [(j["job_id"], j["function"], j["queue"]) for j in running["items"]] == [
+            ("job-slow", "slow", "sync")
+        ]
+        assert (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()["items"] == []
+        release.set()
+
+        async def finished() -> bool:
+            job = (await api.get("/api/v1/jobs/job-slow", headers=admin)).json()
+            return bool(job["state"] == "complete")
+
+        await eventually(finished)
+    finally:
+        release.set()
+        await worker.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_purging_a_queue_needs_its_name_twice_and_spares_other_queues(
+    api: httpx.AsyncClient, sandbox: Sandbox, queue: JobQueue
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    for _ in range(3):
+        assert (await api.post("/api/v1/exports/users/run", headers=admin)).status_code == 202
+    await queue.submit("sync_changes", "x", job_id="sync-kept", queue=sandbox.queue)
+
+    sizes = {q["name"]: q for q in (await api.get("/api/v1/queues", headers=admin)).json()}
+    assert (sizes["bulk"]["jobs"], sizes["sync"]["jobs"]) == (3, 1)
+    assert sizes["bulk"]["key"] == sandbox.bulk_queue
+
+    for query in ("", "?confirm=sync", "?confirm=BULK"):
+        refused = await api.delete(f"/api/v1/queues/bulk{query}", headers=admin)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == "confirmation_required"
+        assert "?confirm=bulk" in refused.json()["detail"]
+    assert (await api.delete("/api/v1/queues/nope?confirm=nope", headers=admin)).status_code == 404
+
+    purged = await api.delete("/api/v1/queues/bulk?confirm=bulk", headers=admin)
+    assert purged.status_code == 200, purged.text
+    assert purged.json() == {"name": "bulk", "removed": 3}
+    queued = (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()
+    assert [j["job_id"] for j in queued["items"]] == ["sync-kept"]
+
+
+async def test_the_schedule_shows_every_periodic_job_with_its_next_and_last_run(
+    api: httpx.AsyncClient, sandbox: Sandbox, worker: Worker
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+
+    async def swept() -> dict[str, Any] | None:
+        entries = (await api.get("/api/v1/schedule", headers=admin)).json()
+        sweep: dict[str, Any] = next(e for e in entries if e["name"] == "sweep_outbox")
+        return sweep if sweep["last_run"] is not None else None
+
+    sweep = await eventually(swept)
+    assert isinstance(sweep, dict)
+    assert sweep["queue"] == "sync"
+    assert sweep["timezone"] == "UTC"
+    assert sweep["crontab"].split()[1:] == ["*"] * 5  # every second of every minute (interval 1)
+    assert sweep["job_name"] == "cron:sweep_outbox"
+    assert sweep["last_run"]["job_id"].startswith("cron:sweep_outbox:")
+    assert sweep["last_run"]["state"] == "complete"
+    assert sweep["next_run"] > sweep["last_run"]["finished_at"]
+
+
+async def test_job_control_is_for_administrators(api: httpx.AsyncClient, sandbox: Sandbox) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    await create_user(api, admin, "mona", "secret of m. 1234")
+    mona = await login(api, "mona", "secret of m. 1234")
+    for method, url in (
+        ("GET", "/api/v1/jobs?status=queued"),
+        ("GET", "/api/v1/jobs/dead"),
+        ("POST", "/api/v1/jobs/dead/x/retry"),
+        ("DELETE", "/api/v1/jobs/dead/x"),
+        ("POST", "/api/v1/exports/settings/run"),
+        ("GET", "/api/v1/schedule"),
+        ("GET", "/api/v1/queues"),
+        ("DELETE", "/api/v1/queues/sync?confirm=sync"),
+    ):
+        response = await api.request(method, url, headers=mona)
+        assert response.status_code == 403, (method, url, response.text)
+    # Someone else's (or nobody's) job reads as missing, not as forbidden.
+    assert (await api.get("/api/v1/jobs/cron:sweep_outbox:1", headers=mona)).status_code == 404
+    assert (await api.get("/api/v1/jobs?status=done", headers=admin)).status_code == 422
+    assert (await api.get("/api/v1/jobs?status=queued&limit=0", headers=admin)).status_code == 422
+    assert (await api.get("/api/v1/jobs/dead", headers=admin)).json() == []
