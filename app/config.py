@@ -23,6 +23,8 @@ class ResponseSettings(CommonSettings):
     job_result_ttl_s: int = 3600
     #: The queue of interactive sync jobs (password changes); never behind bulk exports.
     sync_queue: str = "netsync:queue:sync"
+    #: The queue of exports and periodic jobs (``arq jobs.BulkWorkerSettings``).
+    bulk_queue: str = "netsync:queue:bulk"
     #: Fallback poll interval of the worker; enqueues wake it at once through Redis pub/sub.
     worker_poll_delay_s: float = 0.5
     #: How often the outbox sweeper exports whatever the per-change jobs did not.
