@@ -242,7 +242,7 @@ async def last_runs(session: ResponseSession) -> dict[str, datetime]:
         .where(CronTick.status.in_(("done", "failed", "running", "retrying")))
         .group_by(CronTick.name)
     )
-    return dict(rows.tuples().all())
+    return {name: tick for name, tick in rows.all()}  # noqa: C416 - rows are not pairs to mypy
 
 
 async def last_ticks(session: ResponseSession) -> dict[str, datetime]:
@@ -250,7 +250,7 @@ async def last_ticks(session: ResponseSession) -> dict[str, datetime]:
     rows = await session.execute(
         select(CronTick.name, func.max(CronTick.tick_at)).group_by(CronTick.name)
     )
-    return dict(rows.tuples().all())
+    return {name: tick for name, tick in rows.all()}  # noqa: C416 - rows are not pairs to mypy
 
 
 #: Ticks this recent may still be on their way through another worker: not "missed" yet.

@@ -158,6 +158,7 @@ async def run_guarded(
     tick = tick_of(ctx.get("job_id"))
     job_try: int = ctx.get("job_try", 1)
     where = {"job": name, "tick_at": tick.isoformat() if tick else None, "try": job_try}
+    log.info("periodic job starting", extra={**where, "job_id": ctx.get("job_id")})
     async with engine.connect() as conn:
         lock = await conn.execution_options(isolation_level="AUTOCOMMIT")
         key = lock_key(name)

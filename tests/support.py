@@ -51,6 +51,15 @@ class Sandbox:
     def exports(self) -> Path:
         return self.root / "exports"
 
+    @property
+    def bulk_queue(self) -> str:
+        return self.queue.removesuffix(":sync") + ":bulk"
+
+    @property
+    def cron_namespace(self) -> str:
+        """Cron job ids are global in a Redis database: each sandbox gets its own."""
+        return self.queue.split(":")[1]
+
     def env(self, **extra: str) -> dict[str, str]:
         """The environment a real process of this sandbox runs with."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("NETSYNC_")}
@@ -66,6 +75,8 @@ class Sandbox:
                 "NETSYNC_TRUSTED_KEYS_DIR": str(self.root / "keys" / "trusted"),
                 "NETSYNC_SECRET_KEY": "test-secret-" + "x" * 40,
                 "NETSYNC_SYNC_QUEUE": self.queue,
+                "NETSYNC_BULK_QUEUE": self.bulk_queue,
+                "NETSYNC_CRON_NAMESPACE": self.cron_namespace,
                 "NETSYNC_LOG_FORMAT": "json",
                 "NETSYNC_SWEEP_INTERVAL_S": "1",
                 "PYTHONUNBUFFERED": "1",
@@ -85,6 +96,7 @@ class Sandbox:
             "signing_key_file": Path(env["NETSYNC_SIGNING_KEY_FILE"]),
             "secret_key": env["NETSYNC_SECRET_KEY"],
             "sync_queue": self.queue,
+            "bulk_queue": self.bulk_queue,
             "sweep_interval_s": 1,
             "log_format": "json",
         }
@@ -197,6 +209,11 @@ def request_api(sandbox: Sandbox, port: int, **env: str) -> Process:
 
 def worker(sandbox: Sandbox, name: str = "worker", **env: str) -> Process:
     argv = [sys.executable, "-m", "arq", "jobs.WorkerSettings"]
+    return Process(name, argv, sandbox.env(**env), sandbox.root)
+
+
+def bulk_worker(sandbox: Sandbox, name: str = "bulk-worker", **env: str) -> Process:
+    argv = [sys.executable, "-m", "arq", "jobs.BulkWorkerSettings"]
     return Process(name, argv, sandbox.env(**env), sandbox.root)
 
 
