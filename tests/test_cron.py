@@ -17,9 +17,12 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from arq.worker import create_worker
 
 from app.db import make_sessionmaker
 from exchange.format import parse_file_name
+from jobs.bulk import bulk_worker_settings
+from jobs.client import redis_pool
 from jobs.periodic import ScheduleSettings, report_missed
 from jobs.ticks import run_guarded, tick_of
 from netsync.db import make_engine
@@ -308,3 +311,44 @@ async def test_missed_ticks_are_logged_and_not_replayed(sandbox: Sandbox) -> Non
     # nothing between the old tick and the worker's start: the gap was skipped, not replayed
     assert ticks[0] == last
     assert all(t >= started - timedelta(seconds=2) for t in ticks[1:])
+
+
+async def test_workers_with_clocks_a_second_apart_still_run_each_tick_once(
+    sandbox: Sandbox,
+) -> None:
+    """One real worker runs the jobs; two more enqueue the schedule as their clocks (one second
+    ahead, one second behind) tell them: the behind one enqueues ticks that already finished."""
+    await _seed_settings(sandbox, 20)
+    schedule = ScheduleSettings(_env_file=None).model_copy(
+        update={
+            "schedule_export_settings": "*/1s",
+            "schedule_export_profile_types": "off",
+            "schedule_export_users": "off",
+            "cron_namespace": sandbox.cron_namespace,
+        }
+    )
+    settings = sandbox.response_settings(worker_poll_delay_s=0.1)
+    runner = create_worker(bulk_worker_settings(settings, schedule), handle_signals=False)
+    task = asyncio.create_task(runner.async_run())
+    pool = redis_pool(sandbox.services.redis_url, queue_name=sandbox.bulk_queue)
+    skewed = [
+        (create_worker(bulk_worker_settings(settings, schedule), redis_pool=pool), skew)
+        for skew in (timedelta(seconds=-1), timedelta(seconds=1))
+    ]
+    try:
+        deadline = asyncio.get_running_loop().time() + 8
+        while asyncio.get_running_loop().time() < deadline:
+            for worker, skew in skewed:
+                await worker.run_cron(datetime.now(UTC) + skew, 0.5)
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # let the last enqueued ticks finish
+    finally:
+        await runner.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pool.aclose(close_connection_pool=True)
+    ticks = await _ticks(sandbox, "export_settings")
+    assert len(ticks) >= 6
+    assert {t["status"] for t in ticks} == {"done"}
+    done = len(ticks)
+    assert _published(sandbox.exports, "snapshot_settings") == list(range(1, done + 1))

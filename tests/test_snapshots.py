@@ -272,10 +272,12 @@ async def test_an_on_demand_export_runs_in_the_bulk_worker_and_its_result_reache
         }
     )
     settings = sandbox.response_settings()
+    run_id = f"run:{uuid.uuid4()}"  # job ids are global in the Redis database
     queue = redis_pool(sandbox.services.redis_url, queue_name=sandbox.bulk_queue)
     try:
-        for function, job_id in (("export_settings", "run:1"), ("export_results", "run:2")):
-            await queue.enqueue_job(function, _job_id=job_id, _queue_name=sandbox.bulk_queue)
+        for function, job_id in (("export_settings", run_id), ("export_results", f"{run_id}-r")):
+            job = await queue.enqueue_job(function, _job_id=job_id, _queue_name=sandbox.bulk_queue)
+            assert job is not None
             worker = create_worker(
                 bulk_worker_settings(settings, schedule), burst=True, handle_signals=False
             )
@@ -298,7 +300,7 @@ async def test_an_on_demand_export_runs_in_the_bulk_worker_and_its_result_reache
 
     await eventually(arrived)
     by_id = {r["job_id"]: r for r in rows}
-    assert by_id["run:1"]["function"] == "export_settings"
-    assert by_id["run:1"]["status"] == "complete"
-    assert orjson.loads(by_id["run:1"]["summary"])["records"] == 1
+    assert by_id[run_id]["function"] == "export_settings"
+    assert by_id[run_id]["status"] == "complete"
+    assert orjson.loads(by_id[run_id]["summary"])["records"] == 1
     assert "feature.x" in (await _synced(sandbox))
