@@ -22,9 +22,10 @@ back: nothing of a bad file is ever committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -285,27 +286,23 @@ async def _create_rows_table(session: RequestSession, entity: _Entity) -> None:
 
 
 async def _copy_rows(
-    session: RequestSession, entity_name: str, batches: AsyncIterator[list[tuple[Any, ...]]]
+    session: RequestSession,
+    entity_name: str,
+    batches: AsyncGenerator[list[tuple[Any, ...]], None],
 ) -> None:
+    """One binary ``COPY`` per batch; the next batch is parsed (in a thread) meanwhile."""
     entity = _ENTITIES[entity_name]
     await _create_rows_table(session, entity)
-
-    async def records() -> AsyncIterator[tuple[Any, ...]]:
-        async for batch in batches:
-            for row in batch:
-                yield row
-
     driver = await _driver(session)
-    await driver.copy_records_to_table(
-        _ROWS,
-        records=records(),
-        columns=["id", "version", "event_id", "changed_at", *entity.columns],
-    )
+    columns = ["id", "version", "event_id", "changed_at", *entity.columns]
+    async with contextlib.aclosing(batches) as stream:
+        async for batch in stream:
+            await driver.copy_records_to_table(_ROWS, records=batch, columns=columns)
 
 
 async def _stream_batches(
     export: StreamedExport, entity_name: str
-) -> AsyncIterator[list[tuple[Any, ...]]]:
+) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     def next_batch() -> list[tuple[Any, ...]] | None:
         first = export.records_read + 1
         lines = export.record_lines(BATCH_LINES)
@@ -316,8 +313,15 @@ async def _stream_batches(
         except _Invalid as exc:
             export.reject(RejectReason.INVALID_SCHEMA, str(exc))
 
-    while (batch := await asyncio.to_thread(next_batch)) is not None:
-        yield batch
+    pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
+    try:
+        while (batch := await pending) is not None:
+            pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
+            yield batch
+    finally:
+        # a thread cannot be cancelled: let it finish before anyone else reads the file
+        with contextlib.suppress(Exception):
+            await asyncio.shield(pending)
 
 
 async def _merge(session: RequestSession, entity_name: str, changes_seq: int) -> tuple[int, int]:
@@ -388,7 +392,7 @@ async def apply_snapshot_export(session: RequestSession, export: ExportFile) -> 
     except _Invalid as exc:
         raise RejectedFile(RejectReason.INVALID_SCHEMA, str(exc)) from exc
 
-    async def one_batch() -> AsyncIterator[list[tuple[Any, ...]]]:
+    async def one_batch() -> AsyncGenerator[list[tuple[Any, ...]], None]:
         yield rows
 
     await _copy_rows(session, header.entity, one_batch())

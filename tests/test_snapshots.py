@@ -17,7 +17,7 @@ from arq.worker import create_worker
 from app.db import make_sessionmaker
 from exchange.format import CHANGES_STREAM
 from exchange.signing import Keyring, Signer
-from exchange.writer import publish_export
+from exchange.writer import ExportFileWriter, publish_export
 from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.bulk import bulk_worker_settings
@@ -304,3 +304,41 @@ async def test_an_on_demand_export_runs_in_the_bulk_worker_and_its_result_reache
     assert by_id[run_id]["status"] == "complete"
     assert orjson.loads(by_id[run_id]["summary"])["records"] == 1
     assert "feature.x" in (await _synced(sandbox))
+
+
+async def test_a_genuine_snapshot_with_a_record_outside_the_contract_is_refused_whole(
+    sandbox: Sandbox,
+) -> None:
+    records = [_change(uuid.uuid4(), f"ok.key_{i}", i, 1) for i in range(30)]
+    records[17]["data"]["key"] = "Not A Key"
+    writer = ExportFileWriter(
+        sandbox.exports,
+        sandbox.signer,
+        stream="snapshot_settings",
+        seq=1,
+        kind="snapshot",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=len(records),
+        header={"entity": "setting", "changes_seq": 0},
+    )
+    for record in records:
+        writer.write_record(record)
+    writer.publish()
+
+    settings = sandbox.request_settings()
+    engine = make_engine(settings.database_url, pool_size=2)
+    daemon = Importer(
+        settings, request_sessionmaker(engine), Keyring.from_sources(settings.trusted_keys_path)
+    )
+    daemon.prepare()
+    try:
+        result = await daemon.scan_once()
+    finally:
+        await engine.dispose()
+    assert result.quarantined == 1
+    assert await _synced(sandbox) == {}
+    sidecar = next(settings.quarantine_path.glob("*.reason.json"))
+    reason = orjson.loads(sidecar.read_bytes())
+    assert reason["reason"] == "invalid_schema"
+    assert "record 18" in reason["detail"]
