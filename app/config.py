@@ -38,6 +38,8 @@ class ResponseSettings(CommonSettings):
     export_batch_size: int = 1000
     #: The worker's /metrics, /health and /ready port; 0 disables. One per replica on a host.
     worker_metrics_port: int = 9100
+    #: The bulk worker's own probe port (``arq jobs.BulkWorkerSettings``); 0 disables it.
+    bulk_worker_metrics_port: int = 9102
 
     @field_validator("timezone")
     @classmethod

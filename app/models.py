@@ -3,15 +3,20 @@
 from app.db import ResponseBase
 from app.outbox.models import ExportFile, ExportStream, OutboxEvent
 from app.profile_types.models import ProfileType
+from app.scheduling.models import CronTick, DailyStats, ExportedResult, SystemSample
 from app.settings.models import Setting
 from app.users.models import User
 
 __all__ = [
+    "CronTick",
+    "DailyStats",
     "ExportFile",
     "ExportStream",
+    "ExportedResult",
     "OutboxEvent",
     "ProfileType",
     "ResponseBase",
     "Setting",
+    "SystemSample",
     "User",
 ]

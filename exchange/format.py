@@ -28,6 +28,11 @@ _NAME_RE = re.compile(r"^(?P<stream>[a-z][a-z_]{0,31})-(?P<seq>[0-9]{12})\.jsonl
 
 #: The stream of incremental changes taken from the Response Network's outbox.
 CHANGES_STREAM = "changes"
+#: The stream of finished job results: the audit trail the Request Network keeps.
+RESULTS_STREAM = "results"
+#: A subdirectory of the exports directory holding ``<stream>.jsonl``: the newest file of each
+#: snapshot stream under a stable name. Importers never read it (its entries are not final names).
+LATEST_DIRNAME = "latest"
 
 
 @dataclass(frozen=True, order=True)
@@ -66,7 +71,7 @@ class _Strict(BaseModel):
 
 
 EntityName = Literal["user", "setting", "profile_type"]
-ExportKind = Literal["changes", "snapshot"]
+ExportKind = Literal["changes", "snapshot", "results"]
 
 #: Snapshot streams carry one entity each: ``snapshot_users``, ``snapshot_settings``, …
 SNAPSHOT_STREAMS: dict[str, str] = {
@@ -159,3 +164,18 @@ class ChangeRecord(_Strict):
             if not isinstance(self.data, _DATA_TYPES[self.entity]):
                 raise ValueError(f"data is not {self.entity} data")
         return self
+
+
+class JobResultRecord(_Strict):
+    """One finished job of the Response Network's workers, as the audit trail keeps it."""
+
+    job_id: Annotated[str, Field(min_length=1, max_length=200)]
+    function: Annotated[str, Field(max_length=200)]
+    queue: Annotated[str, Field(max_length=200)]
+    status: Literal["complete", "failed"]
+    tries: Annotated[int, Field(ge=0)]
+    enqueued_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    #: The job's result (or error) cut to a few KiB: what happened, not a data dump.
+    summary: JsonValue = None

@@ -16,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,14 @@ from typing import Any
 
 import orjson
 
-from exchange.format import FORMAT_NAME, FORMAT_VERSION, STAGING_DIRNAME, file_name
+from exchange.format import (
+    FILE_SUFFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LATEST_DIRNAME,
+    STAGING_DIRNAME,
+    file_name,
+)
 from exchange.signing import SIGNATURE_ALG, Signer
 
 
@@ -67,6 +75,7 @@ class ExportFileWriter:
         file_id: uuid.UUID,
         created_at: datetime,
         records: int,
+        header: Mapping[str, Any] | None = None,
     ) -> None:
         self.final_name = file_name(stream, seq)
         self.exports_dir = exports_dir
@@ -89,6 +98,7 @@ class ExportFileWriter:
                     "kind": kind,
                     "created_at": created_at.isoformat(),
                     "records": records,
+                    **(header or {}),
                 }
             )
         )
@@ -101,8 +111,21 @@ class ExportFileWriter:
         self._write(_line(record))
         self._written += 1
 
-    def publish(self) -> PublishedFile:
-        """Sign, fsync, rename into place and fsync the directory."""
+    def write_lines(self, data: bytes, count: int) -> None:
+        """Append ``count`` records already serialised as JSON lines (a snapshot's fast path)."""
+        self._write(data)
+        self._written += count
+
+    def publish(self, *, latest_as: str | None = None) -> PublishedFile:
+        """Sign, fsync, rename into place and fsync the directory.
+
+        ``latest_as`` also points ``<exports>/latest/<latest_as>.jsonl`` at this file. The link is
+        made from the staging file before the rename (a hard link, a copy where the file system
+        refuses one), so an importer that archives the file at once cannot race it away, and it
+        replaces the stable name only once the file is published: a reader of the stable name
+        sees the previous file or this one, never a mixture or an unpublished file.
+        """
+        latest_temp: Path | None = None
         try:
             if self._written != self._expected:
                 raise ValueError(
@@ -122,13 +145,31 @@ class ExportFileWriter:
             os.fsync(self._fh.fileno())
             size = self._fh.tell()
             self._fh.close()
+            if latest_as is not None:
+                latest_temp = self._link_for_latest()
             final = self.exports_dir / self.final_name
             os.replace(self._staging_path, final)
             fsync_dir(self.exports_dir)
+            if latest_temp is not None:
+                os.replace(latest_temp, latest_temp.parent / f"{latest_as}{FILE_SUFFIX}")
+                fsync_dir(latest_temp.parent)
         except BaseException:
+            if latest_temp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    latest_temp.unlink()
             self.abort()
             raise
         return PublishedFile(self.final_name, final, digest.hex(), size, self._written)
+
+    def _link_for_latest(self) -> Path:
+        latest = self.exports_dir / LATEST_DIRNAME
+        latest.mkdir(exist_ok=True)
+        temp = latest / f".{self.final_name}.{uuid.uuid4().hex}.tmp"
+        try:
+            os.link(self._staging_path, temp)
+        except OSError:
+            shutil.copyfile(self._staging_path, temp)
+        return temp
 
     def abort(self) -> None:
         """Drop the staging file; nothing becomes visible."""

@@ -20,6 +20,7 @@ from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
 from importer.db import RequestSession
 from importer.models import ImportLedger, SyncedProfileType, SyncedSetting, SyncedUser
+from importer.snapshots import apply_snapshot_export
 
 APPLIED_CHANNEL = "netsync_applied"
 _NOTIFY_EVENT_IDS = 100
@@ -113,6 +114,9 @@ async def already_applied(session: RequestSession, export: ExportFile) -> bool:
 
 async def apply_export(session: RequestSession, export: ExportFile) -> ApplyResult:
     header = export.header
+    if header.kind == "snapshot":
+        done = await apply_snapshot_export(session, export)
+        return ApplyResult(duplicate=done.duplicate, changes=done.written + done.removed)
     if header.kind != "changes":
         raise NotImplementedError(f"export kind {header.kind!r}")
     claimed = await session.scalar(

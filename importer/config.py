@@ -19,6 +19,8 @@ class RequestSettings(CommonSettings):
     quarantine_dir: Path | None = None
     #: Files larger than this are quarantined without being read.
     max_file_bytes: int = 64 * 1024 * 1024
+    #: Snapshot streams are read streaming (a million settings are ~280 MB), with this limit.
+    max_snapshot_bytes: int = 2 * 1024 * 1024 * 1024
     #: watchfiles tuning: the defaults (1,600/50 ms) would add ~80 ms to every change.
     watch_debounce_ms: int = 10
     watch_step_ms: int = 1

@@ -27,20 +27,31 @@ import orjson
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from watchfiles import Change, awatch
 
-from exchange.format import STAGING_DIRNAME, FileName, parse_file_name
+from exchange.format import (
+    LATEST_DIRNAME,
+    RESULTS_STREAM,
+    SNAPSHOT_STREAMS,
+    STAGING_DIRNAME,
+    FileName,
+    parse_file_name,
+)
 from exchange.reader import ExportFile, RejectedFile, read_export
 from exchange.signing import Keyring
+from exchange.streaming import open_export
 from importer.apply import apply_export
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
 from importer.models import QuarantinedFile
 from importer.probes import observe_applied
+from importer.snapshots import apply_streamed
 from netsync import metrics
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
 
 _DB_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError, ConnectionError)
+#: Streams read in one streaming pass (``importer.snapshots``) instead of in memory.
+_STREAMED = frozenset({*SNAPSHOT_STREAMS.values(), RESULTS_STREAM})
 
 
 @dataclass
@@ -68,7 +79,12 @@ class Importer:
         self.quarantine_dir = settings.quarantine_path
         self._wake = asyncio.Event()
         self._ignored: set[str] = set()
-        self._own_entries = {STAGING_DIRNAME, self.archive_dir.name, self.quarantine_dir.name}
+        self._own_entries = {
+            STAGING_DIRNAME,
+            LATEST_DIRNAME,
+            self.archive_dir.name,
+            self.quarantine_dir.name,
+        }
         #: ``time.monotonic()`` of the loop's last pass or file: its liveness (``importer.probes``)
         self.heartbeat = time.monotonic()
 
@@ -150,6 +166,9 @@ class Importer:
 
     async def process(self, name: FileName, result: ScanResult) -> None:
         self.heartbeat = time.monotonic()
+        if name.stream in _STREAMED:
+            await self._process_streamed(name, result)
+            return
         try:
             export = await asyncio.to_thread(
                 read_export, self.exports_dir, name, self.keyring, self.settings.max_file_bytes
@@ -192,6 +211,40 @@ class Importer:
                 },
             )
         self._archive(export.name.name, duplicate=False)
+
+    async def _process_streamed(self, name: FileName, result: ScanResult) -> None:
+        """Snapshots and results: applied while read, committed only once verified."""
+        try:
+            async with self.sessions() as session, session.begin():
+                with open_export(
+                    self.exports_dir, name, self.keyring, self.settings.max_snapshot_bytes
+                ) as export:
+                    outcome = await apply_streamed(session, export)
+        except FileNotFoundError:
+            return  # taken by another importer
+        except RejectedFile as rejected:
+            await self.quarantine(name.name, rejected)
+            result.quarantined += 1
+            return
+        except _DB_ERRORS as exc:
+            raise DatabaseUnavailable(repr(exc)) from exc
+        if outcome.duplicate:
+            result.duplicates += 1
+            self._archive(name.name, duplicate=True)
+            return
+        result.applied += 1
+        result.changes += outcome.written + outcome.removed
+        log.info(
+            "applied streamed file",
+            extra={
+                "file": name.name,
+                "records": outcome.records,
+                "written": outcome.written,
+                "removed": outcome.removed,
+                "stale": outcome.stale,
+            },
+        )
+        self._archive(name.name, duplicate=False)
 
     # -- moving files out of the way ------------------------------------------------------
 

@@ -89,10 +89,29 @@ class QuarantinedFile(RequestBase):
     )
 
 
+class SyncedJobResult(RequestBase):
+    """The audit trail: one finished job of the Response Network's workers (``results`` files)."""
+
+    __tablename__ = "synced_job_results"
+
+    job_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    function: Mapped[str] = mapped_column(String(200), index=True)
+    queue: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    tries: Mapped[int]
+    enqueued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    summary: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    export_seq: Mapped[int] = mapped_column(BigInteger)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 __all__ = [
     "ImportLedger",
     "QuarantinedFile",
     "RequestBase",
+    "SyncedJobResult",
     "SyncedProfileType",
     "SyncedSetting",
     "SyncedUser",

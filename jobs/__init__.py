@@ -1,7 +1,8 @@
-"""The Response Network's arq worker: ``arq jobs.WorkerSettings``.
+"""The Response Network's arq workers: ``arq jobs.WorkerSettings`` (interactive sync queue) and
+``arq jobs.BulkWorkerSettings`` (the schedule and exports, on the bulk queue).
 
-``WorkerSettings`` is built on first access from the environment (``NETSYNC_*``), so importing
-this package reads no configuration and opens no connection.
+Both are built on first access from the environment (``NETSYNC_*``), so importing this package
+reads no configuration and opens no connection.
 """
 
 from __future__ import annotations
@@ -14,4 +15,8 @@ def __getattr__(name: str) -> Any:
         from jobs.worker import worker_settings
 
         return worker_settings()
+    if name == "BulkWorkerSettings":
+        from jobs.bulk import bulk_worker_settings
+
+        return bulk_worker_settings()
     raise AttributeError(name)

@@ -1,10 +1,11 @@
 """``./run up``: the whole system on one machine, supervised in one terminal.
 
 Starts embedded PostgreSQL and Redis where no URL is configured, migrates both databases, creates
-the administrator, then runs the four processes of the design card with prefixed logs:
+the administrator, then runs the processes of the design card with prefixed logs:
 
     response-api  uvicorn app.main:app          (127.0.0.1:8000)
-    worker        arq jobs.WorkerSettings
+    worker        arq jobs.WorkerSettings       (sync queue: password and other changes)
+    bulk-worker   arq jobs.BulkWorkerSettings   (bulk queue: the schedule, snapshot exports)
     importer      python -m importer            (watch mode)
     request-api   uvicorn importer.api:app      (127.0.0.1:8001)
 
@@ -40,6 +41,7 @@ def processes(host: str, api_port: int, request_port: int) -> list[Proc]:
         Proc("response-api", [py, "-m", "uvicorn", "app.main:app", "--host", host,
                               "--port", str(api_port), "--no-access-log"]),
         Proc("worker", [py, "-m", "arq", "jobs.WorkerSettings"]),
+        Proc("bulk-worker", [py, "-m", "arq", "jobs.BulkWorkerSettings"]),
         Proc("importer", [py, "-m", "importer"]),
         Proc("request-api", [py, "-m", "uvicorn", "importer.api:app", "--host", host,
                              "--port", str(request_port), "--no-access-log"]),

@@ -61,6 +61,11 @@ class Sandbox:
     def exports(self) -> Path:
         return self.root / "exports"
 
+    @property
+    def cron_namespace(self) -> str:
+        """Cron job ids are global in a Redis database: each sandbox gets its own."""
+        return self.queue.split(":")[1]
+
     def env(self, **extra: str) -> dict[str, str]:
         """The environment a real process of this sandbox runs with."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("NETSYNC_")}
@@ -77,10 +82,12 @@ class Sandbox:
                 "NETSYNC_SECRET_KEY": "test-secret-" + "x" * 40,
                 "NETSYNC_SYNC_QUEUE": self.queue,
                 "NETSYNC_BULK_QUEUE": self.bulk_queue,
+                "NETSYNC_CRON_NAMESPACE": self.cron_namespace,
                 "NETSYNC_LOG_FORMAT": "json",
                 "NETSYNC_SWEEP_INTERVAL_S": "1",
                 # no fixed ports: a test that wants the probes passes free_port()s
                 "NETSYNC_WORKER_METRICS_PORT": "0",
+                "NETSYNC_BULK_WORKER_METRICS_PORT": "0",
                 "NETSYNC_IMPORTER_METRICS_PORT": "0",
                 "PYTHONUNBUFFERED": "1",
             }
@@ -103,6 +110,7 @@ class Sandbox:
             "sweep_interval_s": 1,
             "log_format": "json",
             "worker_metrics_port": 0,
+            "bulk_worker_metrics_port": 0,
         }
         return ResponseSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 
@@ -269,6 +277,11 @@ def request_api(sandbox: Sandbox, port: int, **env: str) -> Process:
 
 def worker(sandbox: Sandbox, name: str = "worker", **env: str) -> Process:
     argv = [sys.executable, "-m", "arq", "jobs.WorkerSettings"]
+    return Process(name, argv, sandbox.env(**env), sandbox.root)
+
+
+def bulk_worker(sandbox: Sandbox, name: str = "bulk-worker", **env: str) -> Process:
+    argv = [sys.executable, "-m", "arq", "jobs.BulkWorkerSettings"]
     return Process(name, argv, sandbox.env(**env), sandbox.root)
 
 

@@ -32,8 +32,10 @@ from app.operations.schemas import (
     ScheduleEntryOut,
 )
 from app.outbox.models import ExportFile, OutboxEvent
-from jobs import schedule
+from jobs import periodic, schedule
 from jobs.client import EXPORTS, DeadJob, JobInfo, QueueUnavailable, export_job
+from jobs.periodic import ScheduleSettings
+from jobs.ticks import cron_job_name
 from netsync.errors import ERROR_RESPONSES, NetsyncError, NotFound, ServiceUnavailable
 
 jobs_router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -195,9 +197,14 @@ async def run_export(
 
 @schedule_router.get("")
 async def read_schedule(
-    queue: QueueDep, settings: SettingsDep, _: AdminUser
+    queue: QueueDep, settings: SettingsDep, uow: UowDep, _: AdminUser
 ) -> list[ScheduleEntryOut]:
-    """Every periodic job: its schedule, timezone, next run and last finished run."""
+    """Every periodic job: its schedule, timezone, next run and last run.
+
+    Sync-queue entries (the outbox sweeper) come from ``jobs.schedule``, with their last run read
+    from arq's results; bulk entries (exports and housekeeping) from ``jobs.periodic``, with their
+    last run read from the ``cron_ticks`` table that guards each tick.
+    """
     tz = schedule.timezone(settings)
     now = datetime.now(tz)
     entries = []
@@ -217,7 +224,26 @@ async def read_schedule(
                 timezone=settings.timezone,
                 run_at_startup=entry.run_at_startup,
                 next_run=entry.next_run(now),
+                last_run_at=(last.finished_at or last.enqueued_at) if last else None,
                 last_run=_job_out(last) if last is not None else None,
+            )
+        )
+    bulk = ScheduleSettings()
+    last_ticks = await periodic.last_runs(uow.session)
+    for job in periodic.PERIODIC_JOBS:
+        fields = bulk.fields(job.name)
+        entries.append(
+            ScheduleEntryOut(
+                name=job.name,
+                job_name=cron_job_name(job.name, bulk.cron_namespace),
+                function=f"jobs.periodic.{job.name}",
+                queue="bulk",
+                description=job.description,
+                crontab=bulk.spec(job.name),
+                timezone=settings.timezone,
+                run_at_startup=False,
+                next_run=fields.next_after(now) if fields is not None else None,
+                last_run_at=last_ticks.get(job.name),
             )
         )
     return entries

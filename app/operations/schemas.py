@@ -73,9 +73,13 @@ class ScheduleEntryOut(BaseModel):
     function: str
     queue: str
     description: str
-    #: Six crontab fields, seconds first.
+    #: The schedule: six crontab fields (seconds first) or an interval such as ``*/60s``.
     crontab: str
     timezone: str
     run_at_startup: bool
-    next_run: datetime
-    last_run: JobOut | None
+    #: ``None`` when the entry is switched off (``NETSYNC_SCHEDULE_<JOB>=off``).
+    next_run: datetime | None
+    #: When it last ran (the tick's time for bulk jobs, which record every tick).
+    last_run_at: datetime | None = None
+    #: The last run's job, where arq still remembers it (sync-queue entries).
+    last_run: JobOut | None = None

@@ -1,0 +1,163 @@
+"""Snapshot benchmark: export and import 1,000,000 settings; seconds and peak RSS of each side.
+
+    ./run bench snapshot [--rows N]
+
+Creates two scratch databases on the server named by ``NETSYNC_BENCH_DATABASE_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``), fills the Response one with N settings
+(``INSERT … SELECT generate_series``), then runs each side in a process of its own so that its
+``ru_maxrss`` is its own peak: the bulk worker's ``export_snapshot`` and the importer's
+``scan_once`` (streaming read, COPY, merge). Drops everything at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _url(admin: str, name: str) -> str:
+    base, _, query = admin.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def _export(url: str, exports: Path, signer_pem: bytes) -> dict[str, Any]:
+    from app.db import make_sessionmaker
+    from exchange.signing import Signer
+    from jobs.snapshots import export_snapshot
+    from netsync.db import make_engine
+
+    engine = make_engine(url)
+    signer = Signer.from_pem(signer_pem)
+    started = time.perf_counter()
+    done = await export_snapshot(engine, make_sessionmaker(engine), exports, signer, "setting")
+    seconds = time.perf_counter() - started
+    await engine.dispose()
+    return {"seconds": seconds, "records": done.records, "bytes": done.bytes}
+
+
+async def _import(url: str, exports: Path, trusted: Path) -> dict[str, Any]:
+    from exchange.signing import Keyring
+    from importer.config import RequestSettings
+    from importer.daemon import Importer
+    from importer.db import make_sessionmaker
+    from netsync.db import make_engine
+
+    settings = RequestSettings(
+        _env_file=None,
+        env="test",
+        state_dir=exports.parent / "state",
+        exports_dir=exports,
+        request_database_url=url,
+        trusted_keys_dir=trusted,
+    )
+    engine = make_engine(url, pool_size=2)
+    importer = Importer(settings, make_sessionmaker(engine), Keyring.from_sources(trusted))
+    importer.prepare()
+    started = time.perf_counter()
+    result = await importer.scan_once()
+    seconds = time.perf_counter() - started
+    await engine.dispose()
+    return {"seconds": seconds, "applied": result.applied, "changes": result.changes}
+
+
+def _side(argv: list[str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, *argv], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def _fill(url: str, rows: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO settings (id, key, value, description, version)"
+            " SELECT gen_random_uuid(), 'bench.key_' || g, to_jsonb(g),"
+            " CASE WHEN g % 3 = 0 THEN 'setting number ' || g END, 1 + g % 5"
+            " FROM generate_series(1, $1) AS g",
+            rows,
+        )
+        await conn.execute("ANALYZE settings")
+    finally:
+        await conn.close()
+
+
+async def _admin(admin: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    from exchange.signing import Signer, write_key_pair
+    from netsync.migrate import upgrade
+
+    admin = os.environ.get(
+        "NETSYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    run = uuid.uuid4().hex[:8]
+    names = {"response": f"nsbench_{run}_response", "request": f"nsbench_{run}_request"}
+    for name in names.values():
+        asyncio.run(_admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        with tempfile.TemporaryDirectory(prefix="nsbench-") as tmp:
+            root = Path(tmp)
+            exports = root / "exports"
+            exports.mkdir()
+            write_key_pair(Signer.generate(), root / "signing.pem", root / "trusted")
+            resp, req = _url(admin, names["response"]), _url(admin, names["request"])
+            upgrade("response", resp)
+            upgrade("request", req)
+            started = time.perf_counter()
+            asyncio.run(_fill(resp, args.rows))
+            print(f"filled {args.rows:,} settings in {time.perf_counter() - started:.1f} s")
+            out = _side(["--side", "export", resp, str(exports), str(root / "signing.pem")])
+            print(
+                f"export: {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB,"
+                f" {out['records']:,} records, {out['bytes'] / 1e6:.0f} MB file"
+            )
+            out = _side(["--side", "import", req, str(exports), str(root / "trusted")])
+            print(
+                f"import: {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB,"
+                f" {out['changes']:,} rows written"
+            )
+    finally:
+        for name in names.values():
+            asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--side":
+        side, url, exports, key = sys.argv[2:6]
+        if side == "export":
+            result = asyncio.run(_export(url, Path(exports), Path(key).read_bytes()))
+        else:
+            result = asyncio.run(_import(url, Path(exports), Path(key)))
+        print(json.dumps({**result, "peak_mb": _peak_mb()}))
+    else:
+        main()

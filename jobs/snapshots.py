@@ -1,0 +1,175 @@
+"""Full snapshots of users, settings and profile types, in bounded memory at any size.
+
+One REPEATABLE READ transaction reads the ``changes`` stream's last sequence number (the snapshot's
+``changes_seq`` mark), counts the rows (the header announces the count) and streams them with
+``COPY … TO STDOUT``: PostgreSQL renders each record as one JSON line and the writer hashes and
+writes each chunk as it arrives, so a million rows cost a few MB of memory. The file is signed and
+published atomically like every export, and ``latest/<stream>.jsonl`` names the newest one.
+
+Sequence numbers come from ``export_streams`` under the stream's row lock, and each file is
+recorded in ``export_files`` before it is written: a run that dies before publishing leaves its
+number unpublished, and the next run publishes that number (with fresh content) instead of
+leaving a hole. Every record of a snapshot carries the file's id as its ``event_id``: on the
+Request side a row written by a snapshot points at the file that wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import ResponseSession, ResponseSessionMaker
+from app.outbox.models import ExportFile, ExportStream
+from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
+from exchange.signing import Signer
+from exchange.writer import ExportFileWriter
+
+_TAIL = """|| '","version":' || version::text || ',"op":"upsert","occurred_at":'
+    || to_json(updated_at)::text || ',"data":{'"""
+
+#: Per entity: its table and the JSON of its ``data``, rendered by PostgreSQL (``to_json`` escapes
+#: strings; ``jsonb::text`` is JSON). ``$1`` is the constant start of every line.
+_SNAPSHOT_SQL: dict[str, tuple[str, str]] = {
+    "setting": (
+        "settings",
+        """'"key":' || to_json(key)::text || ',"value":' || value::text
+        || ',"description":' || coalesce(to_json(description)::text, 'null')""",
+    ),
+    "user": (
+        "users",
+        """'"username":' || to_json(username)::text
+        || ',"email":' || coalesce(to_json(email)::text, 'null')
+        || ',"password_hash":' || to_json(password_hash)::text
+        || ',"role":' || to_json(role)::text
+        || ',"is_active":' || CASE WHEN is_active THEN 'true' ELSE 'false' END
+        || ',"profile_type_id":' || coalesce('"' || profile_type_id::text || '"', 'null')""",
+    ),
+    "profile_type": (
+        "profile_types",
+        """'"name":' || to_json(name)::text
+        || ',"description":' || coalesce(to_json(description)::text, 'null')
+        || ',"permissions":' || permissions::text""",
+    ),
+}
+
+
+def snapshot_query(entity: str) -> str:
+    table, data = _SNAPSHOT_SQL[entity]
+    return f"SELECT $1 || id::text {_TAIL} || {data} || '}}}}' FROM {table}"  # noqa: S608
+
+
+@dataclass(frozen=True)
+class SnapshotExport:
+    stream: str
+    seq: int
+    file: str
+    records: int
+    changes_seq: int
+    bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+async def _allocate(session: ResponseSession, stream: str) -> ExportFile:
+    """The next file of ``stream`` (an unpublished one left by a dead run first)."""
+    await session.execute(
+        insert(ExportStream)
+        .values(stream=stream, last_seq=0)
+        .on_conflict_do_nothing(index_elements=["stream"])
+    )
+    row = await session.get(ExportStream, stream, with_for_update=True)
+    assert row is not None
+    leftover = await session.scalar(
+        select(ExportFile)
+        .where(ExportFile.stream == stream, ExportFile.published_at.is_(None))
+        .order_by(ExportFile.seq)
+        .limit(1)
+    )
+    if leftover is not None:
+        return leftover
+    row.last_seq += 1
+    file = ExportFile(
+        stream=stream,
+        seq=row.last_seq,
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=0,
+    )
+    session.add(file)
+    await session.flush()
+    return file
+
+
+async def export_snapshot(
+    engine: AsyncEngine,
+    sessions: ResponseSessionMaker,
+    exports_dir: Path,
+    signer: Signer,
+    entity: str,
+) -> SnapshotExport:
+    """Write, sign and publish one snapshot of ``entity``; return what was published."""
+    stream = SNAPSHOT_STREAMS[entity]
+    async with sessions() as session, session.begin():
+        file = await _allocate(session, stream)
+        seq, file_id = file.seq, file.file_id
+    table = _SNAPSHOT_SQL[entity][0]
+    prefix = f'{{"event_id":"{file_id}","entity":"{entity}","entity_id":"'
+    async with engine.connect() as conn:
+        snapshot = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with snapshot.begin():
+            await snapshot.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+            changes_seq = await snapshot.scalar(
+                select(ExportStream.last_seq).where(ExportStream.stream == CHANGES_STREAM)
+            )
+            count = await snapshot.scalar(text(f"SELECT count(*) FROM {table}"))  # noqa: S608
+            created_at = datetime.now(UTC)
+            writer = ExportFileWriter(
+                exports_dir,
+                signer,
+                stream=stream,
+                seq=seq,
+                kind="snapshot",
+                file_id=file_id,
+                created_at=created_at,
+                records=int(count or 0),
+                header={"entity": entity, "changes_seq": int(changes_seq or 0)},
+            )
+
+            async def sink(chunk: bytes) -> None:
+                writer.write_lines(chunk, chunk.count(b"\n"))
+
+            try:
+                driver = (await snapshot.get_raw_connection()).driver_connection
+                assert driver is not None
+                # CSV with a quote and delimiter JSON never holds unescaped: lines arrive verbatim
+                await driver.copy_from_query(
+                    snapshot_query(entity),
+                    prefix,
+                    output=sink,
+                    format="csv",
+                    delimiter="\x02",
+                    quote="\x01",
+                )
+                published = await asyncio.to_thread(writer.publish, latest_as=stream)
+            except BaseException:
+                writer.abort()
+                raise
+    async with sessions() as session, session.begin():
+        row = await session.get(ExportFile, (stream, seq), with_for_update=True)
+        assert row is not None
+        row.published_at = datetime.now(UTC)
+        row.sha256 = published.sha256
+        row.records = published.records
+        row.created_at = created_at
+    return SnapshotExport(
+        stream, seq, published.name, published.records, int(changes_seq or 0), published.size
+    )
