@@ -77,9 +77,11 @@ def _row(
         "deleted": record.op == "delete",
         "last_changes_seq": changes_seq,
     }
-    data = record.data.model_dump(mode="json") if record.op == "upsert" and record.data else {}
+    data = record.data if record.op == "upsert" else None
     for column in columns:
-        row[column] = data.get(column, False if column in _BOOLEAN_COLUMNS else None)
+        # attributes, not model_dump(): this runs once per change and dominates a big burst
+        default = False if column in _BOOLEAN_COLUMNS else None
+        row[column] = getattr(data, column, default) if data is not None else default
     return row
 
 

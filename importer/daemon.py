@@ -59,6 +59,12 @@ class ScanResult:
     changes: int = 0
     ignored: list[str] = field(default_factory=list)
 
+    def add(self, other: ScanResult) -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.changes += other.changes
+
 
 class DatabaseUnavailable(Exception):
     """The Request database did not answer; retry later, quarantine nothing."""
@@ -100,6 +106,8 @@ class Importer:
         self._gap_alerted: dict[tuple[str, int], float] = {}
         #: Open sequence gaps as of the last check: easy to export as gauges.
         self.gap_stats = GapStats(0, 0, 0.0)
+        #: Files applied, duplicates, quarantined and changes since start: counters.
+        self.totals = ScanResult()
 
     @property
     def keyring(self) -> Keyring:
@@ -168,8 +176,10 @@ class Importer:
                     poll_delay_ms=max(50, int(self.settings.rescan_interval_s * 100)),
                 ):
                     self._wake.set()
-            except (OSError, RuntimeError) as exc:  # directory replaced or watcher failure
-                log.warning("file watcher failed, restarting", extra={"error": repr(exc)})
+            except Exception as exc:  # the rescan carries on whatever happens here
+                # e.g. the directory was replaced, or (watchfiles 1.x) an event for a name that
+                # is not valid UTF-8 fails the whole watcher inside an ExceptionGroup
+                log.warning("file watcher failed, restarting", extra={"error": repr(exc)[:300]})
                 await asyncio.sleep(1)
 
     # -- one pass over the directory ------------------------------------------------------
@@ -190,19 +200,43 @@ class Importer:
 
     async def scan_once(self, stop: asyncio.Event | None = None) -> ScanResult:
         result = ScanResult()
+        try:
+            await self._scan(result, stop)
+        finally:
+            self.totals.add(result)
+        return result
+
+    async def _scan(self, result: ScanResult, stop: asyncio.Event | None) -> None:
         self.keys.refresh()
         names, foreign = await asyncio.to_thread(self._list)
         result.ignored = await self._record_ignored(foreign)
         for _, group in itertools.groupby(names, key=lambda n: n.stream):
-            pending = list(group)
-            start = 0
-            while start < len(pending):
-                if stop is not None and stop.is_set():
-                    return result
-                reads, start = await asyncio.to_thread(self._read_chunk, pending, start)
-                await self._handle(reads, result)
+            if not await self._scan_stream(list(group), result, stop):
+                return
         await self.check_gaps()
-        return result
+
+    async def _scan_stream(
+        self, pending: list[FileName], result: ScanResult, stop: asyncio.Event | None
+    ) -> bool:
+        """Apply one stream's files batch by batch; the next batch is read and verified (in a
+        thread) while the current one is applied. False when stopped part-way."""
+
+        def read_from(start: int) -> asyncio.Task[tuple[list[_Read], int]]:
+            return asyncio.create_task(asyncio.to_thread(self._read_chunk, pending, start))
+
+        ahead: asyncio.Task[tuple[list[_Read], int]] | None = read_from(0)
+        try:
+            while ahead is not None:
+                reads, start = await ahead
+                ahead = read_from(start) if start < len(pending) else None
+                if stop is not None and stop.is_set():
+                    return False  # nothing of this batch was written yet
+                await self._handle(reads, result)
+        finally:
+            if ahead is not None:  # stopped or failed: the read-ahead is dropped, unapplied
+                with contextlib.suppress(Exception):
+                    await ahead
+        return True
 
     def _read_one(self, name: FileName) -> ExportFile | RejectedFile | None:
         for attempt in range(2):
