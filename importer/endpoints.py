@@ -189,13 +189,14 @@ async def sync_status(session: SessionDep, _: Operator) -> SyncStatus:
     ]
     gaps = await open_gaps(session)
     stats = summarise(gaps, now)
-    by_reason: dict[bool, int] = {False: 0, True: 0}
-    for ignored, n in await session.execute(
-        select(QuarantinedFile.reason == _IGNORED, func.count()).group_by(
-            QuarantinedFile.reason == _IGNORED
+    ignored = QuarantinedFile.reason == _IGNORED
+    counted = await session.execute(
+        select(
+            func.count().filter(~ignored).label("quarantined"),
+            func.count().filter(ignored).label("ignored"),
         )
-    ):
-        by_reason[bool(ignored)] = n
+    )
+    quarantined, ignored_names = counted.one()
     return SyncStatus(
         streams=streams,
         open_gaps=[
@@ -211,8 +212,8 @@ async def sync_status(session: SessionDep, _: Operator) -> SyncStatus:
         ],
         missing_files=stats.missing_files,
         oldest_gap_age_s=stats.oldest_age_s,
-        files_quarantined=by_reason[False],
-        files_ignored=by_reason[True],
+        files_quarantined=quarantined,
+        files_ignored=ignored_names,
     )
 
 
