@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import os
 import stat
@@ -21,7 +22,14 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
-from exchange.format import FORMAT_NAME, FORMAT_VERSION, ChangeRecord, ExportHeader, FileName
+from exchange.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ChangeRecord,
+    ExportHeader,
+    FileName,
+    parse_file_name,
+)
 from exchange.signing import SIGNATURE_ALG, Keyring
 
 
@@ -38,6 +46,12 @@ class RejectReason(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     INVALID_SCHEMA = "invalid_schema"
     NAME_MISMATCH = "name_mismatch"
+    #: The file exists but cannot be opened or read (permissions, I/O error).
+    UNREADABLE = "unreadable"
+    #: Verified and parsed, but the database refused its content (the importer's verdict).
+    APPLY_FAILED = "apply_failed"
+    #: Not an export file name at all: recorded once, left where it is, never read.
+    NOT_AN_EXPORT_NAME = "not_an_export_name"
 
 
 class RejectedFile(Exception):
@@ -64,6 +78,8 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
         st = os.lstat(path)
     except FileNotFoundError:
         raise
+    except OSError as exc:
+        raise RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc)) from exc
     if stat.S_ISLNK(st.st_mode):
         raise RejectedFile(RejectReason.SYMLINK, "symbolic links are never followed")
     if not stat.S_ISREG(st.st_mode):
@@ -74,9 +90,11 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        if exc.errno == 40:  # ELOOP: replaced by a symlink between lstat and open
+        if exc.errno == errno.ELOOP:  # replaced by a symlink between lstat and open
             raise RejectedFile(RejectReason.SYMLINK, "symbolic links are never followed") from exc
-        raise
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc)) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -84,7 +102,10 @@ def _read_bounded(path: Path, max_bytes: int) -> bytes:
         chunks: list[bytes] = []
         remaining = max_bytes + 1
         while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
+            try:
+                chunk = os.read(fd, min(remaining, 1 << 20))
+            except OSError as exc:
+                raise RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc)) from exc
             if not chunk:
                 break
             chunks.append(chunk)
@@ -146,6 +167,8 @@ def _parse(name: FileName, body: bytes) -> tuple[ExportHeader, list[ChangeRecord
             RejectReason.NAME_MISMATCH,
             f"header says {header.stream}/{header.seq}, name {name.name}",
         )
+    if header.created_at.tzinfo is None:
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, "header: created_at has no time zone")
     if header.records != len(lines) - 1:
         raise RejectedFile(
             RejectReason.INVALID_SCHEMA,
@@ -163,6 +186,10 @@ def _parse(name: FileName, body: bytes) -> tuple[ExportHeader, list[ChangeRecord
                 else RejectReason.INVALID_SCHEMA
             )
             raise RejectedFile(reason, f"record {number}: {first['msg']}") from exc
+        if records[-1].occurred_at.tzinfo is None:
+            raise RejectedFile(
+                RejectReason.INVALID_SCHEMA, f"record {number}: occurred_at has no time zone"
+            )
     return header, records
 
 
@@ -171,7 +198,14 @@ def read_export(directory: Path, name: FileName, keyring: Keyring, max_bytes: in
 
     ``FileNotFoundError`` propagates unchanged: the file was taken by another importer.
     """
+    if parse_file_name(name.name) != name:  # never a path: names come from a directory listing
+        raise ValueError(f"not an export file name: {name.name!r}")
     data = _read_bounded(directory / name.name, max_bytes)
     body, digest, key_id = _verify(data, keyring)
-    header, records = _parse(name, body)
+    try:
+        header, records = _parse(name, body)
+    except RejectedFile:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:  # whatever else hostile bytes cause
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, repr(exc)[:200]) from exc
     return ExportFile(name, header, records, digest, key_id, len(data))

@@ -1,8 +1,9 @@
 """``python -m importer``: the Request Network's importer daemon (watch mode).
 
 ``python -m importer --once`` applies what the directory holds now and exits (for cron-style
-deployments and for operators). SIGTERM and SIGINT stop the daemon between files: the file being
-applied finishes or rolls back as a whole.
+deployments and for operators). SIGTERM and SIGINT stop the daemon between batches: the batch
+being applied commits or rolls back as a whole, and committed files are archived before it exits.
+SIGHUP re-reads the trusted public keys (they are also re-read whenever their directory changes).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ async def main(once: bool = False) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, importer.request_key_reload)
     try:
         if once:
             importer.prepare()

@@ -1,23 +1,32 @@
-"""Applying one verified export file to the Request database, exactly once.
+"""Applying verified export files to the Request database, exactly once.
 
-The ledger row and the changes are written in the caller's transaction. The ledger insert comes
-first: a second importer applying the same file blocks on the ledger's primary key until the
-first commits, then finds the row and applies nothing. Each change is an upsert guarded by the
-entity's version, so a replayed or late change never overwrites a newer one. A ``NOTIFY`` in the
-same transaction tells listeners (the latency benchmark, the Request API) the moment it commits.
+Everything is written in the caller's transaction. The stream's row in ``sync_streams`` is locked
+first, so transactions applying one stream take turns (two importers included); then the files
+are claimed in the ledger (``ON CONFLICT DO NOTHING``: a file already there is a duplicate and
+applies nothing); then the records of the claimed files are upserted, guarded by each entity's
+version, so a replayed or late change never overwrites a newer one. Many ``changes`` files can
+share one transaction and one statement per table (``apply_changes``): that is what makes a burst
+of 10,000 files take seconds. A ``NOTIFY`` per file tells listeners the moment it commits.
+
+``apply_export`` is the single dispatch point by ``header.kind``: other kinds (snapshots) hook in
+there and are applied one file per transaction.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
+from importer import gaps
 from importer.db import RequestSession
 from importer.models import ImportLedger, SyncedProfileType, SyncedSetting, SyncedUser
 from importer.snapshots import apply_snapshot_export
@@ -32,15 +41,6 @@ class ApplyResult:
     changes: int
 
 
-def _latest_per_entity(records: list[ChangeRecord]) -> list[ChangeRecord]:
-    latest: dict[tuple[str, object], ChangeRecord] = {}
-    for record in records:
-        key = (record.entity, record.entity_id)
-        if key not in latest or latest[key].version < record.version:
-            latest[key] = record
-    return list(latest.values())
-
-
 #: Per entity: its table and the columns its data fills (NULL / false on a tombstone).
 _TABLES: dict[str, tuple[type[SyncedUser | SyncedSetting | SyncedProfileType], tuple[str, ...]]] = {
     "user": (
@@ -51,39 +51,54 @@ _TABLES: dict[str, tuple[type[SyncedUser | SyncedSetting | SyncedProfileType], t
     "profile_type": (SyncedProfileType, ("name", "description", "permissions")),
 }
 _BOOLEAN_COLUMNS = {"is_active"}
+_Key = tuple[str, uuid.UUID]
 
 
-def _row(record: ChangeRecord, columns: tuple[str, ...], changes_seq: int | None) -> dict[str, Any]:
+def _latest_per_entity(
+    items: Sequence[tuple[ChangeRecord, int | None]],
+) -> dict[_Key, tuple[ChangeRecord, int | None]]:
+    """One statement cannot touch a row twice: keep each entity's highest version only."""
+    latest: dict[_Key, tuple[ChangeRecord, int | None]] = {}
+    for record, seq in items:
+        key = (record.entity, record.entity_id)
+        if key not in latest or latest[key][0].version < record.version:
+            latest[key] = (record, seq)
+    return latest
+
+
+def _row(
+    record: ChangeRecord, columns: tuple[str, ...], changes_seq: int | None, now: datetime
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": record.entity_id,
         "version": record.version,
         "event_id": record.event_id,
         "changed_at": record.occurred_at,
-        "applied_at": func.clock_timestamp(),
+        "applied_at": now,
         "deleted": record.op == "delete",
         "last_changes_seq": changes_seq,
     }
-    data = record.data.model_dump(mode="json") if record.op == "upsert" and record.data else {}
+    data = record.data if record.op == "upsert" else None
     for column in columns:
-        row[column] = data.get(column, False if column in _BOOLEAN_COLUMNS else None)
+        # attributes, not model_dump(): this runs once per change and dominates a big burst
+        default = False if column in _BOOLEAN_COLUMNS else None
+        row[column] = getattr(data, column, default) if data is not None else default
     return row
 
 
-async def upsert_records(
-    session: RequestSession, records: list[ChangeRecord], *, changes_seq: int | None
-) -> int:
-    """Write the latest state of each entity unless the database already holds a newer one.
-
-    ``changes_seq`` is the ``changes`` file the records come from (``None`` for a snapshot).
-    Returns how many rows were inserted or updated.
-    """
-    written = 0
-    latest = _latest_per_entity(records)
+async def _upsert(
+    session: RequestSession, items: Sequence[tuple[ChangeRecord, int | None]]
+) -> dict[int | None, int]:
+    """Upsert the latest state of each entity; return how many rows each file seq wrote."""
+    latest = _latest_per_entity(items)
+    now = datetime.now(UTC)
+    written: dict[int | None, int] = {}
     for entity, (table, columns) in _TABLES.items():
-        rows = [_row(r, columns, changes_seq) for r in latest if r.entity == entity]
-        if not rows:
+        chosen = [(r, s) for (e, _), (r, s) in latest.items() if e == entity]
+        if not chosen:
             continue
-        base = insert(table).values(rows)
+        rows = [_row(r, columns, s, now) for r, s in chosen]
+        base = insert(table)
         excluded = base.excluded
         updated = (
             "version",
@@ -99,8 +114,25 @@ async def upsert_records(
             set_={col: excluded[col] for col in updated},
             where=table.version < excluded.version,
         ).returning(table.id)
-        written += len((await session.execute(stmt)).all())
+        # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues")
+        conn = await session.connection()
+        ids = set((await conn.execute(stmt, rows)).scalars().all())
+        for record, seq in chosen:
+            if record.entity_id in ids:
+                written[seq] = written.get(seq, 0) + 1
     return written
+
+
+async def upsert_records(
+    session: RequestSession, records: list[ChangeRecord], *, changes_seq: int | None
+) -> int:
+    """Write the latest state of each entity unless the database already holds a newer one.
+
+    ``changes_seq`` is the ``changes`` file the records come from (``None`` for a snapshot).
+    Returns how many rows were inserted or updated.
+    """
+    written = await _upsert(session, [(r, changes_seq) for r in records])
+    return sum(written.values())
 
 
 async def already_applied(session: RequestSession, export: ExportFile) -> bool:
@@ -112,39 +144,99 @@ async def already_applied(session: RequestSession, export: ExportFile) -> bool:
     return found is not None
 
 
-async def apply_export(session: RequestSession, export: ExportFile) -> ApplyResult:
+def _ledger_row(export: ExportFile, now: datetime) -> dict[str, Any]:
     header = export.header
-    if header.kind == "snapshot":
+    return {
+        "stream": header.stream,
+        "seq": header.seq,
+        "file_id": header.file_id,
+        "file_name": export.name.name,
+        "sha256": export.sha256,
+        "key_id": export.key_id,
+        "records": header.records,
+        "applied_changes": 0,
+        "exported_at": header.created_at,
+        "applied_at": now,
+    }
+
+
+async def claim(session: RequestSession, exports: Sequence[ExportFile]) -> set[int]:
+    """Insert the ledger rows; return the seqs this transaction claimed (the others are
+    duplicates). Any kind of file uses it: the ledger is what makes a file apply once."""
+    if not exports:
+        return set()
+    now = datetime.now(UTC)
+    stmt = insert(ImportLedger).on_conflict_do_nothing().returning(ImportLedger.seq)
+    rows = [_ledger_row(e, now) for e in exports]
+    conn = await session.connection()
+    return set((await conn.execute(stmt, rows)).scalars().all())
+
+
+async def _notify(
+    session: RequestSession, exports: Sequence[ExportFile], counts: dict[int, int]
+) -> None:
+    payloads = [
+        orjson.dumps(
+            {
+                "stream": e.header.stream,
+                "seq": e.header.seq,
+                "changes": counts.get(e.header.seq, 0),
+                "events": [str(r.event_id) for r in e.records[:_NOTIFY_EVENT_IDS]],
+            }
+        ).decode()
+        for e in exports
+    ]
+    await session.execute(
+        text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+        {"channel": APPLIED_CHANNEL, "payloads": payloads},
+    )
+
+
+async def apply_changes(
+    session: RequestSession, exports: Sequence[ExportFile]
+) -> dict[int, ApplyResult]:
+    """Apply ``changes`` files of one stream in the caller's transaction; result per seq."""
+    if not exports:
+        return {}
+    stream = exports[0].header.stream
+    if any(e.header.kind != "changes" or e.header.stream != stream for e in exports):
+        raise ValueError("apply_changes takes changes files of a single stream")
+    high = await gaps.lock_stream(session, stream)
+    claimed = await claim(session, exports)
+    fresh = [e for e in exports if e.header.seq in claimed]
+    counts: dict[int, int] = {}
+    if fresh:
+        written = await _upsert(session, [(r, e.header.seq) for e in fresh for r in e.records])
+        counts = {seq: n for seq, n in written.items() if seq is not None}
+        if counts:
+            conn = await session.connection()
+            await conn.execute(
+                update(ImportLedger)
+                .where(ImportLedger.stream == stream, ImportLedger.seq == bindparam("b_seq"))
+                .values(applied_changes=bindparam("b_changes")),
+                [{"b_seq": seq, "b_changes": n} for seq, n in counts.items()],
+            )
+        await gaps.record_applied(session, stream, high, claimed)
+        await _notify(session, fresh, counts)
+    return {
+        e.header.seq: ApplyResult(
+            duplicate=e.header.seq not in claimed, changes=counts.get(e.header.seq, 0)
+        )
+        for e in exports
+    }
+
+
+def batchable(export: ExportFile) -> bool:
+    """Whether the file can share a transaction with others of its stream."""
+    return export.header.kind == "changes"
+
+
+async def apply_export(session: RequestSession, export: ExportFile) -> ApplyResult:
+    """Apply one file of any kind in the caller's transaction: the dispatch point by kind."""
+    kind = export.header.kind
+    if kind == "changes":
+        return (await apply_changes(session, [export]))[export.header.seq]
+    if kind == "snapshot":  # small snapshots read in memory; large ones stream (daemon)
         done = await apply_snapshot_export(session, export)
         return ApplyResult(duplicate=done.duplicate, changes=done.written + done.removed)
-    if header.kind != "changes":
-        raise NotImplementedError(f"export kind {header.kind!r}")
-    claimed = await session.scalar(
-        insert(ImportLedger)
-        .values(
-            stream=header.stream,
-            seq=header.seq,
-            file_id=header.file_id,
-            file_name=export.name.name,
-            sha256=export.sha256,
-            key_id=export.key_id,
-            records=header.records,
-            applied_changes=0,
-            exported_at=header.created_at,
-            applied_at=func.clock_timestamp(),
-        )
-        .on_conflict_do_nothing()
-        .returning(ImportLedger.seq)
-    )
-    if claimed is None:
-        return ApplyResult(duplicate=True, changes=0)
-    changes = await upsert_records(session, export.records, changes_seq=header.seq)
-    await session.execute(
-        update(ImportLedger)
-        .where(ImportLedger.stream == header.stream, ImportLedger.seq == header.seq)
-        .values(applied_changes=changes)
-    )
-    events = [str(r.event_id) for r in export.records[:_NOTIFY_EVENT_IDS]]
-    payload = {"stream": header.stream, "seq": header.seq, "changes": changes, "events": events}
-    await session.execute(select(func.pg_notify(APPLIED_CHANNEL, orjson.dumps(payload).decode())))
-    return ApplyResult(duplicate=False, changes=changes)
+    raise NotImplementedError(f"export kind {kind!r}")

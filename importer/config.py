@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from functools import cached_property
 from pathlib import Path
 
-from netsync.config import CommonSettings, ConfigurationError
+from pydantic import SecretStr
+
+from netsync.config import CommonSettings, ConfigurationError, is_placeholder
 from netsync.keys import trusted_dir
 
 
@@ -30,6 +34,20 @@ class RequestSettings(CommonSettings):
     rescan_interval_s: float = 2.0
     #: The importer's /metrics, /health and /ready port; 0 disables. One per daemon on a host.
     importer_metrics_port: int = 9101
+    #: Watch for file events at all; off, only the periodic rescan finds files.
+    watch_files: bool = True
+    #: A burst is applied many files per transaction: up to this many files ...
+    batch_max_files: int = 200
+    #: ... or this many records, whichever comes first.
+    batch_max_records: int = 5000
+    #: A sequence gap open longer than this is logged as a warning (and repeated as often).
+    gap_alert_after_s: float = 60.0
+    #: Signs the Request API's bearer tokens; a random one in the state dir in development.
+    request_secret_key: SecretStr | None = None
+    #: Optional static bearer token for machines reading the Request API.
+    request_service_token: SecretStr | None = None
+    #: Lifetime of a bearer token issued by the Request API's login.
+    request_token_minutes: int = 15
 
     @cached_property
     def database_url(self) -> str:
@@ -56,3 +74,30 @@ class RequestSettings(CommonSettings):
     @property
     def trusted_keys_list(self) -> list[str]:
         return [k.strip() for k in self.trusted_keys.split(",") if k.strip()]
+
+    def token_secret(self) -> str:
+        """The token signing secret; refused outside development if missing or a placeholder."""
+        self.require("request_secret_key", self.request_secret_key, min_length=32)
+        if self.request_secret_key is not None and self.request_secret_key.get_secret_value():
+            return self.request_secret_key.get_secret_value()
+        path = self.state_dir / "request_secret_key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return path.read_text().strip()
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    def service_token(self) -> str | None:
+        """The static service token, if one is configured (placeholders refused)."""
+        token = self.request_service_token
+        if token is None or not token.get_secret_value():
+            return None
+        if is_placeholder(token, min_length=32):
+            raise ConfigurationError(
+                "NETSYNC_REQUEST_SERVICE_TOKEN must be a real value of at least 32 characters"
+            )
+        return token.get_secret_value()

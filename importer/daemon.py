@@ -3,28 +3,35 @@
 File-system events are only a wake-up. Correctness comes from scanning the directory: at start-up
 (files that arrived while the daemon was down), after every event batch, and every
 ``rescan_interval_s`` (events are lost on queue overflow and never arrive on NFS or Docker Desktop
-mounts; ``force_polling`` covers those). A scan applies files in sequence order per stream.
+mounts; ``force_polling`` covers those, ``watch_files=false`` leaves the rescan alone). A scan
+applies files in sequence order per stream, many per transaction (``batch_max_files`` /
+``batch_max_records``); if a batch fails because of one file's content, its files are applied
+one per transaction so that the bad one is quarantined and cannot hold the others back.
 
-Each file is read and verified off the event loop, applied in one transaction with its ledger row,
-then moved to the archive. A file that fails verification is moved to the quarantine directory with
-a sidecar ``.reason.json`` and a row in ``quarantined_files``; the daemon carries on. When the
-database is unreachable nothing is quarantined: the scan stops and is retried with backoff.
+Files are read and verified off the event loop; applied files move to the archive. A file that
+fails verification moves to the quarantine directory with a sidecar ``.reason.json`` and a row
+in ``quarantined_files``; a name that is not an export name is recorded once and left where it
+is. When the database is unreachable nothing is quarantined: the scan stops and is retried with
+backoff. A stop request (SIGTERM) lets the current batch commit or roll back, then exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from watchfiles import Change, awatch
 
 from exchange.format import (
@@ -35,12 +42,14 @@ from exchange.format import (
     FileName,
     parse_file_name,
 )
-from exchange.reader import ExportFile, RejectedFile, read_export
+from exchange.reader import ExportFile, RejectedFile, RejectReason, read_export
 from exchange.signing import Keyring
 from exchange.streaming import open_export
-from importer.apply import apply_export
+from importer.apply import ApplyResult, apply_changes, apply_export, batchable
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
+from importer.gaps import GapStats, open_gaps, summarise
+from importer.keys import TrustedKeys
 from importer.models import QuarantinedFile
 from importer.probes import observe_applied
 from importer.snapshots import apply_streamed
@@ -49,7 +58,8 @@ from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
 
-_DB_ERRORS = (OperationalError, InterfaceError, DBAPIError, OSError, ConnectionError)
+_DB_ERRORS = (DBAPIError, OSError, ConnectionError, TimeoutError)
+_Read = tuple[FileName, ExportFile | RejectedFile | None]
 #: Streams read in one streaming pass (``importer.snapshots``) instead of in memory.
 _STREAMED = frozenset({*SNAPSHOT_STREAMS.values(), RESULTS_STREAM})
 
@@ -62,9 +72,35 @@ class ScanResult:
     changes: int = 0
     ignored: list[str] = field(default_factory=list)
 
+    def add(self, other: ScanResult) -> None:
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.quarantined += other.quarantined
+        self.changes += other.changes
+
 
 class DatabaseUnavailable(Exception):
     """The Request database did not answer; retry later, quarantine nothing."""
+
+
+def blames_the_file(exc: Exception) -> bool:
+    """Whether a failed apply is the file's fault (its content), not the database's (down,
+    restarting, out of resources): only the first quarantines, the second retries."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        state = getattr(exc.orig, "sqlstate", None)
+        if state:  # 22: data exception (too long, out of range), 23: integrity violation
+            return str(state).startswith(("22", "23"))
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        # the driver refused to encode a value (e.g. out of the column's range) before sending
+        return isinstance(cause, ValueError) and not isinstance(exc, InterfaceError | OSError)
+    return not isinstance(exc, OSError | ConnectionError | TimeoutError)
+
+
+def _printable(name: str) -> str:
+    """A directory entry name as text PostgreSQL accepts (names need not be valid UTF-8)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
 
 
 class Importer:
@@ -73,7 +109,7 @@ class Importer:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.keyring = keyring
+        self.keys = TrustedKeys(settings.trusted_keys_path, settings.trusted_keys_list, keyring)
         self.exports_dir = settings.exports_path
         self.archive_dir = settings.archive_path
         self.quarantine_dir = settings.quarantine_path
@@ -87,20 +123,44 @@ class Importer:
         }
         #: ``time.monotonic()`` of the loop's last pass or file: its liveness (``importer.probes``)
         self.heartbeat = time.monotonic()
+        self._gap_alerted: dict[tuple[str, int], float] = {}
+        self._gap_streams: set[str] = set()
+        #: Open sequence gaps as of the last check: easy to export as gauges.
+        self.gap_stats = GapStats(0, 0, 0.0)
+        #: Files applied, duplicates, quarantined and changes since start: counters.
+        self.totals = ScanResult()
+
+    @property
+    def keyring(self) -> Keyring:
+        return self.keys.keyring
 
     def prepare(self) -> None:
         for path in (self.exports_dir, self.archive_dir, self.quarantine_dir):
             path.mkdir(parents=True, exist_ok=True)
 
+    def request_key_reload(self) -> None:
+        """Re-read the trusted keys before the next scan (SIGHUP), and scan now."""
+        self.keys.request_reload()
+        self._wake.set()
+
     # -- the loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self.prepare()
-        watcher = asyncio.create_task(self._watch(stop), name="importer-watch")
+        watcher = (
+            asyncio.create_task(self._watch(stop), name="importer-watch")
+            if self.settings.watch_files
+            else None
+        )
         backoff = 0.1
         log.info(
             "importer watching",
-            extra={"dir": str(self.exports_dir), "polling": self.settings.force_polling},
+            extra={
+                "dir": str(self.exports_dir),
+                "events": self.settings.watch_files,
+                "polling": self.settings.force_polling,
+                "rescan_interval_s": self.settings.rescan_interval_s,
+            },
         )
         try:
             while not stop.is_set():
@@ -116,9 +176,10 @@ class Importer:
                     backoff = min(backoff * 2, 5.0)
                 await _wait_any(self._wake, stop, timeout)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
     async def _watch(self, stop: asyncio.Event) -> None:
         def ours(change: Change, path: str) -> bool:
@@ -137,94 +198,71 @@ class Importer:
                     poll_delay_ms=max(50, int(self.settings.rescan_interval_s * 100)),
                 ):
                     self._wake.set()
-            except (OSError, RuntimeError) as exc:  # directory replaced or watcher failure
-                log.warning("file watcher failed, restarting", extra={"error": repr(exc)})
+            except Exception as exc:  # the rescan carries on whatever happens here
+                # e.g. the directory was replaced, or (watchfiles 1.x) an event for a name that
+                # is not valid UTF-8 fails the whole watcher inside an ExceptionGroup
+                log.warning("file watcher failed, restarting", extra={"error": repr(exc)[:300]})
                 await asyncio.sleep(1)
 
     # -- one pass over the directory ------------------------------------------------------
 
-    def _pending(self) -> list[FileName]:
+    def _list(self) -> tuple[list[FileName], list[str]]:
+        """Export names in apply order, and the names that are not ours."""
         names: list[FileName] = []
+        foreign: list[str] = []
         with os.scandir(self.exports_dir) as entries:
             for entry in entries:
                 parsed = parse_file_name(entry.name)
                 if parsed is not None:
                     names.append(parsed)
-                elif entry.name not in self._own_entries and entry.name not in self._ignored:
-                    self._ignored.add(entry.name)
-                    log.warning("ignoring a file that is not an export", extra={"file": entry.name})
+                elif entry.name not in self._own_entries:
+                    foreign.append(entry.name)
         names.sort(key=lambda n: (n.stream, n.seq))
-        return names
+        return names, foreign
 
     async def scan_once(self, stop: asyncio.Event | None = None) -> ScanResult:
         result = ScanResult()
-        for name in self._pending():
-            if stop is not None and stop.is_set():
-                break
-            await self.process(name, result)
+        try:
+            await self._scan(result, stop)
+        finally:
+            self.totals.add(result)
         return result
 
+    async def _scan(self, result: ScanResult, stop: asyncio.Event | None) -> None:
+        self.keys.refresh()
+        names, foreign = await asyncio.to_thread(self._list)
+        result.ignored = await self._record_ignored(foreign)
+        for stream, group in itertools.groupby(names, key=lambda n: n.stream):
+            if stream in _STREAMED:
+                for name in group:
+                    if stop is not None and stop.is_set():
+                        return
+                    await self._process_streamed(name, result)
+            elif not await self._scan_stream(list(group), result, stop):
+                return
+        await self.check_gaps()
+
     async def process(self, name: FileName, result: ScanResult) -> None:
-        self.heartbeat = time.monotonic()
+        """Apply one file, whatever its stream (``netsync import once`` goes file by file)."""
         if name.stream in _STREAMED:
             await self._process_streamed(name, result)
-            return
-        try:
-            export = await asyncio.to_thread(
-                read_export, self.exports_dir, name, self.keyring, self.settings.max_file_bytes
-            )
-        except FileNotFoundError:
-            return  # taken by another importer
-        except RejectedFile as rejected:
-            await self.quarantine(name.name, rejected)
-            result.quarantined += 1
-            return
-        await self._apply(export, result)
-
-    async def _apply(self, export: ExportFile, result: ScanResult) -> None:
-        token = correlation_id.set(None)
-        try:
-            async with self.sessions() as session, session.begin():
-                outcome = await apply_export(session, export)
-        except _DB_ERRORS as exc:
-            raise DatabaseUnavailable(repr(exc)) from exc
-        finally:
-            correlation_id.reset(token)
-        observe_applied(export, outcome)
-        if outcome.duplicate:
-            result.duplicates += 1
-            log.info("file already applied, archiving", extra={"file": export.name.name})
-            self._archive(export.name.name, duplicate=True)
-            return
-        result.applied += 1
-        result.changes += outcome.changes
-        for record in export.records:
-            log.info(
-                "applied change",
-                extra={
-                    "file": export.name.name,
-                    "event_id": str(record.event_id),
-                    "entity": record.entity,
-                    "entity_id": str(record.entity_id),
-                    "version": record.version,
-                    "correlation_id": record.correlation_id,
-                },
-            )
-        self._archive(export.name.name, duplicate=False)
+        else:
+            await self._handle([(name, await asyncio.to_thread(self._read_one, name))], result)
 
     async def _process_streamed(self, name: FileName, result: ScanResult) -> None:
         """Snapshots and results: applied while read, committed only once verified."""
+        self.heartbeat = time.monotonic()
         try:
             async with self.sessions() as session, session.begin():
                 with open_export(
-                    self.exports_dir, name, self.keyring, self.settings.max_snapshot_bytes
+                    self.exports_dir, name, self.keys.keyring, self.settings.max_snapshot_bytes
                 ) as export:
                     outcome = await apply_streamed(session, export)
         except FileNotFoundError:
             return  # taken by another importer
         except RejectedFile as rejected:
-            await self.quarantine(name.name, rejected)
-            result.quarantined += 1
+            if await self.quarantine(name.name, rejected):
+                result.quarantined += 1
             return
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(repr(exc)) from exc
@@ -236,15 +274,220 @@ class Importer:
         result.changes += outcome.written + outcome.removed
         log.info(
             "applied streamed file",
-            extra={
-                "file": name.name,
-                "records": outcome.records,
-                "written": outcome.written,
-                "removed": outcome.removed,
-                "stale": outcome.stale,
-            },
+            extra={"file": name.name, "written": outcome.written, "removed": outcome.removed},
         )
         self._archive(name.name, duplicate=False)
+
+    async def _scan_stream(
+        self, pending: list[FileName], result: ScanResult, stop: asyncio.Event | None
+    ) -> bool:
+        """Apply one stream's files batch by batch; the next batch is read and verified (in a
+        thread) while the current one is applied. False when stopped part-way."""
+
+        def read_from(start: int) -> asyncio.Task[tuple[list[_Read], int]]:
+            return asyncio.create_task(asyncio.to_thread(self._read_chunk, pending, start))
+
+        ahead: asyncio.Task[tuple[list[_Read], int]] | None = read_from(0)
+        try:
+            while ahead is not None:
+                reads, start = await ahead
+                ahead = read_from(start) if start < len(pending) else None
+                if stop is not None and stop.is_set():
+                    return False  # nothing of this batch was written yet
+                await self._handle(reads, result)
+        finally:
+            if ahead is not None:  # stopped or failed: the read-ahead is dropped, unapplied
+                with contextlib.suppress(Exception):
+                    await ahead
+        return True
+
+    def _read_one(self, name: FileName) -> ExportFile | RejectedFile | None:
+        for attempt in range(2):
+            try:
+                return read_export(
+                    self.exports_dir, name, self.keys.keyring, self.settings.max_file_bytes
+                )
+            except FileNotFoundError:
+                return None  # taken by another importer
+            except RejectedFile as rejected:
+                # the new public key may have landed a moment after the file: look once more
+                retry = rejected.reason is RejectReason.UNKNOWN_KEY and attempt == 0
+                if retry and self.keys.refresh():
+                    continue
+                return rejected
+            except Exception as exc:  # hostile input must never stop the daemon
+                log.exception("unexpected error reading a file", extra={"file": name.name})
+                return RejectedFile(RejectReason.UNREADABLE, repr(exc)[:200])
+        raise AssertionError("unreachable")
+
+    def _read_chunk(self, names: Sequence[FileName], start: int) -> tuple[list[_Read], int]:
+        """Read files from ``start`` until a batch is full; runs in a worker thread."""
+        reads: list[_Read] = []
+        files = records = 0
+        index = start
+        while index < len(names) and files < self.settings.batch_max_files:
+            if records >= self.settings.batch_max_records:
+                break
+            outcome = self._read_one(names[index])
+            reads.append((names[index], outcome))
+            index += 1
+            if isinstance(outcome, ExportFile):
+                files += 1
+                records += len(outcome.records)
+        return reads, index
+
+    async def _handle(self, reads: list[_Read], result: ScanResult) -> None:
+        batch: list[ExportFile] = []
+        for name, outcome in reads:
+            if isinstance(outcome, RejectedFile):
+                if await self.quarantine(name.name, outcome):
+                    result.quarantined += 1
+            elif isinstance(outcome, ExportFile):
+                if batchable(outcome):
+                    batch.append(outcome)
+                else:
+                    await self._apply_group([outcome], result)
+        if batch:
+            await self._apply_group(batch, result)
+
+    async def _apply_group(self, exports: list[ExportFile], result: ScanResult) -> None:
+        token = correlation_id.set(None)
+        try:
+            async with self.sessions() as session, session.begin():
+                if len(exports) == 1 and not batchable(exports[0]):
+                    outcomes = {exports[0].header.seq: await apply_export(session, exports[0])}
+                else:
+                    outcomes = await apply_changes(session, exports)
+        except Exception as exc:
+            if not blames_the_file(exc):
+                raise DatabaseUnavailable(repr(exc)) from exc
+            if len(exports) > 1:
+                log.warning(
+                    "batch failed, applying its files one per transaction",
+                    extra={"files": len(exports), "error": repr(exc)[:300]},
+                )
+                for export in exports:
+                    await self._apply_group([export], result)
+                return
+            log.error(
+                "file could not be applied", extra={"file": exports[0].name.name}, exc_info=True
+            )
+            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            rejected = RejectedFile(RejectReason.APPLY_FAILED, detail)
+            if await self.quarantine(exports[0].name.name, rejected):
+                result.quarantined += 1
+            return
+        finally:
+            correlation_id.reset(token)
+        await self._applied(exports, outcomes, result)
+
+    async def _applied(
+        self, exports: list[ExportFile], outcomes: dict[int, ApplyResult], result: ScanResult
+    ) -> None:
+        moves: list[tuple[str, bool]] = []
+        self.heartbeat = time.monotonic()
+        for export in exports:
+            outcome = outcomes[export.header.seq]
+            observe_applied(export, outcome)
+            moves.append((export.name.name, outcome.duplicate))
+            if outcome.duplicate:
+                result.duplicates += 1
+                log.info("file already applied, archiving", extra={"file": export.name.name})
+                continue
+            result.applied += 1
+            result.changes += outcome.changes
+            for record in export.records:
+                log.info(
+                    "applied change",
+                    extra={
+                        "file": export.name.name,
+                        "event_id": str(record.event_id),
+                        "entity": record.entity,
+                        "entity_id": str(record.entity_id),
+                        "version": record.version,
+                        "correlation_id": record.correlation_id,
+                    },
+                )
+        await asyncio.to_thread(self._archive_many, moves)
+
+    async def _record_ignored(self, names: list[str]) -> list[str]:
+        """Record each name that is not ours once (in the database, for good), and leave it.
+
+        Dot files are skipped without a record: they are the temporary files of transfer tools
+        (rsync's ``.name.XXXXXX``), which come and go with every copy.
+        """
+        present = set(names)
+        self._ignored &= present
+        new = sorted(n for n in present - self._ignored if not n.startswith("."))
+        self._ignored |= present
+        if not new:
+            return []
+        rows = []
+        for name in new:
+            log.warning("ignoring a file that is not an export", extra={"file": _printable(name)})
+            try:
+                size: int | None = os.lstat(self.exports_dir / name).st_size
+            except OSError:
+                size = None
+            rows.append(
+                {
+                    "file_name": _printable(name),
+                    "stored_as": None,
+                    "reason": RejectReason.NOT_AN_EXPORT_NAME.value,
+                    "detail": "not an export file name: left in place, never read",
+                    "size": size,
+                }
+            )
+        stmt = insert(QuarantinedFile).on_conflict_do_nothing(
+            index_elements=[QuarantinedFile.file_name],
+            index_where=QuarantinedFile.reason == RejectReason.NOT_AN_EXPORT_NAME.value,
+        )
+        try:
+            async with self.sessions() as session, session.begin():
+                await (await session.connection()).execute(stmt, rows)
+        except _DB_ERRORS as exc:
+            self._ignored -= set(new)  # try again on the next scan
+            log.error("could not record ignored files", extra={"error": repr(exc)})
+        return new
+
+    async def check_gaps(self) -> GapStats:
+        """Refresh ``gap_stats``; warn about gaps older than ``gap_alert_after_s``, repeating
+        the warning that often while they stay open."""
+        try:
+            async with self.sessions() as session:
+                gaps = await open_gaps(session)
+        except _DB_ERRORS:
+            return self.gap_stats
+        now, mono = datetime.now(UTC), time.monotonic()
+        threshold = self.settings.gap_alert_after_s
+        keys = set()
+        for gap in gaps:
+            key = (gap.stream, gap.first_seq)
+            keys.add(key)
+            age = gap.age_s(now)
+            last = self._gap_alerted.get(key)
+            if age >= threshold and (last is None or mono - last >= threshold):
+                self._gap_alerted[key] = mono
+                log.warning(
+                    "sync gap still open",
+                    extra={
+                        "stream": gap.stream,
+                        "first_seq": gap.first_seq,
+                        "last_seq": gap.last_seq,
+                        "missing": gap.missing,
+                        "age_s": round(age, 1),
+                    },
+                )
+        for key in set(self._gap_alerted) - keys:
+            del self._gap_alerted[key]
+        self.gap_stats = summarise(gaps, now)
+        missing: dict[str, int] = {}
+        for gap in gaps:
+            missing[gap.stream] = missing.get(gap.stream, 0) + gap.missing
+        self._gap_streams |= set(missing)
+        for stream in self._gap_streams:  # a stream whose gaps closed goes back to zero
+            metrics.IMPORT_OPEN_GAPS.labels(stream).set(missing.get(stream, 0))
+        return self.gap_stats
 
     # -- moving files out of the way ------------------------------------------------------
 
@@ -252,8 +495,12 @@ class Importer:
         target = self.archive_dir / name
         if duplicate and target.exists():
             target = self.archive_dir / f"{name}.duplicate-{uuid.uuid4().hex[:8]}"
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):  # another importer archived it first
             os.replace(self.exports_dir / name, target)
+
+    def _archive_many(self, moves: list[tuple[str, bool]]) -> None:
+        for name, duplicate in moves:
+            self._archive(name, duplicate=duplicate)
 
     def _move_to_quarantine(self, name: str, rejected: RejectedFile) -> tuple[str, int] | None:
         """Move the file (whatever it is: file, symlink, fifo, directory) and write its sidecar."""
@@ -274,13 +521,21 @@ class Importer:
             "size": size,
             "quarantined_at": datetime.now(UTC).isoformat(),
         }
-        Path(f"{target}.reason.json").write_bytes(orjson.dumps(sidecar, option=orjson.OPT_INDENT_2))
+        try:
+            Path(f"{target}.reason.json").write_bytes(
+                orjson.dumps(sidecar, option=orjson.OPT_INDENT_2)
+            )
+        except OSError as exc:
+            log.error("could not write a sidecar", extra={"file": name, "error": repr(exc)})
         return target.name, size
 
-    async def quarantine(self, name: str, rejected: RejectedFile) -> None:
+    async def quarantine(self, name: str, rejected: RejectedFile) -> bool:
+        """Move the file aside and record why; False when another importer took it first."""
+        detail = _printable(rejected.detail.replace("\x00", "\\0"))
+        rejected = RejectedFile(rejected.reason, detail)
         moved = await asyncio.to_thread(self._move_to_quarantine, name, rejected)
         if moved is None:
-            return
+            return False
         stored_as, size = moved
         metrics.IMPORT_FILES_QUARANTINED.labels(rejected.reason.value).inc()
         log.warning(
@@ -298,8 +553,9 @@ class Importer:
                         size=size,
                     )
                 )
-        except _DB_ERRORS as exc:
+        except _DB_ERRORS as exc:  # the sidecar still tells why
             log.error("could not record quarantined file", extra={"file": name, "error": repr(exc)})
+        return True
 
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:

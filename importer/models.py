@@ -76,7 +76,18 @@ class ImportLedger(RequestBase):
 
 
 class QuarantinedFile(RequestBase):
+    """A file the importer refused (moved to the quarantine directory, with a sidecar), or a name
+    that is not an export name (left where it is, recorded once per name: ``stored_as`` NULL)."""
+
     __tablename__ = "quarantined_files"
+    __table_args__ = (
+        Index(
+            "uq_quarantined_files_ignored_name",
+            "file_name",
+            unique=True,
+            postgresql_where=text("reason = 'not_an_export_name'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     file_name: Mapped[str] = mapped_column(String(255))
@@ -107,10 +118,38 @@ class SyncedJobResult(RequestBase):
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SyncStream(RequestBase):
+    """Per ``changes`` stream: the highest sequence number applied or healed by a snapshot.
+
+    Its row is also the stream's lock: every transaction that applies files of a stream locks it
+    first, so gap bookkeeping never races and two importers take turns per stream.
+    """
+
+    __tablename__ = "sync_streams"
+
+    stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    high_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    healed_through: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SyncGap(RequestBase):
+    """A run of sequence numbers not (yet) applied, below one that was: open until every file of
+    the run arrives or a snapshot covers it. Closed gaps are deleted (and logged)."""
+
+    __tablename__ = "sync_gaps"
+
+    stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    first_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 __all__ = [
     "ImportLedger",
     "QuarantinedFile",
     "RequestBase",
+    "SyncGap",
+    "SyncStream",
     "SyncedJobResult",
     "SyncedProfileType",
     "SyncedSetting",

@@ -4,6 +4,7 @@ queue, listings by state, the dead-letter cycle, purging a queue and the schedul
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -126,44 +127,46 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_retried_and_discarded(
     api: httpx.AsyncClient, sandbox: Sandbox, queue: JobQueue
 ) -> None:
     admin = await admin_headers(api, sandbox.response_settings())
+    # arq job ids are global in a Redis database: unique ones keep runs from meeting
+    flaky_id, broken_id = f"job-flaky-{uuid.uuid4().hex[:8]}", f"job-broken-{uuid.uuid4().hex[:8]}"
     functions = [
         register(flaky, name="flaky", queue=sandbox.queue, max_tries=3),
         register(broken, name="broken", queue=sandbox.queue, max_tries=3),
     ]
-    await queue.submit("flaky", "smtp", job_id="job-flaky", queue=sandbox.queue, times=2)
-    await queue.submit("broken", job_id="job-broken", queue=sandbox.queue)
+    await queue.submit("flaky", "smtp", job_id=flaky_id, queue=sandbox.queue, times=2)
+    await queue.submit("broken", job_id=broken_id, queue=sandbox.queue)
     worker = burst_worker(sandbox, sandbox.queue, functions)
     worker.ctx["queue"] = sandbox.queue
     await run_burst(worker)
 
     dead = (await api.get("/api/v1/jobs/dead", headers=admin)).json()
     by_id = {d["job_id"]: d for d in dead}
-    assert set(by_id) == {"job-flaky", "job-broken"}
-    assert by_id["job-flaky"]["tries"] == 3  # Retry kept its meaning until max_tries
-    assert "smtp is unreachable" in by_id["job-flaky"]["error"]
-    assert (by_id["job-flaky"]["args"], by_id["job-flaky"]["kwargs"]) == (["smtp"], {"times": 2})
-    assert by_id["job-broken"]["tries"] == 1  # any other error is final at once
-    assert "this job cannot work" in by_id["job-broken"]["error"]
-    assert by_id["job-broken"]["queue"] == "sync"
+    assert set(by_id) == {flaky_id, broken_id}
+    assert by_id[flaky_id]["tries"] == 3  # Retry kept its meaning until max_tries
+    assert "smtp is unreachable" in by_id[flaky_id]["error"]
+    assert (by_id[flaky_id]["args"], by_id[flaky_id]["kwargs"]) == (["smtp"], {"times": 2})
+    assert by_id[broken_id]["tries"] == 1  # any other error is final at once
+    assert "this job cannot work" in by_id[broken_id]["error"]
+    assert by_id[broken_id]["queue"] == "sync"
     failed = (await api.get("/api/v1/jobs?status=failed", headers=admin)).json()
-    assert {"job-flaky", "job-broken"} <= {j["job_id"] for j in failed["items"]}
+    assert {flaky_id, broken_id} <= {j["job_id"] for j in failed["items"]}
 
     await queue.redis.set(FLAG + sandbox.queue, b"1")
-    retried = await api.post("/api/v1/jobs/dead/job-flaky/retry", headers=admin)
+    retried = await api.post(f"/api/v1/jobs/dead/{flaky_id}/retry", headers=admin)
     assert retried.status_code == 202, retried.text
     new_id = retried.json()["job_id"]
-    assert new_id.startswith("job-flaky:retry:")
-    assert (await api.post("/api/v1/jobs/dead/job-flaky/retry", headers=admin)).status_code == 404
+    assert new_id.startswith(f"{flaky_id}:retry:")
+    assert (await api.post(f"/api/v1/jobs/dead/{flaky_id}/retry", headers=admin)).status_code == 404
     worker = burst_worker(sandbox, sandbox.queue, functions)
     worker.ctx["queue"] = sandbox.queue
     await run_burst(worker)
     rerun = (await api.get(f"/api/v1/jobs/{new_id}", headers=admin)).json()
     assert (rerun["state"], rerun["result"]) == ("complete", "done smtp x2")
 
-    discarded = await api.delete("/api/v1/jobs/dead/job-broken", headers=admin)
+    discarded = await api.delete(f"/api/v1/jobs/dead/{broken_id}", headers=admin)
     assert discarded.status_code == 200
     assert discarded.json()["function"] == "broken"
-    assert (await api.delete("/api/v1/jobs/dead/job-broken", headers=admin)).status_code == 404
+    assert (await api.delete(f"/api/v1/jobs/dead/{broken_id}", headers=admin)).status_code == 404
     assert (await api.get("/api/v1/jobs/dead", headers=admin)).json() == []
 
 
@@ -187,17 +190,18 @@ async def test_running_jobs_are_listed_in_progress(
     )
     task = asyncio.create_task(worker.async_run())
     try:
-        await queue.submit("slow", job_id="job-slow", queue=sandbox.queue)
+        slow_id = f"job-slow-{uuid.uuid4().hex[:8]}"  # job ids are global in a Redis database
+        await queue.submit("slow", job_id=slow_id, queue=sandbox.queue)
         await asyncio.wait_for(started.wait(), 10)
         running = (await api.get("/api/v1/jobs?status=in_progress", headers=admin)).json()
         assert [(j["job_id"], j["function"], j["queue"]) for j in running["items"]] == [
-            ("job-slow", "slow", "sync")
+            (slow_id, "slow", "sync")
         ]
         assert (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()["items"] == []
         release.set()
 
         async def finished() -> bool:
-            job = (await api.get("/api/v1/jobs/job-slow", headers=admin)).json()
+            job = (await api.get(f"/api/v1/jobs/{slow_id}", headers=admin)).json()
             return bool(job["state"] == "complete")
 
         await eventually(finished)
@@ -214,7 +218,8 @@ async def test_purging_a_queue_needs_its_name_twice_and_spares_other_queues(
     admin = await admin_headers(api, sandbox.response_settings())
     for _ in range(3):
         assert (await api.post("/api/v1/exports/users/run", headers=admin)).status_code == 202
-    await queue.submit("sync_changes", "x", job_id="sync-kept", queue=sandbox.queue)
+    kept_id = f"sync-kept-{uuid.uuid4().hex[:8]}"
+    await queue.submit("sync_changes", "x", job_id=kept_id, queue=sandbox.queue)
 
     sizes = {q["name"]: q for q in (await api.get("/api/v1/queues", headers=admin)).json()}
     assert (sizes["bulk"]["jobs"], sizes["sync"]["jobs"]) == (3, 1)
@@ -231,7 +236,7 @@ async def test_purging_a_queue_needs_its_name_twice_and_spares_other_queues(
     assert purged.status_code == 200, purged.text
     assert purged.json() == {"name": "bulk", "removed": 3}
     queued = (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()
-    assert [j["job_id"] for j in queued["items"]] == ["sync-kept"]
+    assert [j["job_id"] for j in queued["items"]] == [kept_id]
 
 
 async def test_the_schedule_shows_every_periodic_job_with_its_next_and_last_run(

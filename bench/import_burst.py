@@ -1,0 +1,148 @@
+"""How fast the importer applies a burst: 10,000 one-change files, and 100,000 changes (100 files
+of 1,000 records each). Prints files/s and changes/s for each.
+
+Runs the real ``Importer`` (the daemon's scan, batching, archiving and ledger) against a scratch
+Request database it creates, migrates and drops on ``NETSYNC_BENCH_DATABASE_URL`` (an admin URL,
+default ``postgresql://postgres@127.0.0.1:5432/postgres``), with its own temporary exports
+directory and keys. Files are written before the clock starts; the clock covers reading,
+verifying, applying and archiving every file. Usage: ``./run bench import_burst [--log-level X]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from exchange.signing import Keyring, Signer, write_key_pair
+from exchange.writer import publish_export
+from importer.config import RequestSettings
+from importer.daemon import Importer
+from importer.db import make_sessionmaker
+from netsync.db import make_engine
+from netsync.logging import configure_logging
+from netsync.migrate import upgrade
+
+ADMIN_URL = os.environ.get(
+    "NETSYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$YmVuY2gtaGFzaC1oYXNoLWhhc2g"
+
+
+def record(user: uuid.UUID, version: int) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "entity": "user",
+        "entity_id": str(user),
+        "version": version,
+        "op": "upsert",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "data": {
+            "username": f"user-{user.hex[:10]}",
+            "password_hash": HASH,
+            "role": "user",
+            "is_active": True,
+        },
+    }
+
+
+def write_files(exports: Path, signer: Signer, files: int, per_file: int, first_seq: int) -> int:
+    users = [uuid.uuid4() for _ in range(min(per_file * files, 50_000))]
+    n = 0
+    for i in range(files):
+        records = []
+        for _ in range(per_file):
+            records.append(record(users[n % len(users)], first_seq + n))
+            n += 1
+        publish_export(
+            exports,
+            signer,
+            stream="changes",
+            seq=first_seq + i,
+            kind="changes",
+            file_id=uuid.uuid4(),
+            created_at=datetime.now(UTC),
+            records=records,
+        )
+    return n
+
+
+async def scenario(
+    importer: Importer, exports: Path, signer: Signer, files: int, per: int, seq: int
+) -> None:
+    changes = write_files(exports, signer, files, per, seq)
+    started = time.perf_counter()
+    applied = 0
+    while applied < files:
+        result = await importer.scan_once()
+        applied += result.applied
+        if result.applied == 0 and result.quarantined:
+            raise SystemExit("files were quarantined: the benchmark is broken")
+    elapsed = time.perf_counter() - started
+    print(
+        f"{files:>6} files x {per:>5} records: {elapsed:6.2f} s  "
+        f"{files / elapsed:9,.0f} files/s  {changes / elapsed:9,.0f} changes/s"
+    )
+
+
+async def main(log_level: str) -> None:
+    name = f"bench_import_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    root = Path(tempfile.mkdtemp(prefix="netsync-bench-"))
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    engine = None
+    try:
+        await asyncio.to_thread(upgrade, "request", url)
+        signer = Signer.generate()
+        write_key_pair(signer, root / "signing.pem", root / "trusted")
+        exports = root / "exports"
+        exports.mkdir()
+        settings = RequestSettings(
+            _env_file=None,
+            env="test",
+            state_dir=root,
+            exports_dir=exports,
+            request_database_url=url,
+            trusted_keys_dir=root / "trusted",
+            log_level=log_level,
+        )
+        configure_logging("bench", level=log_level, fmt="json")
+        engine = make_engine(url, pool_size=2)
+        keyring = Keyring.from_sources(settings.trusted_keys_path)
+        importer = Importer(settings, make_sessionmaker(engine), keyring)
+        importer.prepare()
+        print(
+            f"batches of up to {settings.batch_max_files} files / "
+            f"{settings.batch_max_records} records, log level {log_level}"
+        )
+        await scenario(importer, exports, signer, 10_000, 1, 1)
+        await scenario(importer, exports, signer, 100, 1_000, 10_001)
+    finally:
+        if engine is not None:
+            await engine.dispose()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="INFO logs one line per applied change (to stderr); the default measures without",
+    )
+    args = parser.parse_args()
+    logging.getLogger().setLevel(args.log_level)
+    asyncio.run(main(args.log_level))

@@ -1,0 +1,234 @@
+"""The Request API's read endpoints: synced users, settings, profile types and the sync itself.
+
+Tombstoned rows (entities deleted on the Response Network) are never listed: the row stays only so
+that an older change arriving late cannot bring the entity back. Lists are paginated with
+``limit``/``offset`` and ordered by a stable key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from sqlalchemy import Select, func, select
+
+from importer.auth import Operator, Reader
+from importer.db import RequestSession, RequestSessionMaker
+from importer.gaps import open_gaps, summarise
+from importer.models import (
+    ImportLedger,
+    QuarantinedFile,
+    SyncedProfileType,
+    SyncedSetting,
+    SyncedUser,
+)
+from importer.schemas import (
+    GapOut,
+    Limit,
+    Offset,
+    Page,
+    ProfileTypeOut,
+    QuarantineEntry,
+    SettingOut,
+    StreamStatus,
+    SyncStatus,
+    UserOut,
+)
+from netsync.errors import NotFound, NotPermitted
+
+_IGNORED = "not_an_export_name"
+
+
+async def get_session(request: Request) -> AsyncIterator[RequestSession]:
+    maker: RequestSessionMaker = request.app.state.sessionmaker
+    async with maker() as session:
+        yield session
+
+
+SessionDep = Annotated[RequestSession, Depends(get_session)]
+router = APIRouter(prefix="/api/v1")
+
+
+async def _page(
+    session: RequestSession, query: Select[Any], limit: int, offset: int
+) -> tuple[list[Any], int]:
+    total = await session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
+    rows = (await session.scalars(query.limit(limit).offset(offset))).all()
+    return list(rows), total or 0
+
+
+@router.get("/users", tags=["users"])
+async def list_users(
+    session: SessionDep, _: Operator, limit: Limit = 50, offset: Offset = 0
+) -> Page[UserOut]:
+    query = (
+        select(SyncedUser)
+        .where(SyncedUser.deleted.is_(False))
+        .order_by(func.lower(SyncedUser.username), SyncedUser.id)
+    )
+    rows, total = await _page(session, query, limit, offset)
+    items = [UserOut.model_validate(r) for r in rows]
+    return Page[UserOut](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/users/me", tags=["users"])
+async def me(session: SessionDep, principal: Reader) -> UserOut:
+    if principal.user_id is None:
+        raise NotFound("the service token is not a user")
+    return await get_user(principal.user_id, session, principal)
+
+
+@router.get("/users/{user_id}", tags=["users"])
+async def get_user(user_id: uuid.UUID, session: SessionDep, principal: Reader) -> UserOut:
+    if not principal.is_operator and principal.user_id != user_id:
+        raise NotPermitted("users read only themselves")
+    user = await session.scalar(
+        select(SyncedUser).where(SyncedUser.id == user_id, SyncedUser.deleted.is_(False))
+    )
+    if user is None:
+        raise NotFound("no such user")
+    return UserOut.model_validate(user)
+
+
+@router.get("/settings", tags=["settings"])
+async def list_settings(
+    session: SessionDep, _: Reader, limit: Limit = 50, offset: Offset = 0
+) -> Page[SettingOut]:
+    query = (
+        select(SyncedSetting)
+        .where(SyncedSetting.deleted.is_(False))
+        .order_by(SyncedSetting.key, SyncedSetting.id)
+    )
+    rows, total = await _page(session, query, limit, offset)
+    items = [SettingOut.model_validate(r) for r in rows]
+    return Page[SettingOut](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/settings/{key}", tags=["settings"])
+async def get_setting(
+    key: Annotated[str, Path(min_length=1, max_length=200)], session: SessionDep, _: Reader
+) -> SettingOut:
+    setting = await session.scalar(
+        select(SyncedSetting)
+        .where(SyncedSetting.key == key, SyncedSetting.deleted.is_(False))
+        .order_by(SyncedSetting.changed_at.desc())
+        .limit(1)
+    )
+    if setting is None:
+        raise NotFound("no such setting")
+    return SettingOut.model_validate(setting)
+
+
+@router.get("/profile-types", tags=["profile types"])
+async def list_profile_types(
+    session: SessionDep, _: Reader, limit: Limit = 50, offset: Offset = 0
+) -> Page[ProfileTypeOut]:
+    query = (
+        select(SyncedProfileType)
+        .where(SyncedProfileType.deleted.is_(False))
+        .order_by(SyncedProfileType.name, SyncedProfileType.id)
+    )
+    rows, total = await _page(session, query, limit, offset)
+    items = [ProfileTypeOut.model_validate(r) for r in rows]
+    return Page[ProfileTypeOut](items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/profile-types/{profile_type_id}", tags=["profile types"])
+async def get_profile_type(
+    profile_type_id: uuid.UUID, session: SessionDep, _: Reader
+) -> ProfileTypeOut:
+    row = await session.scalar(
+        select(SyncedProfileType).where(
+            SyncedProfileType.id == profile_type_id, SyncedProfileType.deleted.is_(False)
+        )
+    )
+    if row is None:
+        raise NotFound("no such profile type")
+    return ProfileTypeOut.model_validate(row)
+
+
+@router.get("/sync/status", tags=["sync"])
+async def sync_status(session: SessionDep, _: Operator) -> SyncStatus:
+    """Per stream: the last applied file and the lag behind its export; open sequence gaps;
+    how many files were quarantined, and how many names were ignored as not ours."""
+    now = datetime.now(UTC)
+    last = (
+        select(ImportLedger.stream, func.max(ImportLedger.seq).label("seq"))
+        .group_by(ImportLedger.stream)
+        .subquery()
+    )
+    counts = (
+        select(
+            ImportLedger.stream,
+            func.count().label("files"),
+            func.max(ImportLedger.applied_at).label("applied_at"),
+        )
+        .group_by(ImportLedger.stream)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(ImportLedger.stream, ImportLedger.seq, ImportLedger.exported_at, counts.c.files)
+        .add_columns(counts.c.applied_at)
+        .join(last, (last.c.stream == ImportLedger.stream) & (last.c.seq == ImportLedger.seq))
+        .join(counts, counts.c.stream == ImportLedger.stream)
+        .order_by(ImportLedger.stream)
+    )
+    streams = [
+        StreamStatus(
+            stream=stream,
+            last_applied_seq=seq,
+            files_applied=files,
+            last_applied_at=applied_at,
+            last_exported_at=exported_at,
+            lag_s=round((now - exported_at).total_seconds(), 3),
+        )
+        for stream, seq, exported_at, files, applied_at in rows.all()
+    ]
+    gaps = await open_gaps(session)
+    stats = summarise(gaps, now)
+    ignored = QuarantinedFile.reason == _IGNORED
+    counted = await session.execute(
+        select(
+            func.count().filter(~ignored).label("quarantined"),
+            func.count().filter(ignored).label("ignored"),
+        )
+    )
+    quarantined, ignored_names = counted.one()
+    return SyncStatus(
+        streams=streams,
+        open_gaps=[
+            GapOut(
+                stream=g.stream,
+                first_seq=g.first_seq,
+                last_seq=g.last_seq,
+                missing=g.missing,
+                first_seen_at=g.first_seen_at,
+                age_s=round(g.age_s(now), 3),
+            )
+            for g in gaps
+        ],
+        missing_files=stats.missing_files,
+        oldest_gap_age_s=stats.oldest_age_s,
+        files_quarantined=quarantined,
+        files_ignored=ignored_names,
+    )
+
+
+@router.get("/sync/quarantine", tags=["sync"])
+async def quarantine(
+    session: SessionDep,
+    _: Operator,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    reason: Annotated[str | None, Query(max_length=32)] = None,
+) -> Page[QuarantineEntry]:
+    """Every refused file with its reason, newest first (``reason`` filters)."""
+    query: Select[Any] = select(QuarantinedFile).order_by(QuarantinedFile.id.desc())
+    if reason is not None:
+        query = query.where(QuarantinedFile.reason == reason)
+    rows, total = await _page(session, query, limit, offset)
+    items = [QuarantineEntry.model_validate(r) for r in rows]
+    return Page[QuarantineEntry](items=items, total=total, limit=limit, offset=offset)

@@ -1,0 +1,198 @@
+"""Sequence gaps in a ``changes`` stream: recorded while applying, closed late or by snapshots.
+
+Files are applied as they come, even past a missing sequence number: every record carries its
+entity's whole state and version, so nothing waits and nothing older wins. What a gap means is
+"some change may not have arrived yet", which an operator must see: each run of missing numbers
+is a ``sync_gaps`` row, shown by ``/api/v1/sync/status`` and logged until the missing files arrive
+or a snapshot taken after them heals it (``heal_through``).
+
+Every function here runs inside the caller's transaction after ``lock_stream``: the stream's
+``sync_streams`` row is the lock that serialises all bookkeeping (and all applying) per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from exchange.format import CHANGES_STREAM
+from importer.db import RequestSession
+from importer.models import SyncGap, SyncStream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gap:
+    stream: str
+    first_seq: int
+    last_seq: int
+    first_seen_at: datetime
+
+    @property
+    def missing(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+    def age_s(self, now: datetime) -> float:
+        return max(0.0, (now - self.first_seen_at).total_seconds())
+
+
+@dataclass(frozen=True)
+class GapStats:
+    """The numbers a gauge wants: open gaps, files missing in them, age of the oldest."""
+
+    open_gaps: int
+    missing_files: int
+    oldest_age_s: float
+
+
+async def lock_stream(session: RequestSession, stream: str) -> int:
+    """Lock the stream's row (creating it on first use); return its high-water sequence number."""
+    await session.execute(
+        insert(SyncStream)
+        .values(stream=stream, high_seq=0, healed_through=0)
+        .on_conflict_do_nothing()
+    )
+    high = await session.scalar(
+        select(SyncStream.high_seq).where(SyncStream.stream == stream).with_for_update()
+    )
+    return int(high or 0)
+
+
+def _split(first: int, last: int, filled: Iterable[int]) -> list[tuple[int, int]]:
+    """What remains of the gap ``first..last`` once ``filled`` numbers (inside it) arrived."""
+    ranges: list[tuple[int, int]] = []
+    start = first
+    for seq in sorted(filled):
+        if seq > start:
+            ranges.append((start, seq - 1))
+        start = seq + 1
+    if start <= last:
+        ranges.append((start, last))
+    return ranges
+
+
+async def record_applied(
+    session: RequestSession, stream: str, high: int, seqs: Iterable[int]
+) -> None:
+    """Account for newly applied files of ``stream`` (``high`` as returned by ``lock_stream``)."""
+    now = datetime.now(UTC)
+    opened: list[tuple[int, int]] = []
+    filled: set[int] = set()
+    for seq in sorted(seqs):
+        if seq > high + 1:
+            opened.append((high + 1, seq - 1))
+        if seq > high:
+            high = seq
+        else:
+            filled.add(seq)
+    if filled:
+        await _fill(session, stream, filled)
+    for first, last in opened:
+        session.add(SyncGap(stream=stream, first_seq=first, last_seq=last, first_seen_at=now))
+        log.warning(
+            "sync gap: files missing",
+            extra={"stream": stream, "first_seq": first, "last_seq": last},
+        )
+    await session.execute(
+        update(SyncStream)
+        .where(SyncStream.stream == stream, SyncStream.high_seq < high)
+        .values(high_seq=high)
+    )
+    await session.flush()
+
+
+async def _fill(session: RequestSession, stream: str, filled: set[int]) -> None:
+    # Gaps are few and usually short: a plain range walk is cheaper than clever SQL.
+    gaps = (
+        await session.scalars(
+            select(SyncGap).where(
+                SyncGap.stream == stream,
+                SyncGap.first_seq <= max(filled),
+                SyncGap.last_seq >= min(filled),
+            )
+        )
+    ).all()
+    for gap in gaps:
+        inside = {s for s in filled if gap.first_seq <= s <= gap.last_seq}
+        if not inside:
+            continue
+        first_seen_at, original = gap.first_seen_at, (gap.first_seq, gap.last_seq)
+        await session.delete(gap)
+        await session.flush()
+        rest = _split(gap.first_seq, gap.last_seq, inside)
+        for first, last in rest:
+            session.add(
+                SyncGap(stream=stream, first_seq=first, last_seq=last, first_seen_at=first_seen_at)
+            )
+        if not rest:
+            log.info(
+                "sync gap filled by late files",
+                extra={"stream": stream, "first_seq": original[0], "last_seq": original[1]},
+            )
+
+
+async def heal_through(
+    session: RequestSession, changes_seq: int, *, stream: str = CHANGES_STREAM
+) -> int:
+    """A snapshot covering every change up to ``changes_seq`` was applied: close what it covers.
+
+    Called by the snapshot apply in its own transaction. Returns how many gaps were closed
+    entirely (a gap reaching past ``changes_seq`` is shortened instead).
+    """
+    high = await lock_stream(session, stream)
+    closed = (
+        await session.execute(
+            delete(SyncGap)
+            .where(SyncGap.stream == stream, SyncGap.last_seq <= changes_seq)
+            .returning(SyncGap.first_seq, SyncGap.last_seq)
+        )
+    ).all()
+    await session.execute(
+        update(SyncGap)
+        .where(SyncGap.stream == stream, SyncGap.first_seq <= changes_seq)
+        .values(first_seq=changes_seq + 1)
+    )
+    await session.execute(
+        update(SyncStream)
+        .where(SyncStream.stream == stream)
+        .values(
+            high_seq=max(high, changes_seq),
+            healed_through=max(changes_seq, await _healed(session, stream)),
+        )
+    )
+    for first, last in closed:
+        log.info(
+            "sync gap healed by a snapshot",
+            extra={"stream": stream, "first_seq": first, "last_seq": last, "through": changes_seq},
+        )
+    return len(closed)
+
+
+async def _healed(session: RequestSession, stream: str) -> int:
+    value = await session.scalar(
+        select(SyncStream.healed_through).where(SyncStream.stream == stream)
+    )
+    return int(value or 0)
+
+
+async def open_gaps(session: RequestSession, stream: str | None = None) -> list[Gap]:
+    query = select(SyncGap).order_by(SyncGap.stream, SyncGap.first_seq)
+    if stream is not None:
+        query = query.where(SyncGap.stream == stream)
+    rows = (await session.scalars(query)).all()
+    return [Gap(r.stream, r.first_seq, r.last_seq, r.first_seen_at) for r in rows]
+
+
+def summarise(gaps: Sequence[Gap], now: datetime | None = None) -> GapStats:
+    now = now or datetime.now(UTC)
+    return GapStats(
+        open_gaps=len(gaps),
+        missing_files=sum(g.missing for g in gaps),
+        oldest_age_s=round(max((g.age_s(now) for g in gaps), default=0.0), 3),
+    )

@@ -1,0 +1,110 @@
+"""What the Request API returns: never a password hash, never a tombstoned row."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+T = TypeVar("T")
+
+Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=2**31, description="rows to skip")]
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class _FromRow(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class UserOut(_FromRow):
+    id: uuid.UUID
+    username: str | None
+    email: str | None
+    role: str | None
+    is_active: bool
+    profile_type_id: uuid.UUID | None
+    version: int
+    changed_at: datetime
+
+
+class SettingOut(_FromRow):
+    id: uuid.UUID
+    key: str | None
+    value: JsonValue
+    description: str | None
+    version: int
+    changed_at: datetime
+
+
+class ProfileTypeOut(_FromRow):
+    id: uuid.UUID
+    name: str | None
+    description: str | None
+    permissions: list[str] | None
+    version: int
+    changed_at: datetime
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: Annotated[str, Field(min_length=1, max_length=150)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class LoggedIn(BaseModel):
+    authenticated: bool = True
+    user_id: str
+    username: str
+    role: str
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth 2 token type, not a secret
+    expires_in: int
+
+
+class StreamStatus(BaseModel):
+    stream: str
+    last_applied_seq: int
+    files_applied: int
+    last_applied_at: datetime
+    last_exported_at: datetime
+    #: Now minus the export time of the last applied file.
+    lag_s: float
+
+
+class GapOut(BaseModel):
+    stream: str
+    first_seq: int
+    last_seq: int
+    missing: int
+    first_seen_at: datetime
+    age_s: float
+
+
+class SyncStatus(BaseModel):
+    streams: list[StreamStatus]
+    open_gaps: list[GapOut]
+    missing_files: int
+    oldest_gap_age_s: float
+    files_quarantined: int
+    files_ignored: int
+
+
+class QuarantineEntry(_FromRow):
+    id: int
+    file_name: str
+    stored_as: str | None
+    reason: str
+    detail: str
+    size: int | None
+    quarantined_at: datetime

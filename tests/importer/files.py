@@ -1,0 +1,130 @@
+"""Building export files for importer tests, and reading what the importer did."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from exchange.signing import SIGNATURE_ALG, Signer
+from exchange.writer import PublishedFile, publish_export
+from tests.support import Sandbox
+
+ARGON = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$djEtaGFzaC1oYXNoLWhhc2g"
+
+
+def user_record(
+    user_id: uuid.UUID,
+    version: int,
+    *,
+    username: str | None = None,
+    password_hash: str = ARGON,
+    active: bool = True,
+    role: str = "user",
+    op: str = "upsert",
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "entity": "user",
+        "entity_id": str(user_id),
+        "version": version,
+        "op": op,
+        "occurred_at": datetime.now(UTC).isoformat(),
+    }
+    if op == "upsert":
+        record["data"] = {
+            "username": username or f"u-{user_id.hex[:8]}",
+            "password_hash": password_hash,
+            "role": role,
+            "is_active": active,
+        }
+    return record
+
+
+def setting_record(key: str, value: Any, version: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "entity": "setting",
+        "entity_id": str(uuid.uuid5(uuid.NAMESPACE_URL, key)),
+        "version": version,
+        "op": extra.pop("op", "upsert"),
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "data": {"key": key, "value": value, **extra},
+    }
+
+
+def publish(
+    directory: Path, signer: Signer, seq: int, *records: dict[str, Any], stream: str = "changes"
+) -> PublishedFile:
+    return publish_export(
+        directory,
+        signer,
+        stream=stream,
+        seq=seq,
+        kind="changes",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=list(records),
+    )
+
+
+async def query(sandbox: Sandbox, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(sandbox.services.request_url.replace("+asyncpg", ""))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def count(sandbox: Sandbox, table: str, where: str = "true") -> int:
+    rows = await query(sandbox, f"SELECT count(*) AS n FROM {table} WHERE {where}")  # noqa: S608
+    return int(rows[0]["n"])
+
+
+async def user_version(sandbox: Sandbox, user_id: uuid.UUID) -> int | None:
+    rows = await query(sandbox, "SELECT version FROM synced_users WHERE id = $1", user_id)
+    return int(rows[0]["version"]) if rows else None
+
+
+async def quarantined(sandbox: Sandbox) -> dict[str, str]:
+    rows = await query(sandbox, "SELECT file_name, reason FROM quarantined_files")
+    return {r["file_name"]: r["reason"] for r in rows}
+
+
+def export_names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".jsonl"))
+
+
+def signed(signer: Signer, body: bytes) -> bytes:
+    """Any bytes, with a valid signature trailer: what a trusted but faulty producer could write."""
+    digest = hashlib.sha256(body).digest()
+    trailer = {
+        "signature": {
+            "alg": SIGNATURE_ALG,
+            "key_id": signer.key_id,
+            "sha256": digest.hex(),
+            "value": base64.b64encode(signer.sign(digest)).decode(),
+        }
+    }
+    return body + orjson.dumps(trailer) + b"\n"
+
+
+def header(seq: int, records: int = 1, **overrides: Any) -> bytes:
+    value = {
+        "format": "netsync-export",
+        "version": 1,
+        "stream": "changes",
+        "seq": seq,
+        "file_id": str(uuid.uuid4()),
+        "kind": "changes",
+        "created_at": datetime.now(UTC).isoformat(),
+        "records": records,
+        **overrides,
+    }
+    return orjson.dumps(value) + b"\n"

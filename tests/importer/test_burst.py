@@ -1,0 +1,106 @@
+"""Bursts: thousands of files at once are applied in batches, by the rescan alone when no file
+event arrives, and two importers racing over one directory never apply a file twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import orjson
+
+from exchange.format import FileName
+from importer.daemon import Importer
+from tests.importer.conftest import MakeImporter
+from tests.importer.files import count, export_names, header, query, signed, user_record
+from tests.support import Sandbox, eventually
+
+USERS = [uuid.uuid5(uuid.NAMESPACE_DNS, f"burst-{i}.example") for i in range(200)]
+
+
+def drop_burst(sandbox: Sandbox, files: int, first_seq: int = 1) -> None:
+    """Files written aside, then renamed into the directory one by one as a producer would."""
+    aside = sandbox.root / f"aside-{first_seq}"
+    aside.mkdir()
+    paths: list[Path] = []
+    for seq in range(first_seq, first_seq + files):
+        record = user_record(USERS[seq % len(USERS)], seq)
+        path = aside / FileName("changes", seq).name
+        path.write_bytes(signed(sandbox.signer, header(seq) + orjson.dumps(record) + b"\n"))
+        paths.append(path)
+    for path in paths:
+        os.rename(path, sandbox.exports / path.name)
+
+
+async def latest_versions(sandbox: Sandbox) -> dict[uuid.UUID, int]:
+    rows = await query(sandbox, "SELECT id, version FROM synced_users")
+    return {r["id"]: r["version"] for r in rows}
+
+
+def expected_versions(files: int) -> dict[uuid.UUID, int]:
+    out: dict[uuid.UUID, int] = {}
+    for seq in range(1, files + 1):
+        out[USERS[seq % len(USERS)]] = seq
+    return out
+
+
+async def run(importer: Importer) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    return stop, asyncio.create_task(importer.run(stop))
+
+
+async def test_ten_thousand_files_apply_in_batches_with_the_watcher_off(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    files = 10_000
+    importer = make_importer(watch_files=False, rescan_interval_s=0.2)
+    stop, task = await run(importer)
+    try:
+        await asyncio.sleep(0.3)  # the daemon is up and idle: only a rescan can find the burst
+        drop_burst(sandbox, files)
+
+        async def all_applied() -> bool:
+            return await count(sandbox, "import_ledger") == files
+
+        await eventually(all_applied, timeout=90, interval=0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert await latest_versions(sandbox) == expected_versions(files)
+    assert await count(sandbox, "sync_gaps") == 0
+    assert export_names(sandbox.exports) == []
+    assert len(os.listdir(importer.archive_dir)) == files
+    # many files per transaction: far fewer distinct commit times than files
+    rows = await query(sandbox, "SELECT count(DISTINCT applied_at) AS n FROM import_ledger")
+    assert rows[0]["n"] <= files // 50
+
+
+async def test_two_importers_racing_over_a_burst_apply_each_file_once(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    files = 2_000
+    first = make_importer(batch_max_files=50, rescan_interval_s=0.3)
+    second = make_importer(batch_max_files=50, rescan_interval_s=0.3)
+    (stop1, task1), (stop2, task2) = await run(first), await run(second)
+    try:
+        await asyncio.sleep(0.2)
+        drop_burst(sandbox, files)
+
+        async def all_applied() -> bool:
+            return await count(sandbox, "import_ledger") == files
+
+        await eventually(all_applied, timeout=60, interval=0.1)
+        await eventually(lambda: not export_names(sandbox.exports))
+        # neither fell over the other's moves
+        assert not task1.done()
+        assert not task2.done()
+    finally:
+        stop1.set()
+        stop2.set()
+        await asyncio.wait_for(asyncio.gather(task1, task2), 10)
+    assert first.totals.applied + second.totals.applied == files
+    assert first.totals.quarantined == second.totals.quarantined == 0
+    assert await latest_versions(sandbox) == expected_versions(files)
+    archived = os.listdir(first.archive_dir)
+    assert len({n.split(".jsonl")[0] for n in archived}) == files
