@@ -1,15 +1,18 @@
 """The outbox relay: turns committed outbox rows into published export files.
 
-Two short transactions per file, so that a crash anywhere loses nothing and duplicates nothing:
+Two steps per file, so that a crash anywhere loses nothing and duplicates nothing:
 
-1. *Allocate*: under the stream's row lock, take the pending rows (oldest first), give them the
-   next sequence number and record the file as unpublished. After this commit the file's content
-   is fixed: it is exactly the outbox rows that carry its number.
-2. *Publish*: lock unpublished files (``SKIP LOCKED``, so concurrent relays share the work), write
-   each one from its rows, rename it into the exports directory and mark it published.
+1. *Allocate*: one statement takes the pending rows (oldest first, ``SKIP LOCKED`` so concurrent
+   relays take disjoint rows), bumps the stream's sequence number under its row lock, records the
+   file as unpublished and stamps the rows with its number. After it commits, the file's content
+   is fixed: exactly the outbox rows that carry its number.
+2. *Publish*: write the file from those rows, rename it into the exports directory, mark it
+   published.
 
-A crash after (1) leaves an unpublished file that the next relay run publishes; a crash during (2)
-after the rename publishes the same file again, which the importer recognises by its ledger.
+A crash after (1) leaves an unpublished file that the sweeper publishes (``publish_pending``,
+which locks such files so relays share them); a crash after the rename but before the mark
+publishes the same file again, which the importer recognises by its ledger. The fast path of a
+sync job is two round trips to PostgreSQL and one file write.
 Pending rows are found by ``export_seq IS NULL``, never by ``id > last``, so a row whose
 transaction commits late is never skipped.
 """
@@ -25,8 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile, ExportStream, OutboxEvent
@@ -36,6 +40,51 @@ from exchange.writer import PublishedFile, publish_export
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
+
+
+#: Allocation in one statement (autocommit, so one round trip): take the oldest pending rows no
+#: other relay holds, bump the stream's sequence, record the file as unpublished, stamp the rows
+#: with its number, and hand the rows back for writing. Concurrent relays take disjoint rows and
+#: get distinct numbers (the stream row's lock orders them).
+_ALLOCATE = text(
+    """
+    WITH pending AS (
+        SELECT id FROM outbox_events
+        WHERE export_seq IS NULL
+        ORDER BY id
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    ), bumped AS (
+        UPDATE export_streams SET last_seq = last_seq + 1
+        WHERE stream = :stream AND EXISTS (SELECT 1 FROM pending)
+        RETURNING last_seq
+    ), file AS (
+        INSERT INTO export_files (stream, seq, file_id, created_at, records)
+        SELECT :stream, last_seq, :file_id, :created_at, (SELECT count(*) FROM pending)
+        FROM bumped
+        RETURNING seq
+    )
+    UPDATE outbox_events AS o
+    SET export_stream = :stream, export_seq = file.seq
+    FROM file
+    WHERE o.id IN (SELECT id FROM pending)
+    RETURNING file.seq, o.id, o.event_id, o.entity, o.entity_id, o.version, o.op, o.data,
+              o.correlation_id, o.created_at
+    """
+)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A file whose content is fixed and durable, not yet written."""
+
+    seq: int
+    file_id: uuid.UUID
+    created_at: datetime
+    events: list[OutboxEvent]
+
+    def holds(self, event_id: uuid.UUID) -> bool:
+        return any(e.event_id == event_id for e in self.events)
 
 
 @dataclass(frozen=True)
@@ -76,67 +125,66 @@ class OutboxRelay:
         self.stream = stream
         self._stream_ready = False
 
-    async def _allocate(self, session: ResponseSession) -> int | None:
-        if not self._stream_ready:
-            await session.execute(
-                insert(ExportStream)
-                .values(stream=self.stream, last_seq=0)
-                .on_conflict_do_nothing(index_elements=["stream"])
-            )
-            self._stream_ready = True
-        stream = await session.get(ExportStream, self.stream, with_for_update=True)
-        assert stream is not None
-        ids = list(
-            await session.scalars(
-                select(OutboxEvent.id)
-                .where(OutboxEvent.export_seq.is_(None))
-                .order_by(OutboxEvent.id)
-                .limit(self.batch_size)
-            )
-        )
-        if not ids:
-            return None
-        seq = stream.last_seq + 1
-        stream.last_seq = seq
-        session.add(
-            ExportFile(
-                stream=self.stream,
-                seq=seq,
-                file_id=uuid.uuid4(),
-                created_at=datetime.now(UTC),
-                records=len(ids),
-            )
-        )
-        await session.flush()
-        await session.execute(
-            update(OutboxEvent)
-            .where(OutboxEvent.id.in_(ids))
-            .values(export_stream=self.stream, export_seq=seq)
-        )
-        return seq
+    @property
+    def _engine(self) -> AsyncEngine:
+        engine: AsyncEngine = self.sessions.kw["bind"]
+        return engine
 
-    async def _publish(self, session: ResponseSession, file: ExportFile) -> PublishedFile:
-        events: Sequence[OutboxEvent] = (
-            await session.scalars(
-                select(OutboxEvent)
-                .where(OutboxEvent.export_stream == file.stream, OutboxEvent.export_seq == file.seq)
-                .order_by(OutboxEvent.id)
+    async def allocate(self) -> Allocation | None:
+        """Give the oldest pending changes the next sequence number; ``None`` if none wait."""
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if not self._stream_ready:
+                await conn.execute(
+                    insert(ExportStream)
+                    .values(stream=self.stream, last_seq=0)
+                    .on_conflict_do_nothing(index_elements=["stream"])
+                )
+                self._stream_ready = True
+            file_id, created_at = uuid.uuid4(), datetime.now(UTC)
+            rows = (
+                await conn.execute(
+                    _ALLOCATE,
+                    {
+                        "batch": self.batch_size,
+                        "stream": self.stream,
+                        "file_id": file_id,
+                        "created_at": created_at,
+                    },
+                )
+            ).all()
+        if not rows:
+            return None
+        events = [
+            OutboxEvent(
+                id=r.id,
+                event_id=r.event_id,
+                entity=r.entity,
+                entity_id=r.entity_id,
+                version=r.version,
+                op=r.op,
+                data=r.data,
+                correlation_id=r.correlation_id,
+                created_at=r.created_at,
             )
-        ).all()
-        records = [_record(e) for e in events]
+            for r in sorted(rows, key=lambda r: r.id)
+        ]
+        return Allocation(rows[0].seq, file_id, created_at, events)
+
+    async def _write(
+        self, seq: int, file_id: uuid.UUID, created_at: datetime, events: Sequence[OutboxEvent]
+    ) -> PublishedFile:
         published = await asyncio.to_thread(
             publish_export,
             self.exports_dir,
             self.signer,
-            stream=file.stream,
-            seq=file.seq,
+            stream=self.stream,
+            seq=seq,
             kind="changes",
-            file_id=file.file_id,
-            created_at=file.created_at,
-            records=records,
+            file_id=file_id,
+            created_at=created_at,
+            records=[_record(e) for e in events],
         )
-        file.published_at = datetime.now(UTC)
-        file.sha256 = published.sha256
         log.info(
             "published export file",
             extra={
@@ -148,8 +196,37 @@ class OutboxRelay:
         )
         return published
 
+    async def publish_allocation(self, allocation: Allocation) -> PublishedFile:
+        """Write a freshly allocated file and mark it published (one more round trip)."""
+        published = await self._write(
+            allocation.seq, allocation.file_id, allocation.created_at, allocation.events
+        )
+        async with self._engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(
+                update(ExportFile)
+                .where(ExportFile.stream == self.stream, ExportFile.seq == allocation.seq)
+                .values(published_at=datetime.now(UTC), sha256=published.sha256)
+            )
+        return published
+
+    async def _publish(self, session: ResponseSession, file: ExportFile) -> PublishedFile:
+        """Write a file that was allocated earlier, from its rows, inside the caller's lock."""
+        events: Sequence[OutboxEvent] = (
+            await session.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.export_stream == file.stream, OutboxEvent.export_seq == file.seq)
+                .order_by(OutboxEvent.id)
+            )
+        ).all()
+        published = await self._write(file.seq, file.file_id, file.created_at, events)
+        file.published_at = datetime.now(UTC)
+        file.sha256 = published.sha256
+        return published
+
     async def publish_pending(self) -> list[PublishedFile]:
-        """Publish every unpublished file that no other relay is publishing right now."""
+        """Publish every unpublished file that no other relay is publishing right now (the
+        leftovers of a relay that died between allocating and publishing)."""
         published: list[PublishedFile] = []
         async with self.sessions() as session, session.begin():
             query = (
@@ -163,7 +240,7 @@ class OutboxRelay:
         return published
 
     async def publish_file(self, seq: int) -> PublishedFile | None:
-        """Publish one file, waiting for a relay that holds it; ``None`` if already published."""
+        """Publish one file unless it already is; ``None`` if it was published."""
         async with self.sessions() as session, session.begin():
             file = await session.get(ExportFile, (self.stream, seq), with_for_update=True)
             if file is None or file.published_at is not None:
@@ -173,40 +250,58 @@ class OutboxRelay:
     async def run(self) -> RelayResult:
         """The sweeper: publish leftovers, then allocate and publish until nothing is pending."""
         files = await self.publish_pending()
-        while True:
-            async with self.sessions() as session, session.begin():
-                seq = await self._allocate(session)
-            if seq is None:
-                break
-            published = await self.publish_file(seq)
-            if published is not None:
-                files.append(published)
+        while (allocation := await self.allocate()) is not None:
+            files.append(await self.publish_allocation(allocation))
         return RelayResult(files, sum(f.records for f in files))
 
     async def export_event(self, event_id: uuid.UUID) -> dict[str, Any]:
         """Make sure one event's file is published: the work and the result of its sync job.
 
-        The fast path is two transactions: allocate (taking this event and any other pending
-        ones), then publish that file.
+        The fast path is two round trips and a file write: allocate (taking this event and any
+        other pending ones), write the file, mark it published. When another relay took the
+        event, wait briefly for it to publish, then publish it here if it has not.
         """
-        while True:
-            async with self.sessions() as session, session.begin():
-                row = (
-                    await session.execute(
-                        select(OutboxEvent.export_seq, OutboxEvent.correlation_id).where(
-                            OutboxEvent.event_id == event_id
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 10.0
+        while loop.time() < give_up:
+            while (allocation := await self.allocate()) is not None:
+                published = await self.publish_allocation(allocation)
+                if allocation.holds(event_id):
+                    mine = next(e for e in allocation.events if e.event_id == event_id)
+                    if mine.correlation_id:  # the job's log lines carry the change's request id
+                        correlation_id.set(mine.correlation_id)
+                    return self._result(event_id, allocation.seq, published)
+            # Another relay took it: give it a moment to publish, then publish it here.
+            wait_until = loop.time() + 2.0
+            while True:
+                async with self.sessions() as session:
+                    row = (
+                        await session.execute(
+                            select(OutboxEvent.export_seq, ExportFile.published_at)
+                            .outerjoin(
+                                ExportFile,
+                                (ExportFile.stream == OutboxEvent.export_stream)
+                                & (ExportFile.seq == OutboxEvent.export_seq),
+                            )
+                            .where(OutboxEvent.event_id == event_id)
                         )
-                    )
-                ).first()
+                    ).first()
                 if row is None:
                     raise LookupError(f"outbox event {event_id} does not exist")
-                if row.correlation_id:  # the job's log lines carry the change's request id
-                    correlation_id.set(row.correlation_id)
-                if row.export_seq is not None:
-                    seq: int = row.export_seq
+                if row.export_seq is not None and row.published_at is not None:
+                    return self._result(event_id, row.export_seq, None)
+                if loop.time() > wait_until:
                     break
-                await self._allocate(session)
-        published = await self.publish_file(seq)
+                await asyncio.sleep(0.02)
+            if row.export_seq is not None:
+                return self._result(
+                    event_id, row.export_seq, await self.publish_file(row.export_seq)
+                )
+        raise TimeoutError(f"outbox event {event_id} is held by another relay; retry later")
+
+    def _result(
+        self, event_id: uuid.UUID, seq: int, published: PublishedFile | None
+    ) -> dict[str, Any]:
         return {
             "event_id": str(event_id),
             "stream": self.stream,

@@ -83,7 +83,7 @@ async def sync_changes(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     relay: OutboxRelay = ctx["relay"]
     try:
         return await relay.export_event(uuid.UUID(event_id))
-    except (OSError, SQLAlchemyError) as exc:
+    except (OSError, SQLAlchemyError, TimeoutError) as exc:
         delay = retry_delay(ctx["job_try"])
         log.warning(
             "sync failed, retrying",

@@ -54,9 +54,9 @@ async def test_a_file_allocated_but_never_published_is_published_by_the_sweeper(
     relay = OutboxRelay(sessions, sandbox.exports, sandbox.signer)
     try:
         # A relay that crashes right after the allocation commit: the numbering is durable.
-        async with sessions() as session, session.begin():
-            seq = await relay._allocate(session)
-        assert seq is not None
+        allocation = await relay.allocate()
+        assert allocation is not None
+        seq = allocation.seq
         assert not list(sandbox.exports.glob("*.jsonl"))
 
         result = await relay.run()  # what the sweeper does
@@ -76,6 +76,17 @@ async def test_a_file_allocated_but_never_published_is_published_by_the_sweeper(
         assert again.name == result.files[0].name
         assert again.path.read_bytes() == first
         assert (await relay.run()).files == []
+
+        # The fast path (the rows handed back by the allocation) writes the very bytes the
+        # recovery path (the rows read again) writes.
+        await create_user(api, admin, "kim")
+        fresh = await relay.allocate()
+        assert fresh is not None
+        fast = (await relay.publish_allocation(fresh)).path.read_bytes()
+        async with sessions() as session, session.begin():
+            file = await session.get(ExportFile, ("changes", fresh.seq))
+            assert file is not None
+            assert (await relay._publish(session, file)).path.read_bytes() == fast
     finally:
         await engine.dispose()
 
