@@ -29,7 +29,7 @@ async def test_faults_lose_nothing_apply_nothing_twice_and_the_networks_converge
     sandbox: Sandbox, exports_on_tmpfs: bool
 ) -> None:
     redis_dir = unique_dir("nsc")
-    plan = Plan(changes=300, users=25, workers=2, kills=4)
+    plan = Plan(changes=2000, duration_s=40, users=25, settings=25, workers=2, kills=5)
     chaos = Chaos(sandbox, plan, redis_dir)
     try:
         report = await chaos.run(default_faults(chaos, disk=exports_on_tmpfs))
@@ -43,3 +43,7 @@ async def test_faults_lose_nothing_apply_nothing_twice_and_the_networks_converge
     assert report.server_errors == 0
     assert not report.quarantined  # no outage may make a genuine file look bad
     assert report.converge_s <= 10
+    # every second a settings snapshot, from three bulk workers, some of them killed: each tick
+    # ran once at most, and no tick produced two files
+    assert report.ticks_done >= 20
+    assert report.ticks_done <= report.snapshot_files <= report.ticks_claimed

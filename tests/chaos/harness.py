@@ -34,6 +34,7 @@ from netsync.embedded import EmbeddedRedis
 from tests.support import (
     Process,
     Sandbox,
+    bulk_worker,
     free_port,
     importer,
     request_api,
@@ -50,10 +51,15 @@ class Plan:
     """What to run: sizes and which faults, with their durations."""
 
     changes: int = 3000
+    #: The changes are spread over this long, so that every fault lands in the middle of load.
+    duration_s: float = 40.0
     users: int = 30
+    settings: int = 30
     clients: int = 8
     password_every: int = 20  # one change in N is a password change (hashing is the slow part)
     workers: int = 2
+    #: Bulk workers running the schedule, with the settings snapshot compressed to every second.
+    bulk_workers: int = 3
     kills: int = 4
     redis_outage_s: float = 5.0
     request_db_outage_s: float = 5.0
@@ -73,16 +79,22 @@ class Report:
     faults: list[str] = field(default_factory=list)
     converge_s: float = 0.0
     duration_s: float = 0.0
+    #: The compressed schedule: settings-snapshot ticks done, and snapshot files published.
+    ticks_done: int = 0
+    ticks_claimed: int = 0
+    snapshot_files: int = 0
 
     def lines(self) -> list[str]:
         return [
             f"changes made:              {self.changes_made}",
-            f"changes applied:           {self.changes_applied}",
+            f"rows written (Request side): {self.changes_applied}  (several changes of one entity in one file count once)",
             f"lost:                      {self.lost}",
             f"applied twice:             {self.applied_twice}",
             f"older overwrote newer:     {self.regressions}",
             f"API server errors (5xx):   {self.server_errors}",
             f"files quarantined:         {dict(self.quarantined) or 0}",
+            f"snapshot ticks (1 s):      {self.ticks_done} done of {self.ticks_claimed} claimed,"
+            f" {self.snapshot_files} snapshot files",
             f"faults injected:           {len(self.faults)}  ({', '.join(self.faults)})",
             f"converged after last fault: {self.converge_s:.1f} s",
             f"total run time:            {self.duration_s:.0f} s",
@@ -101,8 +113,12 @@ class Chaos:
         self.redis: EmbeddedRedis | None = None
         self.report = Report()
         self.procs: dict[str, Process] = {}
-        self.accepted: dict[str, int] = {}  # user id -> highest accepted version
-        self.seen: dict[str, int] = {}  # user id -> highest version seen on the Request side
+        #: "user:<id>" / "setting:<id>" -> highest version the API accepted
+        self.accepted: dict[str, int] = {}
+        #: the same keys -> highest version seen on the Request side
+        self.seen: dict[str, int] = {}
+        self.users: list[str] = []
+        self.settings: dict[str, str] = {}  # key -> id
         self.api_port = free_port()
         self.request_port = free_port()
         self._stop_load = asyncio.Event()
@@ -112,7 +128,11 @@ class Chaos:
     @property
     def env(self) -> dict[str, str]:
         assert self.redis is not None
-        return {"NETSYNC_REDIS_URL": self.redis.url(), "NETSYNC_JOB_MAX_TRIES": "1000"}
+        return {
+            "NETSYNC_REDIS_URL": self.redis.url(),
+            "NETSYNC_JOB_MAX_TRIES": "1000",
+            "NETSYNC_SCHEDULE_EXPORT_SETTINGS": "*/1s",
+        }
 
     def _start(self, name: str, factory: Callable[[], Process]) -> None:
         self.procs[name] = factory().start()
@@ -122,6 +142,8 @@ class Chaos:
         self._start("response-api", lambda: response_api(sb, self.api_port, **self.env))
         for i in range(self.plan.workers):
             self._start(f"worker-{i}", lambda i=i: worker(sb, f"worker-{i}", **self.env))  # type: ignore[misc]
+        for i in range(self.plan.bulk_workers):
+            self._start(f"bulk-{i}", lambda i=i: bulk_worker(sb, f"bulk-{i}", **self.env))  # type: ignore[misc]
         self._start("importer", lambda: importer(sb, **self.env))
         self._start("request-api", lambda: request_api(sb, self.request_port, **self.env))
 
@@ -131,47 +153,56 @@ class Chaos:
 
     # -- load -----------------------------------------------------------------------------
 
+    async def _change(
+        self, client: httpx.AsyncClient, headers: dict[str, str], n: int
+    ) -> tuple[str, httpx.Response]:
+        """One change: mostly cheap ones (a user's email, a setting's value), some passwords."""
+        if n % self.plan.password_every == 0:
+            uid = random.choice(self.users)
+            return f"user:{uid}", await client.post(
+                f"/api/v1/users/{uid}/reset-password",
+                json={"new_password": f"chaos pass phrase {n}"},
+                headers=headers,
+            )
+        if n % 2:
+            uid = random.choice(self.users)
+            return f"user:{uid}", await client.patch(
+                f"/api/v1/users/{uid}", json={"email": f"u{n}@example.org"}, headers=headers
+            )
+        key = random.choice(list(self.settings))
+        return f"setting:{self.settings[key]}", await client.put(
+            f"/api/v1/settings/{key}", json={"value": {"n": n}}, headers=headers
+        )
+
     async def _client(
-        self, client: httpx.AsyncClient, headers: dict[str, str], ids: list[str], budget: list[int]
+        self, client: httpx.AsyncClient, headers: dict[str, str], budget: list[int], pace: float
     ) -> None:
+        loop = asyncio.get_running_loop()
         while budget[0] > 0 and not self._stop_load.is_set():
             budget[0] -= 1
-            n = budget[0]
-            uid = random.choice(ids)
-            if n % self.plan.password_every == 0:
-                response = await client.post(
-                    f"/api/v1/users/{uid}/reset-password",
-                    json={"new_password": f"chaos pass phrase {n}"},
-                    headers=headers,
-                )
-            else:
-                response = await client.patch(
-                    f"/api/v1/users/{uid}",
-                    json={"email": f"u{n}@example.org"},
-                    headers=headers,
-                )
-                if response.status_code == 404 or response.status_code == 405:  # no PATCH yet
-                    response = await client.post(
-                        f"/api/v1/users/{uid}/reset-password",
-                        json={"new_password": f"chaos pass phrase {n}"},
-                        headers=headers,
-                    )
-            if response.status_code >= 500:
+            started = loop.time()
+            try:
+                entity, response = await self._change(client, headers, budget[0])
+            except httpx.TransportError:
                 self.report.server_errors += 1
                 continue
-            if response.status_code == 200:
+            if response.status_code >= 500:
+                self.report.server_errors += 1
+            elif response.status_code == 200:
                 version = int(response.json()["version"])
-                self.accepted[uid] = max(self.accepted.get(uid, 0), version)
+                self.accepted[entity] = max(self.accepted.get(entity, 0), version)
                 self.report.changes_made += 1
+            await asyncio.sleep(max(0.0, pace - (loop.time() - started)))
 
-    async def load(self, headers: dict[str, str], ids: list[str]) -> None:
+    async def load(self, headers: dict[str, str]) -> None:
         budget = [self.plan.changes]
+        pace = self.plan.clients * self.plan.duration_s / self.plan.changes
         limits = httpx.Limits(max_connections=self.plan.clients)
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.api_port}", timeout=30, limits=limits
         ) as client:
             await asyncio.gather(
-                *(self._client(client, headers, ids, budget) for _ in range(self.plan.clients))
+                *(self._client(client, headers, budget, pace) for _ in range(self.plan.clients))
             )
 
     # -- observation ----------------------------------------------------------------------
@@ -182,7 +213,10 @@ class Chaos:
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return None
         try:
-            rows = await conn.fetch("SELECT id::text AS id, version FROM synced_users")
+            rows = await conn.fetch(
+                "SELECT 'user:' || id AS id, version FROM synced_users"
+                " UNION ALL SELECT 'setting:' || id, version FROM synced_settings"
+            )
             return {r["id"]: r["version"] for r in rows}
         except (OSError, asyncpg.PostgresError):
             return None
@@ -202,7 +236,7 @@ class Chaos:
     # -- faults ---------------------------------------------------------------------------
 
     async def kill_random(self) -> None:
-        candidates = [n for n in self.procs if n.startswith(("worker", "importer"))]
+        candidates = [n for n in self.procs if n.startswith(("worker", "bulk", "importer"))]
         name = random.choice(candidates)
         self.procs[name].kill()
         self.report.faults.append(f"kill -9 {name}")
@@ -267,7 +301,6 @@ class Chaos:
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api_port}") as client:
                 headers = await self._admin(client)
-                ids = []
                 for i in range(self.plan.users):
                     created = await client.post(
                         "/api/v1/users",
@@ -275,9 +308,18 @@ class Chaos:
                         headers=headers,
                     )
                     created.raise_for_status()
-                    ids.append(created.json()["id"])
-                    self.accepted[created.json()["id"]] = 1
-                load = asyncio.create_task(self.load(headers, ids))
+                    self.users.append(created.json()["id"])
+                    self.accepted[f"user:{created.json()['id']}"] = 1
+                for i in range(self.plan.settings):
+                    made = await client.post(
+                        "/api/v1/settings",
+                        json={"key": f"chaos.s{i:03d}", "value": 0},
+                        headers=headers,
+                    )
+                    made.raise_for_status()
+                    self.settings[f"chaos.s{i:03d}"] = made.json()["id"]
+                    self.accepted[f"setting:{made.json()['id']}"] = 1
+                load = asyncio.create_task(self.load(headers))
                 for fault in faults:
                     if load.done():
                         break
@@ -323,6 +365,22 @@ class Chaos:
         finally:
             await conn.close()
         self.report.applied_twice = _events_in_more_than_one_file(self.sandbox)
+        conn = await asyncpg.connect(_plain(self.sandbox.services.response_url))
+        try:
+            ticks = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE status = 'done') AS done,"
+                " count(*) FILTER (WHERE status <> 'skipped_overlap') AS claimed"
+                " FROM cron_ticks WHERE name = 'export_settings'"
+            )
+            self.report.ticks_done, self.report.ticks_claimed = ticks["done"], ticks["claimed"]
+            self.report.snapshot_files = int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM export_files WHERE stream = 'snapshot_settings'"
+                    " AND published_at IS NOT NULL"
+                )
+            )
+        finally:
+            await conn.close()
 
 
 def _events_in_more_than_one_file(sandbox: Sandbox) -> int:
