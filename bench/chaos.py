@@ -23,6 +23,7 @@ from tests.support import make_sandbox, provision_services
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--changes", type=int, default=100_000)
+    parser.add_argument("--duration", type=float, default=420.0, help="spread the changes (s)")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
@@ -35,7 +36,9 @@ def main() -> None:
     args = parser.parse_args()
     plan = Plan(
         changes=args.changes,
+        duration_s=args.duration,
         users=args.users,
+        settings=args.users,
         clients=args.clients,
         workers=args.workers,
         kills=args.kills,

@@ -87,7 +87,8 @@ class Report:
     def lines(self) -> list[str]:
         return [
             f"changes made:              {self.changes_made}",
-            f"rows written (Request side): {self.changes_applied}  (several changes of one entity in one file count once)",
+            # several changes of one entity in one file are written once
+            f"rows written (Request):    {self.changes_applied}",
             f"lost:                      {self.lost}",
             f"applied twice:             {self.applied_twice}",
             f"older overwrote newer:     {self.regressions}",
