@@ -13,7 +13,6 @@ Both run through the same tick guard and no-overlap lock (``jobs.ticks``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -28,7 +27,7 @@ from jobs import deadletter, wakeup
 from jobs.observe import observed
 from jobs.periodic import PERIODIC_JOBS, ScheduleSettings, job_function, report_missed
 from jobs.ticks import TOMBSTONE_S, cron_job_name
-from jobs.worker import redis_settings
+from jobs.worker import redis_settings, shutdown
 from netsync.db import make_engine
 from netsync.keys import load_signer
 from netsync.logging import configure_logging
@@ -56,16 +55,6 @@ async def startup(ctx: dict[str, Any]) -> None:
         await report_missed(ctx["sessions"], schedule, datetime.now(UTC))
     except (SQLAlchemyError, OSError) as exc:
         log.warning("could not compare the schedule with past ticks", extra={"error": repr(exc)})
-
-
-async def shutdown(ctx: dict[str, Any]) -> None:
-    task: asyncio.Task[None] | None = ctx.get("wake_task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    if "engine" in ctx:
-        await ctx["engine"].dispose()
 
 
 def _arq(values: frozenset[int] | None) -> set[int] | None:
