@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
 # One image for every netsync process; compose.yaml and deploy/k8s choose the command:
 #   uvicorn app.main:app --host 0.0.0.0 --port 8000      Response API
-#   arq jobs.WorkerSettings                              worker
-#   python -m importer                                   importer daemon (watch mode)
+#   arq jobs.WorkerSettings                              sync worker (probes and metrics on 9100)
+#   arq jobs.BulkWorkerSettings                          bulk worker (probes and metrics on 9102)
+#   python -m importer                                   importer daemon (probes and metrics on 9101)
 #   uvicorn importer.api:app --host 0.0.0.0 --port 8001  Request API
-#   python -m netsync.migrate && python -m app.bootstrap migrations, then the administrator
+#   python -m netsync.migrate response && python -m app.bootstrap
+#                                                        Response migrations, then the administrator
+#   python -m netsync.migrate request                    Request migrations
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -41,7 +44,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     NETSYNC_ENV=production \
-    NETSYNC_EXPORTS_DIR=/var/lib/netsync/exports
+    NETSYNC_EXPORTS_DIR=/var/lib/netsync/exports \
+    NETSYNC_METRICS_HOST=0.0.0.0
 # A fixed uid/gid, so that volumes and Kubernetes securityContext can name it. A named volume
 # mounted on the exports directory starts out owned by it, so both sides can write there.
 RUN groupadd --system --gid 10001 netsync \
@@ -51,5 +55,6 @@ RUN groupadd --system --gid 10001 netsync \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /var/lib/netsync
 USER 10001:10001
-EXPOSE 8000 8001
+# The APIs, then the daemons' /health, /ready and /metrics (worker, importer, bulk worker).
+EXPOSE 8000 8001 9100 9101 9102
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
