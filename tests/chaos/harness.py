@@ -321,10 +321,12 @@ class Chaos:
                     self.settings[f"chaos.s{i:03d}"] = made.json()["id"]
                     self.accepted[f"setting:{made.json()['id']}"] = 1
                 load = asyncio.create_task(self.load(headers))
+                gap = self.plan.duration_s / (len(faults) + 1)
                 for fault in faults:
                     if load.done():
                         break
-                    await asyncio.sleep(random.uniform(0.5, 2.0))
+                    # faults at random moments spread over the whole run
+                    await asyncio.sleep(random.uniform(0.5, 1.5) * gap)
                     await fault()
                 await load
             # Agreement cannot come before the last change was made, nor before the last fault
