@@ -32,11 +32,13 @@ async def test_faults_lose_nothing_apply_nothing_twice_and_the_networks_converge
     plan = Plan(changes=2000, duration_s=40, users=25, settings=25, workers=2, kills=5)
     chaos = Chaos(sandbox, plan, redis_dir)
     try:
-        report = await chaos.run(default_faults(chaos, disk=exports_on_tmpfs))
+        faults = default_faults(chaos, disk=exports_on_tmpfs)
+        report = await chaos.run(faults)
     finally:
         shutil.rmtree(redis_dir, ignore_errors=True)
     print("\n".join(report.lines()))
     assert report.changes_made >= plan.changes * 0.9
+    assert len([f for f in report.faults if not f.startswith("(")]) == len(faults)  # all ran
     assert report.lost == 0
     assert report.applied_twice == 0
     assert report.regressions == 0

@@ -321,12 +321,15 @@ class Chaos:
                     self.settings[f"chaos.s{i:03d}"] = made.json()["id"]
                     self.accepted[f"setting:{made.json()['id']}"] = 1
                 load = asyncio.create_task(self.load(headers))
-                gap = self.plan.duration_s / (len(faults) + 1)
+                outages = self.plan.redis_outage_s + self.plan.request_db_outage_s
+                gap = max(0.5, (self.plan.duration_s - outages - self.plan.disk_full_s)) / (
+                    len(faults) + 1
+                )
                 for fault in faults:
                     if load.done():
                         break
                     # faults at random moments spread over the whole run
-                    await asyncio.sleep(random.uniform(0.5, 1.5) * gap)
+                    await asyncio.sleep(random.uniform(0.3, 1.0) * gap)
                     await fault()
                 await load
             # Agreement cannot come before the last change was made, nor before the last fault
