@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app.auth.endpoints import router as auth_router
 from app.config import ResponseSettings
+from app.dashboard import mount_dashboard
 from app.dashboard.sync_status import router as sync_status_router
 from app.db import make_sessionmaker
 from app.health import router as health_router
@@ -71,6 +72,7 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         sync_status_router,
     ):
         app.include_router(router)
+    mount_dashboard(app)
     return app
 
 
