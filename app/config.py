@@ -40,6 +40,11 @@ class ResponseSettings(CommonSettings):
     worker_metrics_port: int = 9100
     #: The bulk worker's own probe port (``arq jobs.BulkWorkerSettings``); 0 disables it.
     bulk_worker_metrics_port: int = 9102
+    #: The Request API's base URL (``http://request-api:8001``), for the dashboard's sync status;
+    #: unset, the dashboard shows the Request Network as not configured.
+    request_api_url: str | None = None
+    #: The Request API's static service token (the same ``NETSYNC_REQUEST_SERVICE_TOKEN``).
+    request_service_token: SecretStr | None = None
 
     @field_validator("timezone")
     @classmethod

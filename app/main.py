@@ -13,9 +13,12 @@ from fastapi import FastAPI
 
 from app.auth.endpoints import router as auth_router
 from app.config import ResponseSettings
+from app.dashboard import mount_dashboard
+from app.dashboard.sync_status import router as sync_status_router
 from app.db import make_sessionmaker
 from app.health import router as health_router
 from app.operations.endpoints import router as jobs_router
+from app.outbox.endpoints import router as outbox_router
 from app.profile_types.endpoints import router as profile_types_router
 from app.settings.endpoints import router as settings_router
 from app.users.endpoints import router as users_router
@@ -65,8 +68,11 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         settings_router,
         profile_types_router,
         jobs_router,
+        outbox_router,
+        sync_status_router,
     ):
         app.include_router(router)
+    mount_dashboard(app)
     return app
 
 

@@ -191,6 +191,11 @@ class JobQueue:
         async with self._inspecting():
             return await listing.list_jobs(self.redis, self.queues, state, limit=limit)
 
+    async def deferred_jobs(self, *, limit: int) -> listing.JobListing:
+        """Jobs waiting for a later time on our queues, soonest first."""
+        async with self._inspecting():
+            return await listing.list_deferred(self.redis, self.queues, limit=limit)
+
     async def queue_sizes(self) -> dict[str, tuple[int, int]]:
         """Per queue: jobs waiting or running, and dead jobs."""
         async with self._inspecting():

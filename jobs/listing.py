@@ -41,6 +41,44 @@ class JobListing:
     truncated: bool
 
 
+def _due_at(score: float) -> datetime:
+    """arq scores a queued job by when it may run, in epoch milliseconds."""
+    return datetime.fromtimestamp(score / 1000, UTC)
+
+
+async def _describe(
+    redis: ArqRedis, chunk: list[tuple[bytes, float]], name: str
+) -> list[tuple[bool, JobInfo]]:
+    """``(running, job)`` for queue members ``(id, score)``; jobs already gone are skipped."""
+    ids = [member.decode() for member, _ in chunk]
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.exists(in_progress_key_prefix + job_id)
+        for job_id in ids:
+            pipe.get(job_key_prefix + job_id)
+        replies = await pipe.execute()
+    running, definitions = replies[: len(ids)], replies[len(ids) :]
+    found: list[tuple[bool, JobInfo]] = []
+    for job_id, (_, score), is_running, raw in zip(ids, chunk, running, definitions, strict=True):
+        if raw is None:
+            continue
+        try:
+            job = deserialize_job(raw)
+        except DeserializationError:
+            job = None
+        info = JobInfo(
+            job_id,
+            "in_progress" if is_running else "queued",
+            function=job.function if job else None,
+            enqueued_at=job.enqueue_time if job else None,
+            tries=job.job_try if job else None,
+            queue=name,
+            scheduled_at=_due_at(score),
+        )
+        found.append((bool(is_running), info))
+    return found
+
+
 async def _pending(
     redis: ArqRedis, queues: Mapping[str, str], state: ListState, limit: int
 ) -> JobListing:
@@ -56,34 +94,30 @@ async def _pending(
                 break
             start += len(chunk)
             examined += len(chunk)
-            ids = [member.decode() for member, _ in chunk]
-            async with redis.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.exists(in_progress_key_prefix + job_id)
-                for job_id in ids:
-                    pipe.get(job_key_prefix + job_id)
-                replies = await pipe.execute()
-            running, definitions = replies[: len(ids)], replies[len(ids) :]
-            for job_id, is_running, raw in zip(ids, running, definitions, strict=True):
-                if bool(is_running) != (state == "in_progress") or raw is None:
+            for is_running, info in await _describe(redis, chunk, name):
+                if is_running != (state == "in_progress"):
                     continue
-                try:
-                    job = deserialize_job(raw)
-                except DeserializationError:
-                    job = None
-                items.append(
-                    JobInfo(
-                        job_id,
-                        state,
-                        function=job.function if job else None,
-                        enqueued_at=job.enqueue_time if job else None,
-                        tries=job.job_try if job else None,
-                        queue=name,
-                    )
-                )
+                items.append(info)
                 if len(items) >= limit:
                     return JobListing(items, truncated=True)
     return JobListing(items, truncated=False)
+
+
+async def list_deferred(
+    redis: ArqRedis, queues: Mapping[str, str], *, limit: int, now: datetime | None = None
+) -> JobListing:
+    """Queued jobs not due yet (retries in backoff, a cron tick enqueued ahead), soonest first."""
+    now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
+    items: list[JobInfo] = []
+    truncated = False
+    for name, key in queues.items():
+        chunk = await redis.zrangebyscore(
+            key, f"({now_ms}", "+inf", start=0, num=limit + 1, withscores=True
+        )
+        truncated = truncated or len(chunk) > limit
+        items.extend(info for _, info in await _describe(redis, chunk[:limit], name))
+    items.sort(key=lambda info: info.scheduled_at or _EPOCH)
+    return JobListing(items[:limit], truncated=truncated or len(items) > limit)
 
 
 async def _finished(

@@ -39,12 +39,11 @@ from arq.cron import CronJob
 from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
 from redis.exceptions import RedisError
-from sqlalchemy import func as sql_func
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import ResponseSettings
-from app.outbox.models import OutboxEvent
+from app.outbox import service as outbox
 from jobs import wakeup
 from jobs.client import WORKER_KEY_PREFIX, queue_depth
 from netsync import metrics
@@ -168,17 +167,9 @@ def _wrap_cron(job: CronJob, queue: str, default_timeout: float) -> CronJob:
 
 async def _outbox_backlog(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(sql_func.count(), sql_func.min(OutboxEvent.created_at)).where(
-                    OutboxEvent.export_seq.is_(None)
-                )
-            )
-        ).one()
-    count, oldest = row
-    metrics.OUTBOX_BACKLOG.set(count)
-    age = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
-    metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
+        pending = await outbox.backlog(conn)
+    metrics.OUTBOX_BACKLOG.set(pending.pending)
+    metrics.OUTBOX_OLDEST_AGE.set(pending.oldest_age_s())
 
 
 async def sample(ctx: dict[str, Any], queue: str) -> None:

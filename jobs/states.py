@@ -24,6 +24,8 @@ class JobInfo:
     error: str | None = None
     #: ``sync`` or ``bulk`` where known.
     queue: str | None = None
+    #: When a queued job is due: later than now for a deferred retry or the next cron tick.
+    scheduled_at: datetime | None = None
 
 
 def result_info(result: JobResult, job_id: str, queue: str | None) -> JobInfo:

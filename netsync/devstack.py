@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 from dataclasses import dataclass
@@ -182,9 +183,13 @@ def main() -> None:
         api_port = int(os.environ.get("NETSYNC_RESPONSE_API_PORT", "8000"))
         request_port = int(os.environ.get("NETSYNC_REQUEST_API_PORT", "8001"))
         stack.env.setdefault("NETSYNC_STATE_DIR", str(settings.state_dir))
+        # The dashboard shows the Request Network's sync status through the Response API.
+        stack.env.setdefault("NETSYNC_REQUEST_API_URL", f"http://127.0.0.1:{request_port}")
+        stack.env.setdefault("NETSYNC_REQUEST_SERVICE_TOKEN", secrets.token_urlsafe(32))
         say(
             f"Response API http://{host}:{api_port}/docs · Request API http://{host}:{request_port}/docs"
         )
+        say(f"Dashboard http://{host}:{api_port}/dashboard")
         asyncio.run(run_processes(stack.env, processes(host, api_port, request_port)))
     finally:
         stack.stop_services()

@@ -15,7 +15,6 @@ exported. Redis being unreachable is a 503, never a 500.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, status
@@ -31,11 +30,9 @@ from app.operations.schemas import (
     QueuePurged,
     ScheduleEntryOut,
 )
+from app.operations.service import dead_out, job_out, schedule_entries
 from app.outbox.models import ExportFile, OutboxEvent
-from jobs import periodic, schedule
-from jobs.client import EXPORTS, DeadJob, JobInfo, QueueUnavailable, export_job
-from jobs.periodic import ScheduleSettings
-from jobs.ticks import cron_job_name
+from jobs.client import EXPORTS, JobInfo, QueueUnavailable, export_job
 from netsync.errors import ERROR_RESPONSES, NetsyncError, NotFound, ServiceUnavailable
 
 jobs_router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -51,24 +48,6 @@ class ConfirmationRequired(NetsyncError):
     code = "confirmation_required"
 
 
-def _job_out(info: JobInfo) -> JobOut:
-    return JobOut(**info.__dict__)
-
-
-def _dead_out(dead: DeadJob, labels: dict[str, str]) -> DeadJobOut:
-    return DeadJobOut(
-        job_id=dead.job_id,
-        function=dead.function,
-        queue=labels.get(dead.queue, dead.queue),
-        tries=dead.tries,
-        error=dead.error,
-        failed_at=dead.failed_at,
-        enqueued_at=dead.enqueued_at,
-        args=dead.args,
-        keyword_args=dead.kwargs,
-    )
-
-
 # The dead-letter routes come first: ``/jobs/dead`` must not be read as the job ``dead``.
 
 
@@ -81,8 +60,7 @@ async def list_dead_jobs(
         dead = await queue.dead_jobs(limit=limit)
     except QueueUnavailable as exc:
         raise ServiceUnavailable(_UNREACHABLE) from exc
-    labels = {key: name for name, key in queue.queues.items()}
-    return [_dead_out(d, labels) for d in dead]
+    return [dead_out(d, queue) for d in dead]
 
 
 @jobs_router.post("/dead/{job_id}/retry", status_code=status.HTTP_202_ACCEPTED)
@@ -109,7 +87,7 @@ async def discard_dead_job(job_id: JobId, queue: QueueDep, _: AdminUser) -> Dead
         raise ServiceUnavailable(_UNREACHABLE) from exc
     if dead is None:
         raise NotFound(f"no dead job {job_id!r}")
-    return _dead_out(dead, {key: name for name, key in queue.queues.items()})
+    return dead_out(dead, queue)
 
 
 @jobs_router.get("")
@@ -126,7 +104,7 @@ async def list_jobs(
     except QueueUnavailable as exc:
         raise ServiceUnavailable(_UNREACHABLE) from exc
     return JobList(
-        status=status, items=[_job_out(i) for i in found.items], truncated=found.truncated
+        status=status, items=[job_out(i) for i in found.items], truncated=found.truncated
     )
 
 
@@ -160,7 +138,7 @@ async def read_job(job_id: JobId, uow: UowDep, queue: QueueDep, user: CurrentUse
         info = await _from_outbox(uow, job_id, event)
     if info.state == "not_found":
         raise NotFound(f"no job {job_id!r}")
-    return _job_out(info)
+    return job_out(info)
 
 
 async def _from_outbox(uow: UowDep, job_id: str, event: OutboxEvent) -> JobInfo:
@@ -199,54 +177,11 @@ async def run_export(
 async def read_schedule(
     queue: QueueDep, settings: SettingsDep, uow: UowDep, _: AdminUser
 ) -> list[ScheduleEntryOut]:
-    """Every periodic job: its schedule, timezone, next run and last run.
-
-    Sync-queue entries (the outbox sweeper) come from ``jobs.schedule``, with their last run read
-    from arq's results; bulk entries (exports and housekeeping) from ``jobs.periodic``, with their
-    last run read from the ``cron_ticks`` table that guards each tick.
-    """
-    tz = schedule.timezone(settings)
-    now = datetime.now(tz)
-    entries = []
-    for entry in schedule.periodic(settings):
-        try:
-            last = await queue.last_run(entry.job_name, queue.queues[entry.queue])
-        except QueueUnavailable as exc:
-            raise ServiceUnavailable(_UNREACHABLE) from exc
-        entries.append(
-            ScheduleEntryOut(
-                name=entry.name,
-                job_name=entry.job_name,
-                function=entry.function,
-                queue=entry.queue,
-                description=entry.description,
-                crontab=entry.crontab(),
-                timezone=settings.timezone,
-                run_at_startup=entry.run_at_startup,
-                next_run=entry.next_run(now),
-                last_run_at=(last.finished_at or last.enqueued_at) if last else None,
-                last_run=_job_out(last) if last is not None else None,
-            )
-        )
-    bulk = ScheduleSettings()
-    last_ticks = await periodic.last_runs(uow.session)
-    for job in periodic.PERIODIC_JOBS:
-        fields = bulk.fields(job.name)
-        entries.append(
-            ScheduleEntryOut(
-                name=job.name,
-                job_name=cron_job_name(job.name, bulk.cron_namespace),
-                function=f"jobs.periodic.{job.name}",
-                queue="bulk",
-                description=job.description,
-                crontab=bulk.spec(job.name),
-                timezone=settings.timezone,
-                run_at_startup=False,
-                next_run=fields.next_after(now) if fields is not None else None,
-                last_run_at=last_ticks.get(job.name),
-            )
-        )
-    return entries
+    """Every periodic job: its schedule, timezone, next run and last run."""
+    try:
+        return await schedule_entries(queue, settings, uow.session)
+    except QueueUnavailable as exc:
+        raise ServiceUnavailable(_UNREACHABLE) from exc
 
 
 @queues_router.get("")

@@ -22,6 +22,8 @@ class JobOut(BaseModel):
     tries: int | None = None
     result: Any = None
     error: str | None = None
+    #: When a queued job is due: later than now for a deferred retry or the next cron tick.
+    scheduled_at: datetime | None = None
 
 
 class JobList(BaseModel):

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import typer
 
-from netsync.cli import export, importing, inspect, keys
+from netsync.cli import export, importing, inspect, jobs, keys
 from netsync.cli.verify import verify
 
 app = typer.Typer(
     name="netsync",
-    help="Operate netsync: inspect queues and configuration, run exports, import, verify, keys.",
+    help=(
+        "Operate netsync: inspect queues, jobs and configuration, retry dead jobs, purge a "
+        "queue, run exports, import, verify, keys."
+    ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -21,6 +24,8 @@ app.add_typer(inspect.app, name="inspect")
 app.add_typer(export.app, name="export")
 app.add_typer(importing.app, name="import")
 app.add_typer(keys.app, name="keys")
+app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(jobs.queue_app, name="queue")
 app.command("verify")(verify)
 
 

@@ -6,6 +6,8 @@ defaults), with secrets masked: ``SecretStr`` values and the password of any URL
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,9 +15,13 @@ import typer
 from pydantic import SecretStr
 
 from app.config import ResponseSettings
+from app.operations.schemas import DeadJobOut, ScheduleEntryOut
+from app.operations.service import dead_out, job_out, schedule_entries
 from importer.config import RequestSettings
 from jobs.client import JobInfo, list_active, list_queued, list_workers, redis_pool
-from netsync.cli.output import JsonOption, print_json, print_table, run
+from jobs.listing import ListState
+from netsync.cli.connect import job_queue, response_session
+from netsync.cli.output import JsonOption, err, moment, print_json, print_table, run
 from netsync.config import CommonSettings, ConfigurationError
 
 app = typer.Typer(
@@ -66,10 +72,15 @@ def effective_config() -> list[dict[str, Any]]:
     for settings, used_by in ((response, "response"), (request, "request")):
         for name in type(settings).model_fields:
             variable = f"NETSYNC_{name.upper()}"
+            scope = f"{used_by} network"
+            if name in common:
+                scope = "all"
+            elif variable in rows:  # read by both networks (e.g. the Request API's token)
+                scope = "both networks"
             rows[variable] = {
                 "variable": variable,
                 "value": _shown(name, getattr(settings, name)),
-                "used_by": "all" if name in common else f"{used_by} network",
+                "used_by": scope,
             }
     for variable, value in _derived(response, request).items():
         if rows[variable]["value"] is None:
@@ -161,3 +172,142 @@ def workers(as_json: bool = JsonOption) -> None:
         ["worker id", "queue", "pid", "started", "last poll age (s)", "running"],
         ([w.get(f) for f in fields] for w in found),
     )
+
+
+# -- what the API's operations endpoints show, read through the same code --------------------
+
+
+Row = dict[str, Any]
+
+
+class ResultState(StrEnum):
+    complete = "complete"
+    failed = "failed"
+    all = "all"
+
+
+_RESULT_STATES: dict[ResultState, list[ListState]] = {
+    ResultState.complete: ["complete"],
+    ResultState.failed: ["failed"],
+    ResultState.all: ["complete", "failed"],
+}
+
+
+def _due(due_at: datetime, kind: str, name: str, job: JobInfo | ScheduleEntryOut) -> Row:
+    return {
+        "due_at": due_at,
+        "kind": kind,
+        "name": name,
+        "function": job.function,
+        "queue": job.queue,
+        "tries": job.tries if isinstance(job, JobInfo) else None,
+    }
+
+
+async def _scheduled(limit: int) -> tuple[list[Row], bool]:
+    settings = ResponseSettings()
+    async with job_queue(settings) as queue, response_session(settings) as session:
+        deferred = await queue.deferred_jobs(limit=limit)
+        entries = await schedule_entries(queue, settings, session)
+    due = [(j.scheduled_at, _due(j.scheduled_at, "deferred", j.job_id, j))
+           for j in deferred.items if j.scheduled_at is not None]  # fmt: skip
+    # the next tick of each entry; switched-off entries have none
+    due += [(e.next_run, _due(e.next_run, "cron", e.job_name, e))
+            for e in entries if e.next_run is not None]  # fmt: skip
+    due.sort(key=lambda pair: pair[0])
+    return [row for _, row in due], deferred.truncated
+
+
+@app.command("scheduled")
+def scheduled(limit: int = LimitOption, as_json: bool = JsonOption) -> None:
+    """Jobs due later, soonest first: deferred jobs (retries in backoff, cron ticks already
+    enqueued) on both queues, and the next tick of every periodic entry."""
+    rows, truncated = run(_scheduled(limit))
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        "scheduled",
+        ["due", "kind", "job id / cron job", "function", "queue", "tries"],
+        ([moment(r["due_at"]), r["kind"], r["name"], r["function"], r["queue"], r["tries"]]
+         for r in rows),
+    )  # fmt: skip
+    if truncated:
+        err.print(f"more than {limit} deferred jobs; showing the first (--limit)")
+
+
+async def _results(state: ResultState, limit: int) -> list[JobInfo]:
+    found: list[JobInfo] = []
+    async with job_queue(ResponseSettings()) as queue:
+        for one in _RESULT_STATES[state]:
+            found += (await queue.list_jobs(one, limit=limit)).items
+    found.sort(key=lambda j: j.finished_at or datetime.min.replace(tzinfo=UTC), reverse=True)
+    return found[:limit]
+
+
+def _duration(job: JobInfo) -> str | None:
+    if job.started_at is None or job.finished_at is None:
+        return None
+    return f"{(job.finished_at - job.started_at).total_seconds():.3f} s"
+
+
+@app.command("results")
+def results(
+    state: ResultState = typer.Option(ResultState.all, "--state", help="Which finished jobs."),
+    limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many jobs."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Recently finished jobs of both queues, newest first (kept NETSYNC_JOB_RESULT_TTL_S)."""
+    jobs = run(_results(state, limit))
+    if as_json:
+        print_json([job_out(j).model_dump(mode="json") for j in jobs])
+        return
+    print_table(
+        "recent results",
+        ["finished", "state", "job id", "function", "queue", "duration", "tries", "error"],
+        ([moment(j.finished_at), j.state, j.job_id, j.function, j.queue, _duration(j), j.tries,
+          j.error] for j in jobs),
+    )  # fmt: skip
+
+
+async def _dead(limit: int) -> list[DeadJobOut]:
+    async with job_queue(ResponseSettings()) as queue:
+        return [dead_out(d, queue) for d in await queue.dead_jobs(limit=limit)]
+
+
+@app.command("dead")
+def dead(
+    limit: int = typer.Option(100, "--limit", min=1, max=10_000, help="Show at most this many."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The dead-letter list: jobs that failed for good, newest first (``netsync jobs retry``)."""
+    jobs = run(_dead(limit))
+    if as_json:
+        print_json([j.model_dump(mode="json", by_alias=True) for j in jobs])
+        return
+    print_table(
+        "dead letters",
+        ["failed", "job id", "function", "queue", "tries", "error"],
+        ([moment(j.failed_at), j.job_id, j.function, j.queue, j.tries, j.error] for j in jobs),
+    )
+
+
+async def _schedule() -> list[ScheduleEntryOut]:
+    settings = ResponseSettings()
+    async with job_queue(settings) as queue, response_session(settings) as session:
+        return await schedule_entries(queue, settings, session)
+
+
+@app.command("schedule")
+def schedule(as_json: bool = JsonOption) -> None:
+    """Every periodic entry: schedule, timezone, next and last run (as GET /api/v1/schedule)."""
+    entries = run(_schedule())
+    if as_json:
+        print_json([e.model_dump(mode="json") for e in entries])
+        return
+    print_table(
+        "schedule",
+        ["name", "queue", "schedule", "timezone", "next run", "last run"],
+        ([e.name, e.queue, e.crontab, e.timezone, moment(e.next_run) or "off",
+          moment(e.last_run_at)] for e in entries),
+    )  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Coroutine, Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -48,6 +49,11 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 def print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
     sys.stdout.flush()
+
+
+def moment(value: datetime | None) -> str | None:
+    """A time as a table shows it: to the second, with its UTC offset."""
+    return value.isoformat(timespec="seconds") if value is not None else None
 
 
 def print_table(
