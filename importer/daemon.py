@@ -249,9 +249,14 @@ class Importer:
         else:
             await self._handle([(name, await asyncio.to_thread(self._read_one, name))], result)
 
+    async def _beat(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await asyncio.sleep(1.0)
+
     async def _process_streamed(self, name: FileName, result: ScanResult) -> None:
         """Snapshots and results: applied while read, committed only once verified."""
-        self.heartbeat = time.monotonic()
+        beat = asyncio.create_task(self._beat())  # a long snapshot apply is work, not a hang
         try:
             async with self.sessions() as session, session.begin():
                 with open_export(
@@ -266,6 +271,8 @@ class Importer:
             return
         except _DB_ERRORS as exc:
             raise DatabaseUnavailable(repr(exc)) from exc
+        finally:
+            beat.cancel()
         if outcome.duplicate:
             result.duplicates += 1
             self._archive(name.name, duplicate=True)
