@@ -17,9 +17,18 @@ from app.main import create_app
 from exchange.signing import Keyring
 from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
+from jobs.client import JobQueue, redis_pool
 from jobs.worker import worker_settings
 from netsync.db import make_engine
-from tests.support import Sandbox, Services, make_sandbox, provision_services, truncate_all
+from tests.support import (
+    FLAG,
+    Process,
+    Sandbox,
+    Services,
+    make_sandbox,
+    provision_services,
+    truncate_all,
+)
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +87,27 @@ async def importer(sandbox: Sandbox) -> AsyncIterator[Importer]:
         stop.set()
         await asyncio.wait_for(task, 10)
         await engine.dispose()
+
+
+@pytest.fixture
+async def queue(sandbox: Sandbox) -> AsyncIterator[JobQueue]:
+    """Our own client of the sandbox's queues, as the API and the worker hold one."""
+    q = JobQueue(
+        redis_pool(sandbox.services.redis_url, queue_name=sandbox.queue),
+        sync_queue=sandbox.queue,
+        bulk_queue=sandbox.bulk_queue,
+    )
+    try:
+        yield q
+    finally:
+        await q.redis.delete(FLAG + sandbox.queue)
+        await q.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Process]]:
+    """Real processes a test starts; stopped (SIGTERM, then SIGKILL) when it ends."""
+    started: list[Process] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop()

@@ -34,6 +34,8 @@ from netsync.embedded import EmbeddedPostgres, EmbeddedRedis
 from netsync.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Prefix of Redis keys tests use to flip a test job's behaviour (a job that fails until set).
+FLAG = "netsync-test:flag:"
 
 
 @dataclass(frozen=True)

@@ -5,36 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from arq import Retry
 from arq.worker import Function, Worker
 
-from jobs.client import JobQueue, redis_pool
+from jobs.client import JobQueue
 from jobs.deadletter import register
 from jobs.worker import redis_settings
 from tests.factories import admin_headers, create_user, login
-from tests.support import Sandbox, eventually
-
-FLAG = "netsync-test:flag:"
-
-
-@pytest.fixture
-async def queue(sandbox: Sandbox) -> AsyncIterator[JobQueue]:
-    """Our own client of the sandbox's queues, as the API and the worker hold one."""
-    q = JobQueue(
-        redis_pool(sandbox.services.redis_url, queue_name=sandbox.queue),
-        sync_queue=sandbox.queue,
-        bulk_queue=sandbox.bulk_queue,
-    )
-    try:
-        yield q
-    finally:
-        await q.redis.delete(FLAG + sandbox.queue)
-        await q.close()
+from tests.support import FLAG, Sandbox, eventually
 
 
 def burst_worker(sandbox: Sandbox, queue_name: str, functions: list[Function]) -> Worker:

@@ -5,32 +5,17 @@ and arq's real Worker."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from jobs.client import JobQueue, redis_pool
+from jobs.client import JobQueue
 from jobs.deadletter import register
 from tests.factories import admin_headers
-from tests.support import Sandbox, free_port
-from tests.test_api_jobs import FLAG, broken, burst_worker, flaky, run_burst
+from tests.support import FLAG, Sandbox, free_port
+from tests.test_api_jobs import broken, burst_worker, flaky, run_burst
 from tests.test_cli import anetsync, as_json, netsync
-
-
-@pytest.fixture
-async def queue(sandbox: Sandbox) -> AsyncIterator[JobQueue]:
-    q = JobQueue(
-        redis_pool(sandbox.services.redis_url, queue_name=sandbox.queue),
-        sync_queue=sandbox.queue,
-        bulk_queue=sandbox.bulk_queue,
-    )
-    try:
-        yield q
-    finally:
-        await q.redis.delete(FLAG + sandbox.queue)
-        await q.close()
 
 
 async def run_jobs(sandbox: Sandbox) -> None:

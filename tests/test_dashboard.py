@@ -26,9 +26,18 @@ from jobs.client import JobQueue, redis_pool
 from jobs.deadletter import register
 from jobs.worker import redis_settings
 from tests.factories import ADMIN_PASSWORD, create_user, login
-from tests.support import ROOT, Process, Sandbox, free_port, request_api, response_api, wait_http
+from tests.support import (
+    FLAG,
+    ROOT,
+    Process,
+    Sandbox,
+    free_port,
+    request_api,
+    response_api,
+    wait_http,
+)
 from tests.support import worker as worker_process
-from tests.test_api_jobs import FLAG, flaky
+from tests.test_api_jobs import flaky
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,14 +49,6 @@ async def token(client: httpx.AsyncClient, base: str, username: str, password: s
     )
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 async def test_a_password_change_crosses_between_real_processes(

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -254,8 +255,9 @@ class Chaos:
 
     async def request_db_outage(self) -> None:
         """The Request database refuses connections (and loses the open ones) for a while."""
-        name = _plain(self.sandbox.services.request_url).rsplit("/", 1)[1].split("?")[0]
-        admin = _plain(self.sandbox.services.request_url).replace(f"/{name}", "/postgres")
+        url = urlsplit(_plain(self.sandbox.services.request_url))
+        name = url.path.lstrip("/")  # the query may hold a socket path: parse, never split
+        admin = urlunsplit(url._replace(path="/postgres"))
         conn = await asyncpg.connect(admin)
         try:
             await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,14 +14,6 @@ from tests.importer.test_burst import drop_burst, expected_versions, latest_vers
 from tests.support import Process, Sandbox, eventually, importer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
 
 
 async def test_sigterm_mid_burst_leaves_no_partial_state(
