@@ -23,13 +23,10 @@ import itertools
 import logging
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
-import orjson
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from watchfiles import Change, awatch
@@ -48,6 +45,7 @@ from exchange.streaming import open_export
 from importer.apply import ApplyResult, apply_changes, apply_export, batchable
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
+from importer.files import FileMover, printable
 from importer.gaps import GapStats, open_gaps, summarise
 from importer.keys import TrustedKeys
 from importer.models import QuarantinedFile
@@ -98,11 +96,6 @@ def blames_the_file(exc: Exception) -> bool:
     return not isinstance(exc, OSError | ConnectionError | TimeoutError)
 
 
-def _printable(name: str) -> str:
-    """A directory entry name as text PostgreSQL accepts (names need not be valid UTF-8)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
-
-
 class Importer:
     def __init__(
         self, settings: RequestSettings, sessions: RequestSessionMaker, keyring: Keyring
@@ -113,6 +106,7 @@ class Importer:
         self.exports_dir = settings.exports_path
         self.archive_dir = settings.archive_path
         self.quarantine_dir = settings.quarantine_path
+        self.files = FileMover(self.exports_dir, self.archive_dir, self.quarantine_dir)
         self._wake = asyncio.Event()
         self._ignored: set[str] = set()
         self._own_entries = {
@@ -275,7 +269,7 @@ class Importer:
             beat.cancel()
         if outcome.duplicate:
             result.duplicates += 1
-            self._archive(name.name, duplicate=True)
+            self.files.archive(name.name, duplicate=True)
             return
         result.applied += 1
         result.changes += outcome.written + outcome.removed
@@ -283,7 +277,7 @@ class Importer:
             "applied streamed file",
             extra={"file": name.name, "written": outcome.written, "removed": outcome.removed},
         )
-        self._archive(name.name, duplicate=False)
+        self.files.archive(name.name, duplicate=False)
 
     async def _scan_stream(
         self, pending: list[FileName], result: ScanResult, stop: asyncio.Event | None
@@ -415,7 +409,7 @@ class Importer:
                         "correlation_id": record.correlation_id,
                     },
                 )
-        await asyncio.to_thread(self._archive_many, moves)
+        await asyncio.to_thread(self.files.archive_many, moves)
 
     async def _record_ignored(self, names: list[str]) -> list[str]:
         """Record each name that is not ours once (in the database, for good), and leave it.
@@ -431,14 +425,14 @@ class Importer:
             return []
         rows = []
         for name in new:
-            log.warning("ignoring a file that is not an export", extra={"file": _printable(name)})
+            log.warning("ignoring a file that is not an export", extra={"file": printable(name)})
             try:
                 size: int | None = os.lstat(self.exports_dir / name).st_size
             except OSError:
                 size = None
             rows.append(
                 {
-                    "file_name": _printable(name),
+                    "file_name": printable(name),
                     "stored_as": None,
                     "reason": RejectReason.NOT_AN_EXPORT_NAME.value,
                     "detail": "not an export file name: left in place, never read",
@@ -498,49 +492,11 @@ class Importer:
 
     # -- moving files out of the way ------------------------------------------------------
 
-    def _archive(self, name: str, *, duplicate: bool) -> None:
-        target = self.archive_dir / name
-        if duplicate and target.exists():
-            target = self.archive_dir / f"{name}.duplicate-{uuid.uuid4().hex[:8]}"
-        with contextlib.suppress(FileNotFoundError):  # another importer archived it first
-            os.replace(self.exports_dir / name, target)
-
-    def _archive_many(self, moves: list[tuple[str, bool]]) -> None:
-        for name, duplicate in moves:
-            self._archive(name, duplicate=duplicate)
-
-    def _move_to_quarantine(self, name: str, rejected: RejectedFile) -> tuple[str, int] | None:
-        """Move the file (whatever it is: file, symlink, fifo, directory) and write its sidecar."""
-        source = self.exports_dir / name
-        target = self.quarantine_dir / name
-        if os.path.lexists(target):
-            target = self.quarantine_dir / f"{name}.{uuid.uuid4().hex[:8]}"
-        try:
-            size = os.lstat(source).st_size
-            os.replace(source, target)
-        except FileNotFoundError:
-            return None
-        sidecar = {
-            "file": name,
-            "stored_as": target.name,
-            "reason": rejected.reason.value,
-            "detail": rejected.detail,
-            "size": size,
-            "quarantined_at": datetime.now(UTC).isoformat(),
-        }
-        try:
-            Path(f"{target}.reason.json").write_bytes(
-                orjson.dumps(sidecar, option=orjson.OPT_INDENT_2)
-            )
-        except OSError as exc:
-            log.error("could not write a sidecar", extra={"file": name, "error": repr(exc)})
-        return target.name, size
-
     async def quarantine(self, name: str, rejected: RejectedFile) -> bool:
         """Move the file aside and record why; False when another importer took it first."""
-        detail = _printable(rejected.detail.replace("\x00", "\\0"))
+        detail = printable(rejected.detail.replace("\x00", "\\0"))
         rejected = RejectedFile(rejected.reason, detail)
-        moved = await asyncio.to_thread(self._move_to_quarantine, name, rejected)
+        moved = await asyncio.to_thread(self.files.move_to_quarantine, name, rejected)
         if moved is None:
             return False
         stored_as, size = moved
