@@ -10,12 +10,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from exchange.format import STAGING_DIRNAME
 from exchange.signing import Signer
 from exchange.writer import PublishedFile, publish_export
 from importer.daemon import Importer
+from tests.importer import files
 from tests.support import Sandbox, eventually
 
 HASH_V1 = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$djEtaGFzaC1oYXNoLWhhc2g"
@@ -42,24 +41,10 @@ def user_record(user_id: uuid.UUID, version: int, password_hash: str) -> dict[st
 def publish(
     sandbox: Sandbox, seq: int, *records: dict[str, Any], signer: Signer | None = None
 ) -> PublishedFile:
-    return publish_export(
-        sandbox.exports,
-        signer or sandbox.signer,
-        stream="changes",
-        seq=seq,
-        kind="changes",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=list(records),
-    )
+    return files.publish(sandbox.exports, signer or sandbox.signer, seq, *records)
 
 
-async def fetch(sandbox: Sandbox, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(sandbox.services.request_url.replace("+asyncpg", ""))
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
+fetch = files.query
 
 
 async def user_state(sandbox: Sandbox, user_id: uuid.UUID) -> tuple[int, str] | None:
