@@ -25,10 +25,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError, InterfaceError
 from watchfiles import Change, awatch
 
 from exchange.format import (
@@ -45,18 +42,19 @@ from exchange.streaming import open_export
 from importer.apply import ApplyResult, apply_changes, apply_export, batchable
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
+from importer.failures import DB_ERRORS, DatabaseUnavailable, blames_the_file
 from importer.files import FileMover, printable
-from importer.gaps import GapStats, open_gaps, summarise
+from importer.gaps import GapStats
 from importer.keys import TrustedKeys
 from importer.models import QuarantinedFile
 from importer.probes import observe_applied
 from importer.snapshots import apply_streamed
+from importer.watch import ForeignNames, GapWatch
 from netsync import metrics
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
 
-_DB_ERRORS = (DBAPIError, OSError, ConnectionError, TimeoutError)
 _Read = tuple[FileName, ExportFile | RejectedFile | None]
 #: Streams read in one streaming pass (``importer.snapshots``) instead of in memory.
 _STREAMED = frozenset({*SNAPSHOT_STREAMS.values(), RESULTS_STREAM})
@@ -77,25 +75,6 @@ class ScanResult:
         self.changes += other.changes
 
 
-class DatabaseUnavailable(Exception):
-    """The Request database did not answer; retry later, quarantine nothing."""
-
-
-def blames_the_file(exc: Exception) -> bool:
-    """Whether a failed apply is the file's fault (its content), not the database's (down,
-    restarting, out of resources): only the first quarantines, the second retries."""
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return False
-        state = getattr(exc.orig, "sqlstate", None)
-        if state:  # 22: data exception (too long, out of range), 23: integrity violation
-            return str(state).startswith(("22", "23"))
-        cause = exc.orig.__cause__ if exc.orig is not None else None
-        # the driver refused to encode a value (e.g. out of the column's range) before sending
-        return isinstance(cause, ValueError) and not isinstance(exc, InterfaceError | OSError)
-    return not isinstance(exc, OSError | ConnectionError | TimeoutError)
-
-
 class Importer:
     def __init__(
         self, settings: RequestSettings, sessions: RequestSessionMaker, keyring: Keyring
@@ -108,7 +87,7 @@ class Importer:
         self.quarantine_dir = settings.quarantine_path
         self.files = FileMover(self.exports_dir, self.archive_dir, self.quarantine_dir)
         self._wake = asyncio.Event()
-        self._ignored: set[str] = set()
+        self.foreign = ForeignNames(sessions, self.exports_dir)
         self._own_entries = {
             STAGING_DIRNAME,
             LATEST_DIRNAME,
@@ -117,12 +96,14 @@ class Importer:
         }
         #: ``time.monotonic()`` of the loop's last pass or file: its liveness (``importer.probes``)
         self.heartbeat = time.monotonic()
-        self._gap_alerted: dict[tuple[str, int], float] = {}
-        self._gap_streams: set[str] = set()
-        #: Open sequence gaps as of the last check: easy to export as gauges.
-        self.gap_stats = GapStats(0, 0, 0.0)
+        self.gaps = GapWatch(sessions, settings.gap_alert_after_s)
         #: Files applied, duplicates, quarantined and changes since start: counters.
         self.totals = ScanResult()
+
+    @property
+    def gap_stats(self) -> GapStats:
+        """Open sequence gaps as of the last check: easy to export as gauges."""
+        return self.gaps.stats
 
     @property
     def keyring(self) -> Keyring:
@@ -225,7 +206,7 @@ class Importer:
     async def _scan(self, result: ScanResult, stop: asyncio.Event | None) -> None:
         self.keys.refresh()
         names, foreign = await asyncio.to_thread(self._list)
-        result.ignored = await self._record_ignored(foreign)
+        result.ignored = await self.foreign.record(foreign)
         for stream, group in itertools.groupby(names, key=lambda n: n.stream):
             if stream in _STREAMED:
                 for name in group:
@@ -234,7 +215,7 @@ class Importer:
                     await self._process_streamed(name, result)
             elif not await self._scan_stream(list(group), result, stop):
                 return
-        await self.check_gaps()
+        await self.gaps.check()
 
     async def process(self, name: FileName, result: ScanResult) -> None:
         """Apply one file, whatever its stream (``netsync import once`` goes file by file)."""
@@ -263,7 +244,7 @@ class Importer:
             if await self.quarantine(name.name, rejected):
                 result.quarantined += 1
             return
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             raise DatabaseUnavailable(repr(exc)) from exc
         finally:
             beat.cancel()
@@ -411,85 +392,6 @@ class Importer:
                 )
         await asyncio.to_thread(self.files.archive_many, moves)
 
-    async def _record_ignored(self, names: list[str]) -> list[str]:
-        """Record each name that is not ours once (in the database, for good), and leave it.
-
-        Dot files are skipped without a record: they are the temporary files of transfer tools
-        (rsync's ``.name.XXXXXX``), which come and go with every copy.
-        """
-        present = set(names)
-        self._ignored &= present
-        new = sorted(n for n in present - self._ignored if not n.startswith("."))
-        self._ignored |= present
-        if not new:
-            return []
-        rows = []
-        for name in new:
-            log.warning("ignoring a file that is not an export", extra={"file": printable(name)})
-            try:
-                size: int | None = os.lstat(self.exports_dir / name).st_size
-            except OSError:
-                size = None
-            rows.append(
-                {
-                    "file_name": printable(name),
-                    "stored_as": None,
-                    "reason": RejectReason.NOT_AN_EXPORT_NAME.value,
-                    "detail": "not an export file name: left in place, never read",
-                    "size": size,
-                }
-            )
-        stmt = insert(QuarantinedFile).on_conflict_do_nothing(
-            index_elements=[QuarantinedFile.file_name],
-            index_where=QuarantinedFile.reason == RejectReason.NOT_AN_EXPORT_NAME.value,
-        )
-        try:
-            async with self.sessions() as session, session.begin():
-                await (await session.connection()).execute(stmt, rows)
-        except _DB_ERRORS as exc:
-            self._ignored -= set(new)  # try again on the next scan
-            log.error("could not record ignored files", extra={"error": repr(exc)})
-        return new
-
-    async def check_gaps(self) -> GapStats:
-        """Refresh ``gap_stats``; warn about gaps older than ``gap_alert_after_s``, repeating
-        the warning that often while they stay open."""
-        try:
-            async with self.sessions() as session:
-                gaps = await open_gaps(session)
-        except _DB_ERRORS:
-            return self.gap_stats
-        now, mono = datetime.now(UTC), time.monotonic()
-        threshold = self.settings.gap_alert_after_s
-        keys = set()
-        for gap in gaps:
-            key = (gap.stream, gap.first_seq)
-            keys.add(key)
-            age = gap.age_s(now)
-            last = self._gap_alerted.get(key)
-            if age >= threshold and (last is None or mono - last >= threshold):
-                self._gap_alerted[key] = mono
-                log.warning(
-                    "sync gap still open",
-                    extra={
-                        "stream": gap.stream,
-                        "first_seq": gap.first_seq,
-                        "last_seq": gap.last_seq,
-                        "missing": gap.missing,
-                        "age_s": round(age, 1),
-                    },
-                )
-        for key in set(self._gap_alerted) - keys:
-            del self._gap_alerted[key]
-        self.gap_stats = summarise(gaps, now)
-        missing: dict[str, int] = {}
-        for gap in gaps:
-            missing[gap.stream] = missing.get(gap.stream, 0) + gap.missing
-        self._gap_streams |= set(missing)
-        for stream in self._gap_streams:  # a stream whose gaps closed goes back to zero
-            metrics.IMPORT_OPEN_GAPS.labels(stream).set(missing.get(stream, 0))
-        return self.gap_stats
-
     # -- moving files out of the way ------------------------------------------------------
 
     async def quarantine(self, name: str, rejected: RejectedFile) -> bool:
@@ -516,7 +418,7 @@ class Importer:
                         size=size,
                     )
                 )
-        except _DB_ERRORS as exc:  # the sidecar still tells why
+        except DB_ERRORS as exc:  # the sidecar still tells why
             log.error("could not record quarantined file", extra={"file": name, "error": repr(exc)})
         return True
 

@@ -18,8 +18,9 @@ import typer
 from exchange.format import FileName, parse_file_name
 from exchange.signing import Keyring
 from importer.config import RequestSettings
-from importer.daemon import DatabaseUnavailable, Importer, ScanResult
+from importer.daemon import Importer, ScanResult
 from importer.db import make_sessionmaker
+from importer.failures import DatabaseUnavailable
 from netsync.cli.output import JsonOption, err, print_json, print_table, progress, run
 from netsync.db import make_engine
 from netsync.logging import configure_logging

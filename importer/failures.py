@@ -1,0 +1,32 @@
+"""Whose fault a failure is: the file's (quarantine it) or the database's (retry, keep the file).
+
+The distinction is the importer's central safety rule. A file is only ever quarantined for what
+is in it; a database that is down, restarting or out of resources must never cost a genuine file
+its place in the exports directory, so such errors stop the scan and it is retried with backoff.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InterfaceError
+
+#: Errors that mean "the database did not answer", as opposed to "it refused this content".
+DB_ERRORS = (DBAPIError, OSError, ConnectionError, TimeoutError)
+
+
+class DatabaseUnavailable(Exception):
+    """The Request database did not answer; retry later, quarantine nothing."""
+
+
+def blames_the_file(exc: Exception) -> bool:
+    """Whether a failed apply is the file's fault (its content), not the database's (down,
+    restarting, out of resources): only the first quarantines, the second retries."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        state = getattr(exc.orig, "sqlstate", None)
+        if state:  # 22: data exception (too long, out of range), 23: integrity violation
+            return str(state).startswith(("22", "23"))
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        # the driver refused to encode a value (e.g. out of the column's range) before sending
+        return isinstance(cause, ValueError) and not isinstance(exc, InterfaceError | OSError)
+    return not isinstance(exc, OSError | ConnectionError | TimeoutError)
