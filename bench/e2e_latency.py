@@ -28,6 +28,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from netsync.config import to_libpq_url
 from netsync.passwords import hash_password_sync
 
 
@@ -56,7 +57,7 @@ async def run(api: str, request_db: str, admin_password: str, count: int) -> Non
             received[event] = now
         arrival.set()
 
-    listener = await asyncpg.connect(request_db.replace("+asyncpg", ""))
+    listener = await asyncpg.connect(to_libpq_url(request_db))
     await listener.add_listener("netsync_applied", on_notify)
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
         auth = await client.post(

@@ -29,6 +29,7 @@ from exchange.writer import publish_export
 from importer.config import RequestSettings
 from importer.daemon import Importer
 from importer.db import make_sessionmaker
+from netsync.config import with_database
 from netsync.db import make_engine
 from netsync.logging import configure_logging
 from netsync.migrate import upgrade
@@ -100,7 +101,7 @@ async def main(log_level: str) -> None:
     admin = await asyncpg.connect(ADMIN_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
     root = Path(tempfile.mkdtemp(prefix="netsync-bench-"))
-    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    url = with_database(ADMIN_URL, name)
     engine = None
     try:
         await asyncio.to_thread(upgrade, "request", url)

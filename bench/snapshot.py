@@ -30,11 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _url(admin: str, name: str) -> str:
-    base, _, query = admin.partition("?")
-    return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
-
-
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -115,6 +110,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     from exchange.signing import Signer, write_key_pair
+    from netsync.config import with_database
     from netsync.migrate import upgrade
 
     admin = os.environ.get(
@@ -130,7 +126,10 @@ def main() -> None:
             exports = root / "exports"
             exports.mkdir()
             write_key_pair(Signer.generate(), root / "signing.pem", root / "trusted")
-            resp, req = _url(admin, names["response"]), _url(admin, names["request"])
+            resp, req = (
+                with_database(admin, names["response"]),
+                with_database(admin, names["request"]),
+            )
             upgrade("response", resp)
             upgrade("request", req)
             started = time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,20 @@ def to_asyncpg_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ConfigurationError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
+
+
+def to_libpq_url(url: str) -> str:
+    """The URL without SQLAlchemy's driver part, as ``asyncpg.connect`` and ``psql`` take it."""
+    return to_asyncpg_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` naming another database on the same server (tests and benchmarks create their own).
+
+    Only the path changes: the query, where a Unix socket's ``host`` lives, is kept as it is.
+    """
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
 
 
 class CommonSettings(BaseSettings):

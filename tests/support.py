@@ -30,6 +30,7 @@ import httpx
 from app.config import ResponseSettings
 from exchange.signing import Signer, write_key_pair
 from importer.config import RequestSettings
+from netsync.config import to_libpq_url, with_database
 from netsync.embedded import EmbeddedPostgres, EmbeddedRedis
 from netsync.migrate import upgrade
 
@@ -132,10 +133,6 @@ class Sandbox:
         return RequestSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 
 
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
 @contextlib.contextmanager
 def provision_services(admin_url: str | None, redis_url: str | None) -> Iterator[Services]:
     """Two fresh, migrated databases and a Redis database number, dropped afterwards.
@@ -158,7 +155,7 @@ def provision_services(admin_url: str | None, redis_url: str | None) -> Iterator
         if base.startswith("redis://") and base.count("/") == 3:
             base = base.rsplit("/", 1)[0]
         redis_url = f"{base}/{random.randint(1, 15)}"
-    admin = _plain(admin_url)
+    admin = to_libpq_url(admin_url)
     run_id = uuid.uuid4().hex[:10]
     names = [f"nst_{run_id}_response", f"nst_{run_id}_request"]
 
@@ -170,12 +167,10 @@ def provision_services(admin_url: str | None, redis_url: str | None) -> Iterator
         finally:
             await conn.close()
 
-    def db_url(name: str) -> str:
-        base, _, query = admin.partition("?")
-        return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
-
     asyncio.run(admin_sql(*(f'CREATE DATABASE "{n}"' for n in names)))
-    svc = Services(db_url(names[0]), db_url(names[1]), redis_url, run_id)
+    svc = Services(
+        with_database(admin, names[0]), with_database(admin, names[1]), redis_url, run_id
+    )
     try:
         upgrade("response", svc.response_url)
         upgrade("request", svc.request_url)

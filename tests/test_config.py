@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from app.bootstrap import ensure_admin
 from app.config import ResponseSettings
-from netsync.config import ConfigurationError
+from netsync.config import ConfigurationError, to_libpq_url, with_database
 from tests.support import Sandbox
 
 
@@ -68,3 +68,31 @@ async def test_development_generates_the_admin_password_and_keeps_it_private(
     assert stored.read_text().strip() == generated
     assert stored.stat().st_mode & 0o077 == 0
     assert await ensure_admin(settings) is None  # printed once: the second start creates nothing
+
+
+@pytest.mark.parametrize(
+    ("admin", "expected"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:5432/postgres",
+            "postgresql://postgres@127.0.0.1:5432/nst_x",
+        ),
+        (
+            "postgresql://postgres@/postgres?host=/tmp/nst-1/pg&port=5432",
+            "postgresql://postgres@/nst_x?host=/tmp/nst-1/pg&port=5432",
+        ),
+        (
+            "postgresql+asyncpg://u:p@db/response?ssl=require",
+            "postgresql+asyncpg://u:p@db/nst_x?ssl=require",
+        ),
+    ],
+)
+def test_a_scratch_database_url_keeps_the_server_and_its_socket(admin: str, expected: str) -> None:
+    assert with_database(admin, "nst_x") == expected
+
+
+def test_asyncpg_connect_gets_the_url_without_the_driver_part() -> None:
+    assert to_libpq_url("postgresql+asyncpg://u@h/d") == "postgresql://u@h/d"
+    assert to_libpq_url("postgres://u@h/d") == "postgresql://u@h/d"
+    with pytest.raises(ConfigurationError):
+        to_libpq_url("mysql://u@h/d")

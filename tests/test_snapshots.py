@@ -24,16 +24,13 @@ from jobs.bulk import bulk_worker_settings
 from jobs.client import redis_pool
 from jobs.periodic import ScheduleSettings
 from jobs.snapshots import export_snapshot
+from netsync.config import to_libpq_url
 from netsync.db import make_engine
 from tests.support import Sandbox, eventually
 
 
-def _plain(url: str) -> str:
-    return url.replace("+asyncpg", "")
-
-
 async def _execute(url: str, sql: str, *args: Any) -> None:
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(to_libpq_url(url))
     try:
         await conn.execute(sql, *args)
     finally:
@@ -41,7 +38,7 @@ async def _execute(url: str, sql: str, *args: Any) -> None:
 
 
 async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(_plain(url))
+    conn = await asyncpg.connect(to_libpq_url(url))
     try:
         rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows

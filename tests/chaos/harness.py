@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
+from netsync.config import to_libpq_url
 from netsync.embedded import EmbeddedRedis
 from tests.support import (
     Process,
@@ -101,10 +102,6 @@ class Report:
             f"converged after last fault: {self.converge_s:.1f} s",
             f"total run time:            {self.duration_s:.0f} s",
         ]
-
-
-def _plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 class Chaos:
@@ -211,7 +208,7 @@ class Chaos:
 
     async def _request_versions(self) -> dict[str, int] | None:
         try:
-            conn = await asyncpg.connect(_plain(self.sandbox.services.request_url), timeout=2)
+            conn = await asyncpg.connect(to_libpq_url(self.sandbox.services.request_url), timeout=2)
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return None
         try:
@@ -255,7 +252,7 @@ class Chaos:
 
     async def request_db_outage(self) -> None:
         """The Request database refuses connections (and loses the open ones) for a while."""
-        url = urlsplit(_plain(self.sandbox.services.request_url))
+        url = urlsplit(to_libpq_url(self.sandbox.services.request_url))
         name = url.path.lstrip("/")  # the query may hold a socket path: parse, never split
         admin = urlunsplit(url._replace(path="/postgres"))
         conn = await asyncpg.connect(admin)
@@ -360,7 +357,7 @@ class Chaos:
     async def _tally(self) -> None:
         versions = await self._request_versions() or {}
         self.report.lost = sum(1 for uid, v in self.accepted.items() if versions.get(uid, 0) < v)
-        conn = await asyncpg.connect(_plain(self.sandbox.services.request_url))
+        conn = await asyncpg.connect(to_libpq_url(self.sandbox.services.request_url))
         try:
             applied = await conn.fetchval(
                 "SELECT coalesce(sum(applied_changes), 0) FROM import_ledger"
@@ -373,7 +370,7 @@ class Chaos:
         finally:
             await conn.close()
         self.report.applied_twice = _events_in_more_than_one_file(self.sandbox)
-        conn = await asyncpg.connect(_plain(self.sandbox.services.response_url))
+        conn = await asyncpg.connect(to_libpq_url(self.sandbox.services.response_url))
         try:
             ticks = await conn.fetchrow(
                 "SELECT count(*) FILTER (WHERE status = 'done') AS done,"
