@@ -16,7 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tests.chaos.harness import Chaos, Plan, default_faults, mount_tmpfs, unique_dir, unmount
+from tests.chaos.disk import mount_tmpfs, unique_dir, unmount
+from tests.chaos.harness import Chaos, default_faults
+from tests.chaos.plan import Plan
 from tests.support import make_sandbox, provision_services
 
 

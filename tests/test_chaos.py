@@ -11,7 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.chaos.harness import Chaos, Plan, default_faults, mount_tmpfs, unique_dir, unmount
+from tests.chaos.disk import mount_tmpfs, unique_dir, unmount
+from tests.chaos.harness import Chaos, default_faults
+from tests.chaos.plan import Plan
 from tests.support import Sandbox
 
 pytestmark = pytest.mark.slow

@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import subprocess
 import sys
 import time
-import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +28,8 @@ import httpx
 
 from netsync.config import to_libpq_url
 from netsync.embedded import EmbeddedRedis
+from tests.chaos.disk import fill
+from tests.chaos.plan import Plan, Report
 from tests.support import (
     Process,
     Sandbox,
@@ -46,62 +43,6 @@ from tests.support import (
 )
 
 ADMIN_PASSWORD = "chaos bootstrap phrase"
-
-
-@dataclass
-class Plan:
-    """What to run: sizes and which faults, with their durations."""
-
-    changes: int = 3000
-    #: The changes are spread over this long, so that every fault lands in the middle of load.
-    duration_s: float = 40.0
-    users: int = 30
-    settings: int = 30
-    clients: int = 8
-    password_every: int = 20  # one change in N is a password change (hashing is the slow part)
-    workers: int = 2
-    #: Bulk workers running the schedule, with the settings snapshot compressed to every second.
-    bulk_workers: int = 3
-    kills: int = 4
-    redis_outage_s: float = 5.0
-    request_db_outage_s: float = 5.0
-    disk_full_s: float = 4.0
-    converge_timeout_s: float = 60.0
-
-
-@dataclass
-class Report:
-    changes_made: int = 0
-    changes_applied: int = 0
-    lost: int = 0
-    applied_twice: int = 0
-    regressions: int = 0
-    server_errors: int = 0
-    quarantined: Counter[str] = field(default_factory=Counter)
-    faults: list[str] = field(default_factory=list)
-    converge_s: float = 0.0
-    duration_s: float = 0.0
-    #: The compressed schedule: settings-snapshot ticks done, and snapshot files published.
-    ticks_done: int = 0
-    ticks_claimed: int = 0
-    snapshot_files: int = 0
-
-    def lines(self) -> list[str]:
-        return [
-            f"changes made:              {self.changes_made}",
-            # several changes of one entity in one file are written once
-            f"rows written (Request):    {self.changes_applied}",
-            f"lost:                      {self.lost}",
-            f"applied twice:             {self.applied_twice}",
-            f"older overwrote newer:     {self.regressions}",
-            f"API server errors (5xx):   {self.server_errors}",
-            f"files quarantined:         {dict(self.quarantined) or 0}",
-            f"snapshot ticks (1 s):      {self.ticks_done} done of {self.ticks_claimed} claimed,"
-            f" {self.snapshot_files} snapshot files",
-            f"faults injected:           {len(self.faults)}  ({', '.join(self.faults)})",
-            f"converged after last fault: {self.converge_s:.1f} s",
-            f"total run time:            {self.duration_s:.0f} s",
-        ]
 
 
 class Chaos:
@@ -270,7 +211,7 @@ class Chaos:
     async def disk_full(self) -> None:
         """Fill the exports file system (a small tmpfs) until writes fail, then free it."""
         filler = self.sandbox.exports / ".filler"
-        await asyncio.to_thread(_fill, filler)
+        await asyncio.to_thread(fill, filler)
         self.report.faults.append(f"exports disk full {self.plan.disk_full_s:.0f}s")
         await asyncio.sleep(self.plan.disk_full_s)
         filler.unlink()
@@ -402,28 +343,6 @@ def _events_in_more_than_one_file(sandbox: Sandbox) -> int:
     return twice
 
 
-def _fill(path: Path) -> None:
-    with contextlib.suppress(OSError), open(path, "wb") as fh:
-        while True:
-            fh.write(b"\0" * 65536)
-
-
-def mount_tmpfs(path: Path, size: str = "64M") -> bool:
-    """A small file system for the exports directory, so "disk full" can really happen."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return False
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-    )
-    return result.returncode == 0
-
-
-def unmount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 def default_faults(chaos: Chaos, *, disk: bool) -> list[Callable[[], Awaitable[None]]]:
     plan = chaos.plan
     faults: list[Callable[[], Awaitable[None]]] = [chaos.kill_random for _ in range(plan.kills)]
@@ -432,10 +351,3 @@ def default_faults(chaos: Chaos, *, disk: bool) -> list[Callable[[], Awaitable[N
     if disk:
         faults.append(chaos.disk_full)
     return faults
-
-
-def unique_dir(prefix: str) -> Path:
-    return Path("/tmp") / f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-__all__ = ["Chaos", "Plan", "Report", "default_faults", "mount_tmpfs", "unique_dir", "unmount"]

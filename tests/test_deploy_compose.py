@@ -1,0 +1,152 @@
+"""compose.yaml, read with PyYAML (no container engine needed) and held to the same properties as
+the Kubernetes tree: the networks kept apart, health checks that ask each process, Redis that
+keeps every job, the exports directory shared between the workers and the importer.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from jobs.periodic import PERIODIC_JOBS, ScheduleSettings
+from tests.deployment import (
+    ALL_INTERFACES,
+    COMPOSE_SECRETS,
+    DAEMON_PORTS,
+    MIGRATIONS,
+    REQUEST_SIDE,
+    RESPONSE_ONLY_VARIABLES,
+    RESPONSE_SIDE,
+    ROOT,
+    WORKERS,
+    app_services,
+    daemon_port,
+    health_url,
+    longest_shutdown,
+    seconds,
+    volume_mounts,
+)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    model: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return model
+
+
+def test_compose_services_are_checked_and_ordered(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        if name in MIGRATIONS:
+            assert service["restart"] == "no"
+        else:
+            assert service["healthcheck"]["test"], name
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services, (name, dependency)
+            assert condition["condition"] in {"service_healthy", "service_completed_successfully"}
+    for name in set(app_services(compose)) - MIGRATIONS:
+        migration = "migrate-response" if name in RESPONSE_SIDE else "migrate-request"
+        depends = services[name]["depends_on"]
+        assert depends[migration]["condition"] == "service_completed_successfully", name
+    migrate = " ".join(services["migrate-response"]["command"])
+    assert "python -m netsync.migrate response && python -m app.bootstrap" in migrate
+    assert services["migrate-request"]["command"] == ["python", "-m", "netsync.migrate", "request"]
+
+
+def test_compose_keeps_the_networks_apart(compose: dict[str, Any]) -> None:
+    """Nothing joins the two sides but the exports volume: no service on both networks, none
+    with the other side's settings or secrets."""
+    request_secret_readers = set()
+    for name, service in compose["services"].items():
+        networks = set(service["networks"])
+        assert len(networks) == 1, name
+        if name not in app_services(compose):
+            continue
+        assert name in RESPONSE_SIDE | REQUEST_SIDE, f"{name}: place it on one network"
+        side = "response" if name in RESPONSE_SIDE else "request"
+        assert networks == {side}, name
+        for variable in service["environment"]:
+            if side == "response":
+                assert not variable.startswith("NETSYNC_REQUEST_"), (name, variable)
+            else:
+                assert variable not in RESPONSE_ONLY_VARIABLES, (name, variable)
+            if variable == "NETSYNC_REQUEST_SECRET_KEY":
+                request_secret_readers.add(name)
+    assert request_secret_readers == {"request-api"}
+
+
+def test_compose_healthchecks_ask_each_process(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, port in (("response-api", 8000), ("request-api", 8001)):
+        assert health_url(services[name]) == f"http://127.0.0.1:{port}/health", name
+    for name in DAEMON_PORTS:
+        env = services[name]["environment"]
+        assert env["NETSYNC_METRICS_HOST"] == ALL_INTERFACES, name  # scraped from the network
+        assert health_url(services[name]) == (
+            f"http://127.0.0.1:{daemon_port(name, env)}/health"
+        ), name
+
+
+def test_compose_runs_both_workers_twice_and_lets_them_finish(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, target in WORKERS.items():
+        assert services[name]["command"] == ["arq", target]
+        assert services[name]["deploy"]["replicas"] >= 2, name
+        assert seconds(services[name]["stop_grace_period"]) > longest_shutdown(target), name
+
+
+def test_compose_passes_the_schedule_on_with_the_code_defaults(compose: dict[str, Any]) -> None:
+    """compose passes every schedule variable through, with the defaults the code has."""
+    env = compose["services"]["bulk-worker"]["environment"]
+    for job in PERIODIC_JOBS:
+        variable = f"NETSYNC_SCHEDULE_{job.name.upper()}"
+        default = ScheduleSettings.model_fields[f"schedule_{job.name}"].default
+        assert env[variable] == "${" + variable + ":-" + default + "}", variable
+    for variable in ("NETSYNC_TIMEZONE", "NETSYNC_RETENTION_DAYS"):
+        default = ScheduleSettings.model_fields[variable.removeprefix("NETSYNC_").lower()].default
+        assert env[variable] == "${" + variable + f":-{default}" + "}", variable
+    # The Response API shows the schedule (GET /api/v1/schedule): it must read the same one.
+    api = compose["services"]["response-api"]["environment"]
+    for variable in env:
+        if variable.startswith("NETSYNC_SCHEDULE_") or variable == "NETSYNC_TIMEZONE":
+            assert api[variable] == env[variable], variable
+
+
+def test_compose_runs_every_app_service_in_production_unprivileged(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in app_services(compose).items():
+        assert service["environment"]["NETSYNC_ENV"] == "production", name
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+
+
+def test_compose_requires_its_secrets() -> None:
+    text = (ROOT / "compose.yaml").read_text()
+    for variable in COMPOSE_SECRETS:
+        assert "${" + variable + ":?" in text, variable
+        assert not re.search(r"\$\{" + variable + r"(:?-|\})", text), f"{variable} has a default"
+
+
+def test_compose_redis_keeps_every_job(compose: dict[str, Any]) -> None:
+    command = " ".join(compose["services"]["redis"]["command"])
+    assert "--appendonly yes" in command
+    assert "--appendfsync everysec" in command
+    assert "--maxmemory-policy noeviction" in command
+
+
+def test_compose_workers_and_importer_share_the_exports(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert "exports" in compose["volumes"]
+    for name in ("worker", "bulk-worker", "importer"):
+        exports_dir = services[name]["environment"]["NETSYNC_EXPORTS_DIR"]
+        assert volume_mounts(services[name])[exports_dir] == ("exports", False), name
+    assert services["worker"]["secrets"] == ["signing_key"]
+    users = [n for n, s in services.items() if "signing_key" in s.get("secrets", [])]
+    assert users == ["worker", "bulk-worker"]
+    trusted = services["importer"]["environment"]["NETSYNC_TRUSTED_KEYS_DIR"]
+    assert volume_mounts(services["importer"])[trusted] == ("./keys/trusted", True)
