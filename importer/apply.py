@@ -4,7 +4,9 @@ Everything is written in the caller's transaction. The stream's row in ``sync_st
 first, so transactions applying one stream take turns (two importers included); then the files
 are claimed in the ledger (``ON CONFLICT DO NOTHING``: a file already there is a duplicate and
 applies nothing); then the records of the claimed files are upserted, guarded by each entity's
-version, so a replayed or late change never overwrites a newer one. Many ``changes`` files can
+version, so a replayed or late change never overwrites a newer one; a late file at or below the
+mark of an applied snapshot of a record's entity type is superseded by it and skipped for that
+type (it could only bring back what the snapshot removed). Many ``changes`` files can
 share one transaction and one statement per table (``apply_changes``): that is what makes a burst
 of 10,000 files take seconds. A ``NOTIFY`` per file tells listeners the moment it commits.
 
@@ -206,7 +208,14 @@ async def apply_changes(
     fresh = [e for e in exports if e.header.seq in claimed]
     counts: dict[int, int] = {}
     if fresh:
-        written = await _upsert(session, [(r, e.header.seq) for e in fresh for r in e.records])
+        marks = await gaps.snapshot_marks(session)
+        items = [
+            (r, e.header.seq)
+            for e in fresh
+            for r in e.records
+            if e.header.seq > marks.get(r.entity, 0)  # else a snapshot already covers it
+        ]
+        written = await _upsert(session, items)
         counts = {seq: n for seq, n in written.items() if seq is not None}
         if counts:
             conn = await session.connection()

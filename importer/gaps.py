@@ -4,7 +4,8 @@ Files are applied as they come, even past a missing sequence number: every recor
 entity's whole state and version, so nothing waits and nothing older wins. What a gap means is
 "some change may not have arrived yet", which an operator must see: each run of missing numbers
 is a ``sync_gaps`` row, shown by ``/api/v1/sync/status`` and logged until the missing files arrive
-or a snapshot taken after them heals it (``heal_through``).
+or snapshots taken after them heal it (``heal_through``): snapshots of every entity type, since a
+missing file may hold a change of any of them.
 
 Every function here runs inside the caller's transaction after ``lock_stream``: the stream's
 ``sync_streams`` row is the lock that serialises all bookkeeping (and all applying) per stream.
@@ -17,12 +18,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from exchange.format import CHANGES_STREAM
+from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
 from importer.db import RequestSession
-from importer.models import SyncGap, SyncStream
+from importer.models import SnapshotMark, SyncGap, SyncStream
 
 log = logging.getLogger(__name__)
 
@@ -137,39 +138,60 @@ async def _fill(session: RequestSession, stream: str, filled: set[int]) -> None:
             )
 
 
-async def heal_through(
-    session: RequestSession, changes_seq: int, *, stream: str = CHANGES_STREAM
-) -> int:
-    """A snapshot covering every change up to ``changes_seq`` was applied: close what it covers.
+async def snapshot_marks(session: RequestSession) -> dict[str, int]:
+    """Per entity type, the highest ``changes_seq`` mark of its snapshots applied here."""
+    rows = (await session.execute(select(SnapshotMark.entity, SnapshotMark.changes_seq))).all()
+    return {entity: int(seq) for entity, seq in rows}
 
-    Called by the snapshot apply in its own transaction. Returns how many gaps were closed
-    entirely (a gap reaching past ``changes_seq`` is shortened instead).
+
+async def heal_through(
+    session: RequestSession, entity: str, changes_seq: int, *, stream: str = CHANGES_STREAM
+) -> int:
+    """A snapshot of ``entity`` covering the ``changes`` files up to ``changes_seq`` was applied.
+
+    Its mark is recorded; what the marks of all entity types cover together (the lowest of
+    them: a missing file may hold a change of any type) is then closed. Called by the snapshot
+    apply in its own transaction. Returns how many gaps were closed entirely (a gap reaching
+    past the covered mark is shortened instead).
     """
     high = await lock_stream(session, stream)
+    stmt = insert(SnapshotMark).values(
+        entity=entity, changes_seq=changes_seq, applied_at=func.clock_timestamp()
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[SnapshotMark.entity],
+            set_={
+                "changes_seq": func.greatest(SnapshotMark.changes_seq, stmt.excluded.changes_seq),
+                "applied_at": stmt.excluded.applied_at,
+            },
+        )
+    )
+    marks = await snapshot_marks(session)
+    covered = min(marks.get(e, 0) for e in SNAPSHOT_STREAMS)
+    if covered <= await _healed(session, stream):
+        return 0
     closed = (
         await session.execute(
             delete(SyncGap)
-            .where(SyncGap.stream == stream, SyncGap.last_seq <= changes_seq)
+            .where(SyncGap.stream == stream, SyncGap.last_seq <= covered)
             .returning(SyncGap.first_seq, SyncGap.last_seq)
         )
     ).all()
     await session.execute(
         update(SyncGap)
-        .where(SyncGap.stream == stream, SyncGap.first_seq <= changes_seq)
-        .values(first_seq=changes_seq + 1)
+        .where(SyncGap.stream == stream, SyncGap.first_seq <= covered)
+        .values(first_seq=covered + 1)
     )
     await session.execute(
         update(SyncStream)
         .where(SyncStream.stream == stream)
-        .values(
-            high_seq=max(high, changes_seq),
-            healed_through=max(changes_seq, await _healed(session, stream)),
-        )
+        .values(high_seq=max(high, covered), healed_through=covered)
     )
     for first, last in closed:
         log.info(
-            "sync gap healed by a snapshot",
-            extra={"stream": stream, "first_seq": first, "last_seq": last, "through": changes_seq},
+            "sync gap healed by snapshots",
+            extra={"stream": stream, "first_seq": first, "last_seq": last, "through": covered},
         )
     return len(closed)
 

@@ -132,6 +132,22 @@ class SyncStream(RequestBase):
     healed_through: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class SnapshotMark(RequestBase):
+    """Per entity type: the highest ``changes_seq`` mark of its snapshots applied here.
+
+    A snapshot of one entity type reflects every change of that type in ``changes`` files up to
+    its mark, and nothing about the other types. So a ``changes`` record at or below its type's
+    mark is superseded (applying it late could only bring back what the snapshot removed), and a
+    gap is healed only up to the lowest mark of all types: a missing file may hold any of them.
+    """
+
+    __tablename__ = "snapshot_marks"
+
+    entity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    changes_seq: Mapped[int] = mapped_column(BigInteger)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class SyncGap(RequestBase):
     """A run of sequence numbers not (yet) applied, below one that was: open until every file of
     the run arrives or a snapshot covers it. Closed gaps are deleted (and logged)."""
@@ -148,6 +164,7 @@ __all__ = [
     "ImportLedger",
     "QuarantinedFile",
     "RequestBase",
+    "SnapshotMark",
     "SyncGap",
     "SyncStream",
     "SyncedJobResult",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import re
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -36,9 +35,10 @@ from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
-from exchange.format import SETTING_KEY_PATTERN, ExportHeader
+from exchange.format import CHANGES_STREAM, SETTING_KEY_PATTERN, ExportHeader
 from exchange.reader import ExportFile, RejectedFile, RejectReason
 from exchange.streaming import StreamedExport, Verified
+from importer import gaps
 from importer.db import RequestSession
 from importer.models import ImportLedger
 from importer.results import apply_results_stream
@@ -256,18 +256,6 @@ async def _record(
     )
 
 
-async def heal_gaps(session: RequestSession, changes_seq: int) -> None:
-    """Tell the gap tracker (when this deployment has one) that the snapshot covers
-    every ``changes`` file up to ``changes_seq``."""
-    try:
-        gaps = importlib.import_module("importer.gaps")
-    except ModuleNotFoundError:
-        return
-    heal = getattr(gaps, "heal_through", None)
-    if heal is not None:
-        await heal(session, changes_seq)
-
-
 async def _driver(session: RequestSession) -> asyncpg.Connection:
     connection = await session.connection()
     raw = await connection.get_raw_connection()
@@ -325,7 +313,13 @@ async def _stream_batches(
 
 
 async def _merge(session: RequestSession, entity_name: str, changes_seq: int) -> tuple[int, int]:
+    """Merge the rows (versions decide), remove what is gone, record the snapshot's mark.
+
+    The ``changes`` stream's lock is taken first, as applying a ``changes`` file takes it before
+    touching rows: the two never wait on each other's rows in opposite order.
+    """
     entity = _ENTITIES[entity_name]
+    await gaps.lock_stream(session, CHANGES_STREAM)
     try:
         await session.execute(text(f"ANALYZE {_ROWS}"))
         merged = cast(CursorResult[Any], await session.execute(text(_merge_sql(entity))))
@@ -337,6 +331,7 @@ async def _merge(session: RequestSession, entity_name: str, changes_seq: int) ->
         # an entity listed twice (ON CONFLICT cannot touch a row twice)
         detail = str(exc.orig)[:200] if exc.orig else "invalid record"
         raise RejectedFile(RejectReason.INVALID_SCHEMA, detail) from exc
+    await gaps.heal_through(session, entity_name, changes_seq)
     return int(merged.rowcount), int(tombstoned.rowcount)
 
 
@@ -370,7 +365,6 @@ async def apply_streamed(session: RequestSession, export: StreamedExport) -> Str
     written = removed = 0
     if not stale:
         written, removed = await _merge(session, header.entity, header.changes_seq)
-        await heal_gaps(session, header.changes_seq)
     await _record(session, header, verified, written + removed)
     return StreamedResult(False, stale, header.records, written, removed)
 
@@ -399,7 +393,6 @@ async def apply_snapshot_export(session: RequestSession, export: ExportFile) -> 
     written = removed = 0
     if not stale:
         written, removed = await _merge(session, header.entity, header.changes_seq)
-        await heal_gaps(session, header.changes_seq)
     await _record(
         session, header, Verified(export.sha256, export.key_id, export.size), written + removed
     )

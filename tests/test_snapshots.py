@@ -26,6 +26,7 @@ from jobs.periodic import ScheduleSettings
 from jobs.snapshots import export_snapshot
 from netsync.config import to_libpq_url
 from netsync.db import make_engine
+from tests.importer.files import user_record
 from tests.support import Sandbox, eventually
 
 
@@ -171,6 +172,34 @@ async def test_a_snapshot_heals_a_lost_change_and_removes_what_is_gone(
     assert rows["new.flag"]["deleted"] is False  # newer than the snapshot's mark: kept
     latest = sandbox.exports / "latest" / "snapshot_settings.jsonl"
     assert orjson.loads(latest.read_bytes().split(b"\n")[0])["seq"] == snapshot.seq
+
+
+async def test_a_late_changes_file_cannot_bring_back_what_a_snapshot_removed(
+    sandbox: Sandbox, importer: Importer
+) -> None:
+    gone = uuid.uuid4()
+    _changes_file(sandbox, 1, [_change(gone, "old.flag", True, 1)])
+    await eventually(lambda: _applied(sandbox, CHANGES_STREAM, 1))
+    # On the Response side old.flag was changed (file 2), then deleted (file 3); both files
+    # are held up on the way, and a snapshot read after them removes it.
+    await _set_changes_mark(sandbox, 3)
+    snapshot = await _snapshot(sandbox)
+    await eventually(lambda: _applied(sandbox, snapshot.stream, snapshot.seq))
+    assert (await _synced(sandbox))["old.flag"]["deleted"] is True
+
+    # The change arrives late, with a version above the one the tombstone kept.
+    _changes_file(sandbox, 2, [_change(gone, "old.flag", False, 2)])
+    await eventually(lambda: _applied(sandbox, CHANGES_STREAM, 2))
+    row = (await _synced(sandbox))["old.flag"]
+    assert (row["deleted"], row["version"], row["value"]) == (True, 1, "true")
+
+    # A change of another type in a file below the settings snapshot's mark still applies:
+    # no users snapshot covers it.
+    user = uuid.uuid4()
+    _changes_file(sandbox, 3, [user_record(user, 1)])
+    await eventually(lambda: _applied(sandbox, CHANGES_STREAM, 3))
+    users = await _fetch(sandbox.services.request_url, "SELECT id FROM synced_users")
+    assert [r["id"] for r in users] == [user]
 
 
 async def test_a_tampered_snapshot_is_quarantined_and_nothing_of_it_is_applied(

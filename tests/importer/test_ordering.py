@@ -87,7 +87,7 @@ async def test_a_gap_is_recorded_reported_and_closed_when_the_missing_file_arriv
     assert await count(sandbox, "import_ledger") == 9
 
 
-async def test_a_snapshot_heals_the_gaps_it_covers(
+async def test_snapshots_of_every_entity_type_heal_the_gaps_they_cover(
     sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
     importer = make_importer()
@@ -96,14 +96,20 @@ async def test_a_snapshot_heals_the_gaps_it_covers(
     await importer.scan_once()
     assert await gaps(sandbox) == [(2, 3), (5, 9), (11, 19)]
 
+    # a missing file may hold a change of any type: a users snapshot alone heals nothing
     async with importer.sessions() as session, session.begin():
-        closed = await heal_through(session, 12)
-    assert closed == 2
+        assert await heal_through(session, "user", 30) == 0
+        assert await heal_through(session, "setting", 12) == 0
+    assert await gaps(sandbox) == [(2, 3), (5, 9), (11, 19)]
+    async with importer.sessions() as session, session.begin():
+        closed = await heal_through(session, "profile_type", 15)
+    assert closed == 2  # covered through 12, the lowest of the three marks
     assert await gaps(sandbox) == [(13, 19)]
 
-    # a snapshot ahead of everything applied: later files continue from it without a gap
+    # snapshots ahead of everything applied: later files continue from them without a gap
     async with importer.sessions() as session, session.begin():
-        await heal_through(session, 40)
+        for entity in ("user", "setting", "profile_type"):
+            await heal_through(session, entity, 40)
     publish(sandbox.exports, sandbox.signer, 41, user_record(uuid.uuid4(), 1))
     await importer.scan_once()
     async with importer.sessions() as session:
