@@ -10,9 +10,9 @@ one per transaction so that the bad one is quarantined and cannot hold the other
 
 Files are read and verified off the event loop; applied files move to the archive. A file that
 fails verification moves to the quarantine directory with a sidecar ``.reason.json`` and a row
-in ``quarantined_files``; a name that is not an export name is recorded once and left where it
-is. When the database is unreachable nothing is quarantined: the scan stops and is retried with
-backoff. A stop request (SIGTERM) lets the current batch commit or roll back, then exits.
+in ``quarantined_files`` (``importer.quarantine``); a name that is not an export name is recorded
+once and left where it is (``importer.watch``). A database that is unreachable never gets a file
+quarantined (``importer.failures``): the scan stops and is retried with backoff. A stop request (SIGTERM) lets the current batch commit or roll back, then exits.
 """
 
 from __future__ import annotations
@@ -43,14 +43,13 @@ from importer.apply import ApplyResult, apply_changes, apply_export, batchable
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
 from importer.failures import DB_ERRORS, DatabaseUnavailable, blames_the_file
-from importer.files import FileMover, printable
+from importer.files import FileMover
 from importer.gaps import GapStats
 from importer.keys import TrustedKeys
-from importer.models import QuarantinedFile
 from importer.probes import observe_applied
+from importer.quarantine import Quarantine
 from importer.snapshots import apply_streamed
 from importer.watch import ForeignNames, GapWatch
-from netsync import metrics
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
@@ -86,6 +85,7 @@ class Importer:
         self.archive_dir = settings.archive_path
         self.quarantine_dir = settings.quarantine_path
         self.files = FileMover(self.exports_dir, self.archive_dir, self.quarantine_dir)
+        self.quarantined = Quarantine(sessions, self.files)
         self._wake = asyncio.Event()
         self.foreign = ForeignNames(sessions, self.exports_dir)
         self._own_entries = {
@@ -207,6 +207,7 @@ class Importer:
         self.keys.refresh()
         names, foreign = await asyncio.to_thread(self._list)
         result.ignored = await self.foreign.record(foreign)
+        await self.quarantined.reconcile()
         for stream, group in itertools.groupby(names, key=lambda n: n.stream):
             if stream in _STREAMED:
                 for name in group:
@@ -241,7 +242,7 @@ class Importer:
         except FileNotFoundError:
             return  # taken by another importer
         except RejectedFile as rejected:
-            if await self.quarantine(name.name, rejected):
+            if await self.quarantined.put(name.name, rejected):
                 result.quarantined += 1
             return
         except DB_ERRORS as exc:
@@ -322,7 +323,7 @@ class Importer:
         batch: list[ExportFile] = []
         for name, outcome in reads:
             if isinstance(outcome, RejectedFile):
-                if await self.quarantine(name.name, outcome):
+                if await self.quarantined.put(name.name, outcome):
                     result.quarantined += 1
             elif isinstance(outcome, ExportFile):
                 if batchable(outcome):
@@ -356,7 +357,7 @@ class Importer:
             )
             detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             rejected = RejectedFile(RejectReason.APPLY_FAILED, detail)
-            if await self.quarantine(exports[0].name.name, rejected):
+            if await self.quarantined.put(exports[0].name.name, rejected):
                 result.quarantined += 1
             return
         finally:
@@ -391,36 +392,6 @@ class Importer:
                     },
                 )
         await asyncio.to_thread(self.files.archive_many, moves)
-
-    # -- moving files out of the way ------------------------------------------------------
-
-    async def quarantine(self, name: str, rejected: RejectedFile) -> bool:
-        """Move the file aside and record why; False when another importer took it first."""
-        detail = printable(rejected.detail.replace("\x00", "\\0"))
-        rejected = RejectedFile(rejected.reason, detail)
-        moved = await asyncio.to_thread(self.files.move_to_quarantine, name, rejected)
-        if moved is None:
-            return False
-        stored_as, size = moved
-        metrics.IMPORT_FILES_QUARANTINED.labels(rejected.reason.value).inc()
-        log.warning(
-            "quarantined file",
-            extra={"file": name, "reason": rejected.reason.value, "detail": rejected.detail},
-        )
-        try:
-            async with self.sessions() as session, session.begin():
-                session.add(
-                    QuarantinedFile(
-                        file_name=name,
-                        stored_as=stored_as,
-                        reason=rejected.reason.value,
-                        detail=rejected.detail,
-                        size=size,
-                    )
-                )
-        except DB_ERRORS as exc:  # the sidecar still tells why
-            log.error("could not record quarantined file", extra={"file": name, "error": repr(exc)})
-        return True
 
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:

@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -210,6 +211,24 @@ async def truncate_all(services: Services) -> None:
                 await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
         finally:
             await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def database_refusing(url: str) -> AsyncIterator[None]:
+    """The database ``url`` names refuses new connections, and loses its open ones, for the block:
+    what a client sees of a database server that is down or restarting."""
+    libpq = to_libpq_url(url)
+    name = urlsplit(libpq).path.lstrip("/")  # the query may hold a socket path: parse, never split
+    conn = await asyncpg.connect(with_database(libpq, "postgres"))
+    try:
+        await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+        yield
+    finally:
+        await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await conn.close()
 
 
 async def eventually(

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -34,6 +33,7 @@ from tests.support import (
     Process,
     Sandbox,
     bulk_worker,
+    database_refusing,
     free_port,
     importer,
     request_api,
@@ -193,20 +193,9 @@ class Chaos:
 
     async def request_db_outage(self) -> None:
         """The Request database refuses connections (and loses the open ones) for a while."""
-        url = urlsplit(to_libpq_url(self.sandbox.services.request_url))
-        name = url.path.lstrip("/")  # the query may hold a socket path: parse, never split
-        admin = urlunsplit(url._replace(path="/postgres"))
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
-            )
+        async with database_refusing(self.sandbox.services.request_url):
             self.report.faults.append(f"request db down {self.plan.request_db_outage_s:.0f}s")
             await asyncio.sleep(self.plan.request_db_outage_s)
-        finally:
-            await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            await conn.close()
 
     async def disk_full(self) -> None:
         """Fill the exports file system (a small tmpfs) until writes fail, then free it."""

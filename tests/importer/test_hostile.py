@@ -26,7 +26,7 @@ from tests.importer.files import (
     user_record,
     user_version,
 )
-from tests.support import Sandbox, eventually
+from tests.support import Sandbox, database_refusing, eventually
 
 
 def name(seq: int) -> str:
@@ -143,6 +143,24 @@ async def test_a_signed_file_the_database_refuses_is_quarantined_without_holding
     assert [await user_version(sandbox, u) for u in users] == [1, 1, None, 1, 1]
     assert await quarantined(sandbox) == {name(3): "apply_failed"}
     assert export_names(sandbox.exports) == []
+
+
+async def test_a_file_refused_while_the_database_is_down_is_recorded_once_it_is_back(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    importer = make_importer()
+    await importer.scan_once()
+    publish(sandbox.exports, Signer.generate(), 1, user_record(uuid.uuid4(), 1))
+    async with database_refusing(sandbox.services.request_url):
+        result = await importer.scan_once()
+    assert result.quarantined == 1  # refused for its content: no database needed for that
+    assert (importer.quarantine_dir / f"{name(1)}.reason.json").exists()
+    assert await quarantined(sandbox) == {}
+
+    await importer.scan_once()
+    assert await quarantined(sandbox) == {name(1): "unknown_key"}
+    await make_importer().scan_once()  # a restarted importer reconciles too: nothing twice
+    assert await count(sandbox, "quarantined_files") == 1
 
 
 MUTATIONS = (

@@ -1,0 +1,128 @@
+"""Refused files: moved aside with a sidecar saying why, and a row in ``quarantined_files``.
+
+A file is refused for its content, which does not need the database; so a file can be refused
+while the database is down. Its sidecar (``<name>.reason.json``) is written first and is the
+record of last resort: a row that could not be written then is written from the sidecar later
+(``reconcile``: on the first scan after start, and on the first scan after a failed write), so
+the quarantine listing and ``GET /api/v1/quarantine`` never miss a refused file for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from exchange.reader import RejectedFile
+from importer.db import RequestSessionMaker
+from importer.failures import DB_ERRORS
+from importer.files import FileMover, printable
+from importer.models import QuarantinedFile
+from netsync import metrics
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".reason.json"
+#: Names looked up per query while reconciling (well under PostgreSQL's bind parameter limit).
+_CHUNK = 5000
+
+
+class Quarantine:
+    def __init__(self, sessions: RequestSessionMaker, files: FileMover) -> None:
+        self.sessions = sessions
+        self.files = files
+        #: Whether some sidecar may lack its row: true at start, and after a failed write.
+        self.unrecorded = True
+
+    async def put(self, name: str, rejected: RejectedFile) -> bool:
+        """Move the file aside and record why; False when another importer took it first."""
+        detail = printable(rejected.detail.replace("\x00", "\\0"))
+        rejected = RejectedFile(rejected.reason, detail)
+        moved = await asyncio.to_thread(self.files.move_to_quarantine, name, rejected)
+        if moved is None:
+            return False
+        stored_as, size = moved
+        metrics.IMPORT_FILES_QUARANTINED.labels(rejected.reason.value).inc()
+        log.warning(
+            "quarantined file",
+            extra={"file": name, "reason": rejected.reason.value, "detail": rejected.detail},
+        )
+        try:
+            async with self.sessions() as session, session.begin():
+                session.add(
+                    QuarantinedFile(
+                        file_name=name,
+                        stored_as=stored_as,
+                        reason=rejected.reason.value,
+                        detail=rejected.detail,
+                        size=size,
+                    )
+                )
+        except DB_ERRORS as exc:  # the sidecar still tells why; the row follows (reconcile)
+            self.unrecorded = True
+            log.error("could not record quarantined file", extra={"file": name, "error": repr(exc)})
+        return True
+
+    async def reconcile(self) -> int:
+        """Write the rows of sidecars that have none; return how many were written."""
+        if not self.unrecorded:
+            return 0
+        sidecars = await asyncio.to_thread(read_sidecars, self.files.quarantine_dir)
+        written = 0
+        try:
+            async with self.sessions() as session, session.begin():
+                names = sorted(sidecars)
+                for start in range(0, len(names), _CHUNK):
+                    chunk = names[start : start + _CHUNK]
+                    known = set(
+                        await session.scalars(
+                            select(QuarantinedFile.stored_as).where(
+                                QuarantinedFile.stored_as.in_(chunk)
+                            )
+                        )
+                    )
+                    rows = [QuarantinedFile(**sidecars[n]) for n in chunk if n not in known]
+                    session.add_all(rows)
+                    written += len(rows)
+        except DB_ERRORS as exc:
+            log.error("could not reconcile the quarantine", extra={"error": repr(exc)})
+            return 0
+        self.unrecorded = False
+        if written:
+            log.warning("quarantined files recorded from their sidecars", extra={"files": written})
+        return written
+
+
+def read_sidecars(directory: Path) -> dict[str, dict[str, Any]]:
+    """The rows the readable sidecars of ``directory`` describe, by ``stored_as``."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in directory.glob(f"*{SIDECAR_SUFFIX}"):
+        try:
+            row = _fields(orjson.loads(path.read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError: ValueError
+            log.warning(
+                "unreadable quarantine sidecar", extra={"file": path.name, "error": repr(exc)}
+            )
+            continue
+        found[row["stored_as"]] = row
+    return found
+
+
+def _fields(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """A ``quarantined_files`` row from a sidecar (``importer.files.FileMover`` writes them)."""
+    stored_as = printable(str(sidecar["stored_as"]))
+    row: dict[str, Any] = {
+        "file_name": printable(str(sidecar.get("file") or stored_as)),
+        "stored_as": stored_as,
+        "reason": str(sidecar["reason"])[:32],
+        "detail": printable(str(sidecar.get("detail", ""))),
+        "size": sidecar["size"] if isinstance(sidecar.get("size"), int) else None,
+    }
+    if isinstance(sidecar.get("quarantined_at"), str):
+        row["quarantined_at"] = datetime.fromisoformat(sidecar["quarantined_at"])
+    return row
