@@ -12,7 +12,8 @@ Files are read and verified off the event loop; applied files move to the archiv
 fails verification moves to the quarantine directory with a sidecar ``.reason.json`` and a row
 in ``quarantined_files`` (``importer.quarantine``); a name that is not an export name is recorded
 once and left where it is (``importer.watch``). A database that is unreachable never gets a file
-quarantined (``importer.failures``): the scan stops and is retried with backoff. A stop request (SIGTERM) lets the current batch commit or roll back, then exits.
+quarantined (``importer.failures``): the scan stops and is retried with backoff. A stop request
+(SIGTERM) lets the current batch commit or roll back, then exits.
 """
 
 from __future__ import annotations
