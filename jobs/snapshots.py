@@ -144,8 +144,18 @@ async def export_snapshot(
                 header={"entity": entity, "changes_seq": int(changes_seq or 0)},
             )
 
+            failed: list[BaseException] = []
+
             async def sink(chunk: bytes) -> None:
-                writer.write_lines(chunk, chunk.count(b"\n"))
+                # Never raise into asyncpg's COPY: an exception from the output callback on the
+                # last chunk leaves the connection waiting forever (the next statement, even the
+                # ROLLBACK, never returns). Keep the first error, drop the rest of the stream.
+                if failed:
+                    return
+                try:
+                    writer.write_lines(chunk, chunk.count(b"\n"))
+                except Exception as exc:  # e.g. OSError(ENOSPC): the exports disk is full
+                    failed.append(exc)
 
             try:
                 driver = (await snapshot.get_raw_connection()).driver_connection
@@ -159,6 +169,8 @@ async def export_snapshot(
                     delimiter="\x02",
                     quote="\x01",
                 )
+                if failed:
+                    raise failed[0]
                 published = await asyncio.to_thread(writer.publish, latest_as=stream)
             except BaseException:
                 writer.abort()

@@ -8,11 +8,12 @@ from typing import Any
 
 import asyncpg
 
+from netsync.config import to_libpq_url
 from tests.support import Sandbox
 
 
 async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    conn = await asyncpg.connect(to_libpq_url(url))
     try:
         rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
         return rows
