@@ -257,8 +257,9 @@ class Chaos:
                 for fault in faults:
                     if load.done():
                         break
-                    # faults at random moments spread over the whole run
-                    await asyncio.sleep(random.uniform(0.3, 1.0) * gap)
+                    # faults at random moments spread over the whole run (a mean gap of
+                    # ``gap``: the last fault lands near the end of the load, not halfway)
+                    await asyncio.sleep(random.uniform(0.5, 1.5) * gap)
                     await fault()
                 await load
             # Agreement cannot come before the last change was made, nor before the last fault
