@@ -53,6 +53,7 @@ class Chaos:
         self.redis: EmbeddedRedis | None = None
         self.report = Report()
         self.procs: dict[str, Process] = {}
+        self._kills = 0
         #: "user:<id>" / "setting:<id>" -> highest version the API accepted
         self.accepted: dict[str, int] = {}
         #: the same keys -> highest version seen on the Request side
@@ -176,8 +177,15 @@ class Chaos:
     # -- faults ---------------------------------------------------------------------------
 
     async def kill_random(self) -> None:
-        candidates = [n for n in self.procs if n.startswith(("worker", "bulk", "importer"))]
-        name = random.choice(candidates)
+        """kill -9 a sync worker, a bulk worker or the importer, and restart it.
+
+        The kinds take turns (a random process of each kind), so even a short run kills each
+        kind: picked uniformly among the processes, the one importer could go untouched.
+        """
+        kinds = ("worker", "bulk", "importer")
+        kind = kinds[self._kills % len(kinds)]
+        self._kills += 1
+        name = random.choice([n for n in self.procs if n.startswith(kind)])
         self.procs[name].kill()
         self.report.faults.append(f"kill -9 {name}")
         await asyncio.sleep(random.uniform(0.2, 1.0))
