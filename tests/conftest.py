@@ -27,6 +27,7 @@ from tests.support import (
     Services,
     make_sandbox,
     provision_services,
+    running,
     truncate_all,
 )
 
@@ -59,13 +60,8 @@ async def api(sandbox: Sandbox) -> AsyncIterator[httpx.AsyncClient]:
 async def worker(sandbox: Sandbox) -> AsyncIterator[Worker]:
     """arq's real Worker on this test's queue, running until the test ends."""
     w = create_worker(worker_settings(sandbox.response_settings()), handle_signals=False)
-    task = asyncio.create_task(w.async_run())
-    try:
+    async with running(w):
         yield w
-    finally:
-        await w.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+from arq.worker import Worker
 
 from app.config import ResponseSettings
 from exchange.signing import Signer, write_key_pair
@@ -211,6 +212,18 @@ async def truncate_all(services: Services) -> None:
                 await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
         finally:
             await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """arq's real ``Worker`` running in this event loop for the block, closed after it."""
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        await worker.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ from jobs.client import JobQueue
 from jobs.deadletter import register
 from jobs.worker import redis_settings
 from tests.factories import admin_headers, create_user, login
-from tests.support import FLAG, Sandbox, eventually
+from tests.support import FLAG, Sandbox, eventually, running
 
 
 def burst_worker(sandbox: Sandbox, queue_name: str, functions: list[Function]) -> Worker:
@@ -169,28 +169,26 @@ async def test_running_jobs_are_listed_in_progress(
         poll_delay=0.01,
         handle_signals=False,
     )
-    task = asyncio.create_task(worker.async_run())
-    try:
-        slow_id = f"job-slow-{uuid.uuid4().hex[:8]}"  # job ids are global in a Redis database
-        await queue.submit("slow", job_id=slow_id, queue=sandbox.queue)
-        await asyncio.wait_for(started.wait(), 10)
-        running = (await api.get("/api/v1/jobs?status=in_progress", headers=admin)).json()
-        assert [(j["job_id"], j["function"], j["queue"]) for j in running["items"]] == [
-            (slow_id, "slow", "sync")
-        ]
-        assert (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()["items"] == []
-        release.set()
+    async with running(worker):
+        try:
+            slow_id = f"job-slow-{uuid.uuid4().hex[:8]}"  # job ids are global in a Redis database
+            await queue.submit("slow", job_id=slow_id, queue=sandbox.queue)
+            await asyncio.wait_for(started.wait(), 10)
+            active = (await api.get("/api/v1/jobs?status=in_progress", headers=admin)).json()
+            assert [(j["job_id"], j["function"], j["queue"]) for j in active["items"]] == [
+                (slow_id, "slow", "sync")
+            ]
+            queued = (await api.get("/api/v1/jobs?status=queued", headers=admin)).json()
+            assert queued["items"] == []
+            release.set()
 
-        async def finished() -> bool:
-            job = (await api.get(f"/api/v1/jobs/{slow_id}", headers=admin)).json()
-            return bool(job["state"] == "complete")
+            async def finished() -> bool:
+                job = (await api.get(f"/api/v1/jobs/{slow_id}", headers=admin)).json()
+                return bool(job["state"] == "complete")
 
-        await eventually(finished)
-    finally:
-        release.set()
-        await worker.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+            await eventually(finished)
+        finally:
+            release.set()
 
 
 async def test_purging_a_queue_needs_its_name_twice_and_spares_other_queues(

@@ -3,7 +3,6 @@ Network's sync status and lag fetched server-side from a real Request API proces
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -19,7 +18,7 @@ from importer.db import make_sessionmaker
 from jobs.worker import worker_settings
 from netsync.db import make_engine
 from tests.factories import admin_headers, create_user, login
-from tests.support import Sandbox, eventually, free_port, request_api, wait_http
+from tests.support import Sandbox, eventually, free_port, request_api, running, wait_http
 
 SERVICE = "service-token-for-tests-" + "y" * 20
 
@@ -46,7 +45,6 @@ async def export_pending(
     """arq's real Worker runs until the sync jobs finished and the outbox is empty (whichever of
     a job and the sweeper exported a change: the backlog is what is under test here)."""
     worker = create_worker(worker_settings(sandbox.response_settings()), handle_signals=False)
-    task = asyncio.create_task(worker.async_run())
 
     async def drained() -> bool:
         for job_id in job_ids:
@@ -56,12 +54,8 @@ async def export_pending(
         backlog = (await api.get("/api/v1/outbox", headers=admin)).json()
         return bool(backlog["pending"] == 0)
 
-    try:
+    async with running(worker):
         await eventually(drained, timeout=15, interval=0.05)
-    finally:
-        await worker.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def status(api: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:

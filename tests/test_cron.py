@@ -26,7 +26,7 @@ from jobs.client import redis_pool
 from jobs.periodic import ScheduleSettings, report_missed
 from jobs.ticks import run_guarded, tick_of
 from netsync.db import make_engine
-from tests.support import Process, Sandbox, bulk_worker, eventually
+from tests.support import Process, Sandbox, bulk_worker, eventually, running
 
 EVERY_SECOND = {
     "NETSYNC_SCHEDULE_EXPORT_SETTINGS": "*/1s",
@@ -329,23 +329,20 @@ async def test_workers_with_clocks_a_second_apart_still_run_each_tick_once(
     )
     settings = sandbox.response_settings(worker_poll_delay_s=0.1)
     runner = create_worker(bulk_worker_settings(settings, schedule), handle_signals=False)
-    task = asyncio.create_task(runner.async_run())
     pool = redis_pool(sandbox.services.redis_url, queue_name=sandbox.bulk_queue)
     skewed = [
         (create_worker(bulk_worker_settings(settings, schedule), redis_pool=pool), skew)
         for skew in (timedelta(seconds=-1), timedelta(seconds=1))
     ]
     try:
-        deadline = asyncio.get_running_loop().time() + 8
-        while asyncio.get_running_loop().time() < deadline:
-            for worker, skew in skewed:
-                await worker.run_cron(datetime.now(UTC) + skew, 0.5)
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(2)  # let the last enqueued ticks finish
+        async with running(runner):
+            deadline = asyncio.get_running_loop().time() + 8
+            while asyncio.get_running_loop().time() < deadline:
+                for worker, skew in skewed:
+                    await worker.run_cron(datetime.now(UTC) + skew, 0.5)
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2)  # let the last enqueued ticks finish
     finally:
-        await runner.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await pool.aclose(close_connection_pool=True)
     ticks = await _ticks(sandbox, "export_settings")
     # On a busy machine one export can outlast the second to the next tick, which is then skipped

@@ -10,7 +10,6 @@ a test run leaves the working tree alone). Without ``/usr/bin/chromium`` it is s
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from tests.support import (
     free_port,
     request_api,
     response_api,
+    running,
     wait_http,
 )
 from tests.support import worker as worker_process
@@ -99,13 +99,8 @@ async def bulk_worker(sandbox: Sandbox) -> AsyncIterator[Worker]:
         handle_signals=False,
         ctx={"queue": sandbox.bulk_queue},
     )
-    task = asyncio.create_task(w.async_run())
-    try:
+    async with running(w):
         yield w
-    finally:
-        await w.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_an_operator_follows_a_password_change_and_retries_a_dead_job(

@@ -15,7 +15,7 @@ from jobs.relay import OutboxRelay
 from jobs.worker import worker_settings
 from netsync.db import make_engine
 from tests.factories import admin_headers, create_user
-from tests.support import Sandbox, eventually
+from tests.support import Sandbox, eventually, running
 
 
 async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_poll(
@@ -25,8 +25,7 @@ async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_p
     # enqueue publishes a wake-up the worker listens for.
     settings = sandbox.response_settings(worker_poll_delay_s=30.0)
     lazy: Worker = create_worker(worker_settings(settings), handle_signals=False)
-    task = asyncio.create_task(lazy.async_run())
-    try:
+    async with running(lazy):
         await asyncio.sleep(1)  # idle, asleep in its poll
         admin = await admin_headers(api, settings)
         user = await create_user(api, admin, "ivan")
@@ -36,10 +35,6 @@ async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_p
             return bool(job.json()["state"] == "complete")
 
         await eventually(done, timeout=10)
-    finally:
-        await lazy.close()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_file_allocated_but_never_published_is_published_by_the_sweeper(
