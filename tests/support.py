@@ -201,7 +201,7 @@ def free_port() -> int:
 async def truncate_all(services: Services) -> None:
     """Empty every table of both databases (the schema stays migrated)."""
     for url in (services.response_url, services.request_url):
-        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        conn = await asyncpg.connect(to_libpq_url(url))
         try:
             tables = await conn.fetch(
                 "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"

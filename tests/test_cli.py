@@ -23,6 +23,7 @@ from exchange.signing import Keyring, Signer
 from exchange.writer import publish_export
 from importer.daemon import Importer
 from jobs.client import JobQueue, redis_pool
+from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user
 from tests.support import Sandbox, eventually
 from tests.test_importer_basics import HASH_V1, user_record
@@ -55,7 +56,7 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
 
 
 async def request_db(sandbox: Sandbox, query: str, *args: object) -> None:
-    conn = await asyncpg.connect(sandbox.services.request_url.replace("+asyncpg", ""))
+    conn = await asyncpg.connect(to_libpq_url(sandbox.services.request_url))
     try:
         await conn.execute(query, *args)
     finally:

@@ -25,6 +25,7 @@ from jobs.bulk import bulk_worker_settings
 from jobs.client import redis_pool
 from jobs.periodic import ScheduleSettings, report_missed
 from jobs.ticks import run_guarded, tick_of
+from netsync.config import to_libpq_url
 from netsync.db import make_engine
 from tests.support import Process, Sandbox, bulk_worker, eventually, running
 
@@ -42,7 +43,7 @@ EVERY_SECOND = {
 
 
 async def _response(sandbox: Sandbox) -> asyncpg.Connection:
-    return await asyncpg.connect(sandbox.services.response_url.replace("+asyncpg", ""))
+    return await asyncpg.connect(to_libpq_url(sandbox.services.response_url))
 
 
 async def _seed_settings(sandbox: Sandbox, count: int) -> None:

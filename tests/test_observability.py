@@ -8,7 +8,6 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 from exchange.writer import publish_export
 from jobs.client import list_workers, redis_pool
 from jobs.worker import worker_settings
+from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user
 from tests.scrape import Scrape, scrape
 from tests.support import (
@@ -36,16 +36,8 @@ from tests.test_processes import ADMIN_PASSWORD, bootstrap_admin, token
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for proc in reversed(started):
-        proc.stop()
-
-
 async def synced_version(sandbox: Sandbox, username: str) -> int | None:
-    conn = await asyncpg.connect(sandbox.services.request_url.replace("+asyncpg", ""))
+    conn = await asyncpg.connect(to_libpq_url(sandbox.services.request_url))
     try:
         version: int | None = await conn.fetchval(
             "SELECT version FROM synced_users WHERE username = $1", username

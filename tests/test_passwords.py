@@ -13,12 +13,13 @@ from asgi_lifespan import LifespanManager
 
 from importer.api import create_app as create_request_app
 from importer.daemon import Importer
+from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user, login
 from tests.support import Sandbox, eventually
 
 
 async def synced(sandbox: Sandbox, username: str) -> asyncpg.Record | None:
-    conn = await asyncpg.connect(sandbox.services.request_url.replace("+asyncpg", ""))
+    conn = await asyncpg.connect(to_libpq_url(sandbox.services.request_url))
     try:
         return await conn.fetchrow(
             "SELECT version, password_hash, is_active FROM synced_users WHERE username = $1",
@@ -29,7 +30,7 @@ async def synced(sandbox: Sandbox, username: str) -> asyncpg.Record | None:
 
 
 async def response_user(sandbox: Sandbox, username: str) -> asyncpg.Record:
-    conn = await asyncpg.connect(sandbox.services.response_url.replace("+asyncpg", ""))
+    conn = await asyncpg.connect(to_libpq_url(sandbox.services.response_url))
     try:
         row = await conn.fetchrow(
             "SELECT id, version, password_hash FROM users WHERE username = $1", username

@@ -17,6 +17,7 @@ import pytest
 
 from exchange.writer import publish_export
 from netsync.embedded import EmbeddedRedis
+from tests.queries import fetch
 from tests.support import (
     Process,
     Sandbox,
@@ -97,11 +98,7 @@ async def test_a_password_change_crosses_between_real_processes(
 
 
 async def _request_db(sandbox: Sandbox, query: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(sandbox.services.request_url.replace("+asyncpg", ""))
-    try:
-        return list(await conn.fetch(query))
-    finally:
-        await conn.close()
+    return await fetch(sandbox.services.request_url, query)
 
 
 async def test_an_importer_killed_mid_apply_applies_every_file_exactly_once_after_restart(

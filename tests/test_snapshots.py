@@ -24,32 +24,15 @@ from jobs.bulk import bulk_worker_settings
 from jobs.client import redis_pool
 from jobs.periodic import ScheduleSettings
 from jobs.snapshots import export_snapshot
-from netsync.config import to_libpq_url
 from netsync.db import make_engine
 from tests.importer.files import user_record
+from tests.queries import fetch
 from tests.support import Sandbox, eventually
-
-
-async def _execute(url: str, sql: str, *args: Any) -> None:
-    conn = await asyncpg.connect(to_libpq_url(url))
-    try:
-        await conn.execute(sql, *args)
-    finally:
-        await conn.close()
-
-
-async def _fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(to_libpq_url(url))
-    try:
-        rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-        return rows
-    finally:
-        await conn.close()
 
 
 async def _setting(sandbox: Sandbox, key: str, value: object, version: int) -> uuid.UUID:
     setting_id = uuid.uuid4()
-    await _execute(
+    await fetch(
         sandbox.services.response_url,
         "INSERT INTO settings (id, key, value, version) VALUES ($1, $2, $3::jsonb, $4)",
         setting_id,
@@ -62,7 +45,7 @@ async def _setting(sandbox: Sandbox, key: str, value: object, version: int) -> u
 
 async def _set_changes_mark(sandbox: Sandbox, last_seq: int) -> None:
     """What the outbox relay leaves behind after allocating ``last_seq`` changes files."""
-    await _execute(
+    await fetch(
         sandbox.services.response_url,
         "INSERT INTO export_streams (stream, last_seq) VALUES ($1, $2)"
         " ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
@@ -107,7 +90,7 @@ async def _snapshot(sandbox: Sandbox, entity: str = "setting", signer: Signer | 
 
 
 async def _synced(sandbox: Sandbox) -> dict[str, asyncpg.Record]:
-    rows = await _fetch(
+    rows = await fetch(
         sandbox.services.request_url,
         "SELECT key, value, version, deleted, last_changes_seq FROM synced_settings",
     )
@@ -115,7 +98,7 @@ async def _synced(sandbox: Sandbox) -> dict[str, asyncpg.Record]:
 
 
 async def _applied(sandbox: Sandbox, stream: str, seq: int) -> bool:
-    rows = await _fetch(
+    rows = await fetch(
         sandbox.services.request_url,
         "SELECT 1 FROM import_ledger WHERE stream = $1 AND seq = $2",
         stream,
@@ -150,7 +133,7 @@ async def test_a_snapshot_heals_a_lost_change_and_removes_what_is_gone(
     )
     await eventually(lambda: _applied(sandbox, CHANGES_STREAM, 1))
     # a change whose file never arrives: only the snapshot can bring it
-    await _execute(
+    await fetch(
         sandbox.services.response_url,
         "UPDATE settings SET value = '\"smtp2.example\"', version = 2 WHERE id = $1",
         kept,
@@ -198,7 +181,7 @@ async def test_a_late_changes_file_cannot_bring_back_what_a_snapshot_removed(
     user = uuid.uuid4()
     _changes_file(sandbox, 3, [user_record(user, 1)])
     await eventually(lambda: _applied(sandbox, CHANGES_STREAM, 3))
-    users = await _fetch(sandbox.services.request_url, "SELECT id FROM synced_users")
+    users = await fetch(sandbox.services.request_url, "SELECT id FROM synced_users")
     assert [r["id"] for r in users] == [user]
 
 
@@ -211,7 +194,7 @@ async def test_a_tampered_snapshot_is_quarantined_and_nothing_of_it_is_applied(
     path = sandbox.exports / snapshot.file
     path.write_bytes(path.read_bytes().replace(b'"bulk.key_7"', b'"bulk.key_8"'))
     # and one signed by a key the Request Network does not trust
-    await _execute(sandbox.services.response_url, "DELETE FROM settings WHERE key = 'bulk.key_1'")
+    await fetch(sandbox.services.response_url, "DELETE FROM settings WHERE key = 'bulk.key_1'")
     impostor = await _snapshot(sandbox, signer=Signer.generate())
 
     settings = sandbox.request_settings()
@@ -237,13 +220,13 @@ async def test_users_and_profile_types_snapshots_arrive_whole(
     sandbox: Sandbox, importer: Importer
 ) -> None:
     profile = uuid.uuid4()
-    await _execute(
+    await fetch(
         sandbox.services.response_url,
         "INSERT INTO profile_types (id, name, permissions, version)"
         " VALUES ($1, 'Auditor', '[\"read\", \"audit\"]', 3)",
         profile,
     )
-    await _execute(
+    await fetch(
         sandbox.services.response_url,
         "INSERT INTO users (id, username, email, password_hash, role, is_active, profile_type_id,"
         " version) VALUES ($1, 'dana', NULL, $2, 'user', true, $3, 4)",
@@ -256,7 +239,7 @@ async def test_users_and_profile_types_snapshots_arrive_whole(
     await eventually(lambda: _applied(sandbox, users.stream, users.seq))
     await eventually(lambda: _applied(sandbox, types.stream, types.seq))
     user = (
-        await _fetch(
+        await fetch(
             sandbox.services.request_url,
             "SELECT username, role, is_active, profile_type_id, version, password_hash"
             " FROM synced_users",
@@ -271,7 +254,7 @@ async def test_users_and_profile_types_snapshots_arrive_whole(
     assert user["profile_type_id"] == profile
     assert user["password_hash"].startswith("$argon2id$")
     ptype = (
-        await _fetch(
+        await fetch(
             sandbox.services.request_url, "SELECT name, permissions FROM synced_profile_types"
         )
     )[0]
@@ -318,7 +301,7 @@ async def test_an_on_demand_export_runs_in_the_bulk_worker_and_its_result_reache
 
     async def arrived() -> bool:
         nonlocal rows
-        rows = await _fetch(
+        rows = await fetch(
             sandbox.services.request_url,
             "SELECT job_id, function, status, summary FROM synced_job_results",
         )

@@ -14,7 +14,7 @@ import orjson
 
 from exchange.signing import SIGNATURE_ALG, Signer
 from exchange.writer import PublishedFile, publish_export
-from netsync.config import to_libpq_url
+from tests.queries import fetch
 from tests.support import Sandbox
 
 ARGON = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$djEtaGFzaC1oYXNoLWhhc2g"
@@ -76,11 +76,7 @@ def publish(
 
 
 async def query(sandbox: Sandbox, sql: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(to_libpq_url(sandbox.services.request_url))
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
+    return await fetch(sandbox.services.request_url, sql, *args)
 
 
 async def count(sandbox: Sandbox, table: str, where: str = "true") -> int:
