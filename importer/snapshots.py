@@ -35,7 +35,7 @@ from sqlalchemy import CursorResult, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
-from exchange.format import CHANGES_STREAM, SETTING_KEY_PATTERN, ExportHeader
+from exchange.format import SETTING_KEY_PATTERN, ExportHeader
 from exchange.reader import ExportFile, RejectedFile, RejectReason
 from exchange.streaming import StreamedExport, Verified
 from importer import gaps
@@ -313,13 +313,14 @@ async def _stream_batches(
 
 
 async def _merge(session: RequestSession, entity_name: str, changes_seq: int) -> tuple[int, int]:
-    """Merge the rows (versions decide), remove what is gone, record the snapshot's mark.
+    """Record the snapshot's mark, merge the rows (versions decide), remove what is gone.
 
-    The ``changes`` stream's lock is taken first, as applying a ``changes`` file takes it before
-    touching rows: the two never wait on each other's rows in opposite order.
+    The mark goes first: ``heal_through`` takes the ``changes`` stream's lock, and applying a
+    ``changes`` file takes it before touching rows too, so the two never wait on each other's
+    rows in opposite order. A refusal below rolls the mark back with everything else.
     """
     entity = _ENTITIES[entity_name]
-    await gaps.lock_stream(session, CHANGES_STREAM)
+    await gaps.heal_through(session, entity_name, changes_seq)
     try:
         await session.execute(text(f"ANALYZE {_ROWS}"))
         merged = cast(CursorResult[Any], await session.execute(text(_merge_sql(entity))))
@@ -331,7 +332,6 @@ async def _merge(session: RequestSession, entity_name: str, changes_seq: int) ->
         # an entity listed twice (ON CONFLICT cannot touch a row twice)
         detail = str(exc.orig)[:200] if exc.orig else "invalid record"
         raise RejectedFile(RejectReason.INVALID_SCHEMA, detail) from exc
-    await gaps.heal_through(session, entity_name, changes_seq)
     return int(merged.rowcount), int(tombstoned.rowcount)
 
 
