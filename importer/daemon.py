@@ -45,7 +45,6 @@ from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
 from importer.failures import DB_ERRORS, DatabaseUnavailable, blames_the_file
 from importer.files import FileMover
-from importer.gaps import GapStats
 from importer.keys import TrustedKeys
 from importer.probes import observe_applied
 from importer.quarantine import Quarantine
@@ -100,11 +99,6 @@ class Importer:
         self.gaps = GapWatch(sessions, settings.gap_alert_after_s)
         #: Files applied, duplicates, quarantined and changes since start: counters.
         self.totals = ScanResult()
-
-    @property
-    def gap_stats(self) -> GapStats:
-        """Open sequence gaps as of the last check: easy to export as gauges."""
-        return self.gaps.stats
 
     @property
     def keyring(self) -> Keyring:

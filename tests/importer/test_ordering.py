@@ -70,8 +70,8 @@ async def test_a_gap_is_recorded_reported_and_closed_when_the_missing_file_arriv
     # applying went on past the holes
     assert (await user_version(sandbox, a), await user_version(sandbox, b)) == (9, 6)
     assert await gaps(sandbox) == [(3, 4), (7, 8)]
-    assert importer.gap_stats.open_gaps == 2
-    assert importer.gap_stats.missing_files == 4
+    assert importer.gaps.stats.open_gaps == 2
+    assert importer.gaps.stats.missing_files == 4
     alerts = [r for r in caplog.records if r.getMessage() == "sync gap still open"]
     assert {(r.first_seq, r.last_seq) for r in alerts} == {(3, 4), (7, 8)}  # type: ignore[attr-defined]
 
@@ -83,7 +83,7 @@ async def test_a_gap_is_recorded_reported_and_closed_when_the_missing_file_arriv
         publish(sandbox.exports, sandbox.signer, seq, user_record(uuid.uuid4(), 1))
     await importer.scan_once()
     assert await gaps(sandbox) == []
-    assert importer.gap_stats.open_gaps == 0
+    assert importer.gaps.stats.open_gaps == 0
     assert await count(sandbox, "import_ledger") == 9
 
 
