@@ -69,6 +69,12 @@ WORKERS = {"worker": "jobs.WorkerSettings", "bulk-worker": "jobs.BulkWorkerSetti
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 
 
+def compose_model() -> dict[str, Any]:
+    """compose.yaml as PyYAML reads it."""
+    model: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return model
+
+
 def of_kind(resources: list[Resource], kind: str) -> list[Resource]:
     return [r for r in resources if r["kind"] == kind]
 
@@ -221,8 +227,7 @@ def dockerfile_final_stage_user() -> str:
 def commands() -> list[list[str]]:
     """Every command the image is run with, in compose.yaml, Kubernetes and the Dockerfile."""
     found: list[list[str]] = []
-    compose: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    for service in app_services(compose).values():
+    for service in app_services(compose_model()).values():
         command = service["command"]
         if command[:2] == ["sh", "-c"]:
             found += [shlex.split(part) for part in command[2].split("&&")]

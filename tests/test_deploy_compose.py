@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 import pytest
-import yaml
 
 from jobs.periodic import PERIODIC_JOBS, ScheduleSettings
 from tests.deployment import (
@@ -23,6 +22,7 @@ from tests.deployment import (
     ROOT,
     WORKERS,
     app_services,
+    compose_model,
     daemon_port,
     health_url,
     longest_shutdown,
@@ -33,8 +33,7 @@ from tests.deployment import (
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    model: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    return model
+    return compose_model()
 
 
 def test_compose_services_are_checked_and_ordered(compose: dict[str, Any]) -> None:

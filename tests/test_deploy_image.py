@@ -8,10 +8,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-from typing import Any
 
 import pytest
-import yaml
 from packaging.requirements import Requirement
 
 from deploy import runtime_requirements
@@ -23,6 +21,7 @@ from tests.deployment import (
     TREES,
     app_services,
     commands,
+    compose_model,
     dockerfile_final_stage_user,
     dockerfile_stages,
     of_kind,
@@ -110,7 +109,7 @@ def test_every_process_of_the_dev_stack_is_deployed() -> None:
     for proc in devstack.processes("127.0.0.1", 8000, 8001):
         module, *args = proc.argv[2:]  # devstack runs ``<python> -m <module> …``
         dev.add(process_name([module, *args] if module in {"uvicorn", "arq"} else proc.argv))
-    compose: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    compose = compose_model()
     services = set(app_services(compose)) - MIGRATIONS
     assert {process_name(compose["services"][n]["command"]) for n in services} == dev
     for tree in TREES.values():
