@@ -36,6 +36,9 @@ class ResponseSettings(CommonSettings):
     job_max_tries: int = 5
     #: Largest number of outbox changes in one export file.
     export_batch_size: int = 1000
+    #: ... and at most about this many bytes (the importer refuses ``changes`` files over
+    #: ``NETSYNC_MAX_FILE_BYTES``, 16 MiB by default: keep this well under it).
+    export_max_file_bytes: int = 4 * 1024 * 1024
     #: The worker's /metrics, /health and /ready port; 0 disables. One per replica on a host.
     worker_metrics_port: int = 9100
     #: The bulk worker's own probe port (``arq jobs.BulkWorkerSettings``); 0 disables it.

@@ -19,21 +19,14 @@ from typing import Annotated, Any, Generic, TypeVar
 import orjson
 from pydantic import AfterValidator, BaseModel, Field, JsonValue
 
+from netsync.text import Text, clean_text
+
+__all__ = ["MAX_JSON_BYTES", "Page", "StoredJson", "Text", "clean_json", "clean_text"]
+
 #: Largest JSON value of a setting, serialised: settings are configuration, not documents.
 MAX_JSON_BYTES = 64 * 1024
 _MAX_DEPTH = 32
 _INT64 = 2**63
-
-
-def clean_text(value: str) -> str:
-    """Refuse strings PostgreSQL cannot store; returns the value unchanged otherwise."""
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
-    return value
 
 
 def _check_json(value: Any, depth: int) -> None:
@@ -70,7 +63,6 @@ def clean_json(value: JsonValue) -> JsonValue:
     return value
 
 
-Text = Annotated[str, AfterValidator(clean_text)]
 StoredJson = Annotated[JsonValue, AfterValidator(clean_json)]
 
 #: ``?limit=`` and ``?offset=`` bounds: small enough for one response, and far below the

@@ -79,6 +79,17 @@ SNAPSHOT_STREAMS: dict[str, str] = {
     "setting": "snapshot_settings",
     "profile_type": "snapshot_profile_types",
 }
+_SNAPSHOT_STREAM_NAMES = frozenset(SNAPSHOT_STREAMS.values())
+
+
+def kind_of_stream(stream: str) -> ExportKind:
+    """What a stream's files hold, from its name alone: decided before any byte is read, so a
+    header cannot choose how its own file is read (or how large it may be)."""
+    if stream == RESULTS_STREAM:
+        return "results"
+    if stream in _SNAPSHOT_STREAM_NAMES:
+        return "snapshot"
+    return "changes"
 
 
 class ExportHeader(_Strict):

@@ -1,23 +1,21 @@
-"""Reading an export file as untrusted input: checked, verified, then parsed.
+"""Parsing export files that ``exchange.intake`` has verified: header and records, typed.
 
-Order matters. The file is opened without following symlinks and must be a regular file no larger
-than the configured limit (checked before reading it). The signature trailer is verified over the
-exact bytes before anything else is parsed, so a forged or damaged file never reaches the JSON
-parser's output. Only then are the header and records validated against the typed contract.
-Every refusal is a ``RejectedFile`` with a stable reason the importer records and quarantines by.
+Nothing here reads the exports directory or sees a byte whose signature was not checked: the
+input is a ``Taken``, the private copy of a verified body. Two shapes share one header check:
+
+* ``read_export``: a small file (``changes``) parsed whole into typed records, for batching;
+* ``VerifiedStream``: a large or single file (snapshots, results) handed out a block of record
+  lines at a time, so a million-row snapshot costs a few MB of memory.
+
+A genuine file can still be malformed (a bug on the writing side): every refusal is a
+``RejectedFile`` with a stable reason the importer quarantines by.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import errno
-import hashlib
-import os
-import stat
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 from pydantic import ValidationError
@@ -28,136 +26,40 @@ from exchange.format import (
     ChangeRecord,
     ExportHeader,
     FileName,
+    kind_of_stream,
     parse_file_name,
 )
-from exchange.signing import SIGNATURE_ALG, Keyring
+from exchange.intake import RejectedFile, RejectReason, Taken, take
+from exchange.signing import Keyring
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "ExportFile",
+    "RejectReason",
+    "RejectedFile",
+    "VerifiedStream",
+    "parse_header",
+    "read_export",
+]
+
+#: No line of a streamed file may be longer than this: a bound on what one line costs.
+MAX_LINE_BYTES = 1 << 20
+_READ_BUFFER = 1 << 20
 
 
-class RejectReason(StrEnum):
-    SYMLINK = "symlink"
-    NOT_REGULAR = "not_regular_file"
-    TOO_LARGE = "too_large"
-    TRUNCATED = "truncated"
-    UNSIGNED = "unsigned"
-    UNKNOWN_KEY = "unknown_key"
-    BAD_SIGNATURE = "bad_signature"
-    INVALID_JSON = "invalid_json"
-    UNKNOWN_FORMAT = "unknown_format"
-    UNSUPPORTED_VERSION = "unsupported_version"
-    INVALID_SCHEMA = "invalid_schema"
-    NAME_MISMATCH = "name_mismatch"
-    #: The file exists but cannot be opened or read (permissions, I/O error).
-    UNREADABLE = "unreadable"
-    #: Verified and parsed, but the database refused its content (the importer's verdict).
-    APPLY_FAILED = "apply_failed"
-    #: Not an export file name at all: recorded once, left where it is, never read.
-    NOT_AN_EXPORT_NAME = "not_an_export_name"
-
-
-class RejectedFile(Exception):
-    """A file that must not be applied, and why."""
-
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class ExportFile:
-    name: FileName
-    header: ExportHeader
-    records: list[ChangeRecord]
-    sha256: str
-    key_id: str
-    size: int
-
-
-def _read_bounded(path: Path, max_bytes: int) -> bytes:
+def parse_header(line: bytes, name: FileName) -> ExportHeader:
+    """The header line of a verified file, checked against its name and its stream's kind."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc)) from exc
-    if stat.S_ISLNK(st.st_mode):
-        raise RejectedFile(RejectReason.SYMLINK, "symbolic links are never followed")
-    if not stat.S_ISREG(st.st_mode):
-        raise RejectedFile(RejectReason.NOT_REGULAR, f"file mode {stat.filemode(st.st_mode)}")
-    if st.st_size > max_bytes:
-        raise RejectedFile(RejectReason.TOO_LARGE, f"{st.st_size} bytes > limit {max_bytes}")
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # replaced by a symlink between lstat and open
-            raise RejectedFile(RejectReason.SYMLINK, "symbolic links are never followed") from exc
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc)) from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RejectedFile(RejectReason.NOT_REGULAR, f"file mode {stat.filemode(st.st_mode)}")
-        chunks: list[bytes] = []
-        remaining = max_bytes + 1
-        while remaining > 0:
-            try:
-                chunk = os.read(fd, min(remaining, 1 << 20))
-            except OSError as exc:
-                raise RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc)) from exc
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    finally:
-        os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > max_bytes:
-        raise RejectedFile(RejectReason.TOO_LARGE, f"grew past the limit of {max_bytes} bytes")
-    return data
-
-
-def _verify(data: bytes, keyring: Keyring) -> tuple[bytes, str, str]:
-    """Split off and verify the trailer; return the signed body, its digest and the key id."""
-    if not data.endswith(b"\n"):
-        raise RejectedFile(RejectReason.TRUNCATED, "the file does not end with a complete line")
-    cut = data.rfind(b"\n", 0, len(data) - 1)
-    if cut < 0:
-        raise RejectedFile(RejectReason.TRUNCATED, "no header before the last line")
-    body, trailer_line = data[: cut + 1], data[cut + 1 :]
-    try:
-        trailer = orjson.loads(trailer_line)
-        sig = trailer["signature"]
-        alg, key_id, digest_hex = sig["alg"], sig["key_id"], sig["sha256"]
-        value = base64.b64decode(sig["value"], validate=True)
-    except (orjson.JSONDecodeError, KeyError, TypeError, binascii.Error, ValueError) as exc:
-        raise RejectedFile(RejectReason.UNSIGNED, "the last line is not a signature") from exc
-    if alg != SIGNATURE_ALG or not isinstance(key_id, str) or not isinstance(digest_hex, str):
-        raise RejectedFile(RejectReason.UNSIGNED, f"unsupported signature {alg!r}")
-    if key_id not in keyring:
-        raise RejectedFile(RejectReason.UNKNOWN_KEY, f"key id {key_id[:32]!r} is not trusted")
-    digest = hashlib.sha256(body).digest()
-    if digest.hex() != digest_hex:
-        raise RejectedFile(RejectReason.BAD_SIGNATURE, "content does not match the signed digest")
-    if not keyring.verify(key_id, digest, value):
-        raise RejectedFile(RejectReason.BAD_SIGNATURE, f"signature does not verify with {key_id}")
-    return body, digest.hex(), key_id
-
-
-def _parse(name: FileName, body: bytes) -> tuple[ExportHeader, list[ChangeRecord]]:
-    lines = body.split(b"\n")[:-1]
-    try:
-        raw_header = orjson.loads(lines[0])
+        raw = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise RejectedFile(RejectReason.INVALID_JSON, f"header: {exc}") from exc
-    if not isinstance(raw_header, dict) or raw_header.get("format") != FORMAT_NAME:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise RejectedFile(RejectReason.UNKNOWN_FORMAT, "the header does not name netsync-export")
-    if raw_header.get("version") != FORMAT_VERSION:
-        version = str(raw_header.get("version"))[:20]
+    if raw.get("version") != FORMAT_VERSION:
+        version = str(raw.get("version"))[:20]
         raise RejectedFile(RejectReason.UNSUPPORTED_VERSION, f"format version {version}")
     try:
-        header = ExportHeader.model_validate(raw_header)
+        header = ExportHeader.model_validate(raw)
     except ValidationError as exc:
         raise RejectedFile(
             RejectReason.INVALID_SCHEMA, f"header: {exc.errors()[0]['msg']}"
@@ -167,17 +69,36 @@ def _parse(name: FileName, body: bytes) -> tuple[ExportHeader, list[ChangeRecord
             RejectReason.NAME_MISMATCH,
             f"header says {header.stream}/{header.seq}, name {name.name}",
         )
+    if header.kind != kind_of_stream(name.stream):
+        raise RejectedFile(
+            RejectReason.INVALID_SCHEMA, f"{name.stream} files are not {header.kind} files"
+        )
     if header.created_at.tzinfo is None:
         raise RejectedFile(RejectReason.INVALID_SCHEMA, "header: created_at has no time zone")
-    if header.records != len(lines) - 1:
-        raise RejectedFile(
-            RejectReason.INVALID_SCHEMA,
-            f"header announces {header.records} records, file has {len(lines) - 1}",
-        )
+    return header
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    """A verified ``changes`` file, parsed whole."""
+
+    name: FileName
+    header: ExportHeader
+    records: list[ChangeRecord]
+    sha256: str
+    key_id: str
+    size: int
+    #: The exact bytes that were verified (body and trailer): what the archive keeps.
+    data: bytes
+    #: ``(st_dev, st_ino)`` of the exports entry that was read.
+    inode: tuple[int, int] = (0, 0)
+
+
+def _change_records(lines: list[bytes]) -> list[ChangeRecord]:
     records: list[ChangeRecord] = []
-    for number, line in enumerate(lines[1:], start=1):
+    for number, line in enumerate(lines, start=1):
         try:
-            records.append(ChangeRecord.model_validate_json(line))
+            record = ChangeRecord.model_validate_json(line)
         except ValidationError as exc:
             first = exc.errors()[0]
             reason = (
@@ -186,26 +107,124 @@ def _parse(name: FileName, body: bytes) -> tuple[ExportHeader, list[ChangeRecord
                 else RejectReason.INVALID_SCHEMA
             )
             raise RejectedFile(reason, f"record {number}: {first['msg']}") from exc
-        if records[-1].occurred_at.tzinfo is None:
+        if record.occurred_at.tzinfo is None:
             raise RejectedFile(
                 RejectReason.INVALID_SCHEMA, f"record {number}: occurred_at has no time zone"
             )
-    return header, records
+        records.append(record)
+    return records
+
+
+def parse_changes(taken: Taken) -> ExportFile:
+    """Parse a verified ``changes`` file held in memory."""
+    body = taken.in_memory
+    if body is None:
+        raise RejectedFile(RejectReason.TOO_LARGE, "a changes file is read in memory")
+    lines = body.split(b"\n")[:-1]
+    try:
+        header = parse_header(lines[0], taken.name)
+        if header.records != len(lines) - 1:
+            raise RejectedFile(
+                RejectReason.INVALID_SCHEMA,
+                f"header announces {header.records} records, file has {len(lines) - 1}",
+            )
+        records = _change_records(lines[1:])
+    except RejectedFile:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:  # whatever else odd bytes cause
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, repr(exc)[:200]) from exc
+    return ExportFile(
+        taken.name,
+        header,
+        records,
+        taken.sha256,
+        taken.key_id,
+        taken.size,
+        body + taken.trailer,
+        taken.inode,
+    )
 
 
 def read_export(directory: Path, name: FileName, keyring: Keyring, max_bytes: int) -> ExportFile:
-    """Read, verify and parse ``directory/name``; raise ``RejectedFile`` for anything unsound.
+    """Take, verify and parse a ``changes`` file; ``RejectedFile`` for anything unsound.
 
     ``FileNotFoundError`` propagates unchanged: the file was taken by another importer.
     """
     if parse_file_name(name.name) != name:  # never a path: names come from a directory listing
         raise ValueError(f"not an export file name: {name.name!r}")
-    data = _read_bounded(directory / name.name, max_bytes)
-    body, digest, key_id = _verify(data, keyring)
-    try:
-        header, records = _parse(name, body)
-    except RejectedFile:
-        raise
-    except (ValueError, TypeError, RecursionError) as exc:  # whatever else hostile bytes cause
-        raise RejectedFile(RejectReason.INVALID_SCHEMA, repr(exc)[:200]) from exc
-    return ExportFile(name, header, records, digest, key_id, len(data))
+    with take(directory, name, keyring, max_bytes=max_bytes) as taken:
+        return parse_changes(taken)
+
+
+class VerifiedStream:
+    """A verified file's header, then its record lines a block at a time.
+
+    The lines come from the private copy ``exchange.intake`` made while verifying, never from
+    the exports directory, so what is parsed is exactly what was signed.
+    """
+
+    def __init__(self, taken: Taken) -> None:
+        self.taken = taken
+        self.name = taken.name
+        self._fh: BinaryIO = taken.body()
+        self._lines: list[bytes] = []
+        self._next = 0
+        self._tail = b""
+        line = self._fh.readline(MAX_LINE_BYTES + 1)
+        if not line.endswith(b"\n"):
+            raise RejectedFile(RejectReason.INVALID_SCHEMA, "the header line is too long")
+        self.header = parse_header(line, self.name)
+        self._remaining = self.header.records
+
+    def _fill(self) -> bool:
+        """Read one block into complete lines; False at the end of the body."""
+        chunk = self._fh.read(_READ_BUFFER)
+        if not chunk:
+            return False
+        parts = (self._tail + chunk).split(b"\n")
+        self._tail = parts.pop()
+        if len(self._tail) > MAX_LINE_BYTES:
+            raise RejectedFile(
+                RejectReason.INVALID_SCHEMA, f"a line exceeds {MAX_LINE_BYTES} bytes"
+            )
+        if self._next:
+            del self._lines[: self._next]
+            self._next = 0
+        self._lines.extend(parts)
+        return True
+
+    def record_lines(self, limit: int) -> list[bytes]:
+        """The next ``limit`` (or fewer) record lines, without their newline; ``[]`` at the end.
+
+        Past the last announced record the body must end: more or fewer lines than the header
+        announces is a malformed file.
+        """
+        want = min(limit, self._remaining)
+        while len(self._lines) - self._next < want:
+            if not self._fill():
+                raise RejectedFile(
+                    RejectReason.INVALID_SCHEMA, "fewer records than the header announces"
+                )
+        lines = self._lines[self._next : self._next + want]
+        self._next += want
+        self._remaining -= want
+        if not self._remaining and not lines:
+            while self._fill():
+                pass
+            if len(self._lines) > self._next or self._tail:
+                raise RejectedFile(
+                    RejectReason.INVALID_SCHEMA, "more records than the header announces"
+                )
+        return lines
+
+    @property
+    def records_read(self) -> int:
+        return self.header.records - self._remaining
+
+    @property
+    def sha256(self) -> str:
+        return self.taken.sha256
+
+    @property
+    def key_id(self) -> str:
+        return self.taken.key_id

@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
+log = logging.getLogger(__name__)
+
 SIGNATURE_ALG = "ed25519-sha256"
+#: A PEM public key is ~113 bytes; a key file larger than this is not one.
+MAX_KEY_FILE_BYTES = 16 * 1024
 _DOMAIN = b"netsync-export-v1\n"
 
 
@@ -78,10 +84,13 @@ class Signer:
 def load_public_key(data: bytes) -> Ed25519PublicKey:
     """Load a public key from PEM or from the base64 of its 32 raw bytes."""
     text = data.strip()
-    if text.startswith(b"-----BEGIN"):
-        key = serialization.load_pem_public_key(text)
-    else:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    try:
+        if text.startswith(b"-----BEGIN"):
+            key = serialization.load_pem_public_key(text)
+        else:
+            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(f"unsupported key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("not an Ed25519 public key")
     return key
@@ -113,15 +122,49 @@ class Keyring:
 
     @classmethod
     def from_sources(cls, directory: Path | None, inline: Iterable[str] = ()) -> Keyring:
-        """Trust every ``*.pub`` file of ``directory`` plus inline base64 or PEM keys."""
-        keys = [load_public_key(item.encode()) for item in inline if item.strip()]
+        """Trust every ``*.pub`` file of ``directory`` plus inline base64 or PEM keys.
+
+        A key that does not load (junk, a FIFO, too large, unreadable) is logged and skipped,
+        at start-up as on every reload: one bad file never takes the other keys down with it.
+        Links are followed here (Kubernetes mounts keys as links): the directory is the
+        operator's, not the exports directory.
+        """
+        keys = []
+        for item in inline:
+            if not item.strip():
+                continue
+            try:
+                keys.append(load_public_key(item.encode()))
+            except ValueError as exc:
+                log.error("ignoring an inline trusted key", extra={"error": str(exc)[:200]})
         if directory is not None and directory.is_dir():
-            keys.extend(load_public_key(p.read_bytes()) for p in sorted(directory.glob("*.pub")))
+            for path in sorted(directory.glob("*.pub")):
+                try:
+                    keys.append(load_public_key(_read_key_file(path)))
+                except (OSError, ValueError) as exc:
+                    log.error(
+                        "ignoring a trusted key file",
+                        extra={"file": path.name, "error": str(exc)[:200]},
+                    )
         return cls(keys)
 
     @classmethod
     def of(cls, mapping: Mapping[str, Ed25519PublicKey]) -> Keyring:
         return cls(mapping.values())
+
+
+def _read_key_file(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"not a regular file ({stat.filemode(st.st_mode)})")
+        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_KEY_FILE_BYTES} bytes")
+    return data
 
 
 def write_key_pair(signer: Signer, private_path: Path, public_dir: Path) -> Path:

@@ -10,8 +10,8 @@ type (it could only bring back what the snapshot removed). Many ``changes`` file
 share one transaction and one statement per table (``apply_changes``): that is what makes a burst
 of 10,000 files take seconds. A ``NOTIFY`` per file tells listeners the moment it commits.
 
-``apply_export`` is the single dispatch point by ``header.kind``: other kinds (snapshots) hook in
-there and are applied one file per transaction.
+Other kinds (snapshots, results) are applied one file per transaction by their own modules; the
+daemon dispatches by the stream's kind (``exchange.format.kind_of_stream``).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, text, update
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
 from importer import gaps
 from importer.db import RequestSession
+from importer.ledger import claim
 from importer.models import ImportLedger, SyncedProfileType, SyncedSetting, SyncedUser
-from importer.snapshots import apply_snapshot_export
 
 APPLIED_CHANNEL = "netsync_applied"
 _NOTIFY_EVENT_IDS = 100
@@ -41,6 +41,8 @@ _NOTIFY_EVENT_IDS = 100
 class ApplyResult:
     duplicate: bool
     changes: int
+    #: Set when another file holds this one's place in the ledger (``importer.ledger``).
+    conflict: str | None = None
 
 
 #: Per entity: its table and the columns its data fills (NULL / false on a tombstone).
@@ -137,43 +139,6 @@ async def upsert_records(
     return sum(written.values())
 
 
-async def already_applied(session: RequestSession, export: ExportFile) -> bool:
-    found = await session.scalar(
-        select(ImportLedger.seq).where(
-            ImportLedger.stream == export.header.stream, ImportLedger.seq == export.header.seq
-        )
-    )
-    return found is not None
-
-
-def _ledger_row(export: ExportFile, now: datetime) -> dict[str, Any]:
-    header = export.header
-    return {
-        "stream": header.stream,
-        "seq": header.seq,
-        "file_id": header.file_id,
-        "file_name": export.name.name,
-        "sha256": export.sha256,
-        "key_id": export.key_id,
-        "records": header.records,
-        "applied_changes": 0,
-        "exported_at": header.created_at,
-        "applied_at": now,
-    }
-
-
-async def claim(session: RequestSession, exports: Sequence[ExportFile]) -> set[int]:
-    """Insert the ledger rows; return the seqs this transaction claimed (the others are
-    duplicates). Any kind of file uses it: the ledger is what makes a file apply once."""
-    if not exports:
-        return set()
-    now = datetime.now(UTC)
-    stmt = insert(ImportLedger).on_conflict_do_nothing().returning(ImportLedger.seq)
-    rows = [_ledger_row(e, now) for e in exports]
-    conn = await session.connection()
-    return set((await conn.execute(stmt, rows)).scalars().all())
-
-
 async def _notify(
     session: RequestSession, exports: Sequence[ExportFile], counts: dict[int, int]
 ) -> None:
@@ -204,7 +169,7 @@ async def apply_changes(
     if any(e.header.kind != "changes" or e.header.stream != stream for e in exports):
         raise ValueError("apply_changes takes changes files of a single stream")
     high = await gaps.lock_stream(session, stream)
-    claimed = await claim(session, exports)
+    claimed, conflicts = await claim(session, exports)
     fresh = [e for e in exports if e.header.seq in claimed]
     counts: dict[int, int] = {}
     if fresh:
@@ -229,23 +194,9 @@ async def apply_changes(
         await _notify(session, fresh, counts)
     return {
         e.header.seq: ApplyResult(
-            duplicate=e.header.seq not in claimed, changes=counts.get(e.header.seq, 0)
+            duplicate=e.header.seq not in claimed,
+            changes=counts.get(e.header.seq, 0),
+            conflict=conflicts.get(e.header.seq),
         )
         for e in exports
     }
-
-
-def batchable(export: ExportFile) -> bool:
-    """Whether the file can share a transaction with others of its stream."""
-    return export.header.kind == "changes"
-
-
-async def apply_export(session: RequestSession, export: ExportFile) -> ApplyResult:
-    """Apply one file of any kind in the caller's transaction: the dispatch point by kind."""
-    kind = export.header.kind
-    if kind == "changes":
-        return (await apply_changes(session, [export]))[export.header.seq]
-    if kind == "snapshot":  # small snapshots read in memory; large ones stream (daemon)
-        done = await apply_snapshot_export(session, export)
-        return ApplyResult(duplicate=done.duplicate, changes=done.written + done.removed)
-    raise NotImplementedError(f"export kind {kind!r}")

@@ -19,12 +19,20 @@ class RequestSettings(CommonSettings):
     trusted_keys_dir: Path | None = None
     #: Extra trusted public keys, comma-separated (base64 of the 32 raw bytes, or PEM).
     trusted_keys: str = ""
+    #: The importer's own files (archive, quarantine, spool): on the Request side, outside the
+    #: exports directory, which anyone who can write there could otherwise plant things in.
+    importer_state_dir: Path | None = None
     archive_dir: Path | None = None
     quarantine_dir: Path | None = None
-    #: Files larger than this are quarantined without being read.
-    max_file_bytes: int = 64 * 1024 * 1024
-    #: Snapshot streams are read streaming (a million settings are ~280 MB), with this limit.
+    #: Size limits per kind of stream, checked before a byte is read. ``changes`` files are
+    #: capped at 4 MiB by their writer (``NETSYNC_EXPORT_MAX_FILE_BYTES``) ...
+    max_file_bytes: int = 16 * 1024 * 1024
+    #: ... a ``results`` file holds at most a few hundred job summaries ...
+    max_results_bytes: int = 8 * 1024 * 1024
+    #: ... and a snapshot holds a whole entity type (a million settings are ~280 MB).
     max_snapshot_bytes: int = 2 * 1024 * 1024 * 1024
+    #: A refused file's first bytes are kept in quarantine for forensics, no more than this.
+    quarantine_keep_bytes: int = 1024 * 1024
     #: watchfiles tuning: the defaults (1,600/50 ms) would add ~80 ms to every change.
     watch_debounce_ms: int = 10
     watch_step_ms: int = 1
@@ -38,8 +46,10 @@ class RequestSettings(CommonSettings):
     watch_files: bool = True
     #: A burst is applied many files per transaction: up to this many files ...
     batch_max_files: int = 200
-    #: ... or this many records, whichever comes first.
+    #: ... or this many records, ...
     batch_max_records: int = 5000
+    #: ... or this many bytes of files, whichever comes first: the read-ahead's memory bound.
+    batch_max_bytes: int = 32 * 1024 * 1024
     #: A sequence gap open longer than this is logged as a warning (and repeated as often).
     gap_alert_after_s: float = 60.0
     #: Signs the Request API's bearer tokens; a random one in the state dir in development.
@@ -58,12 +68,29 @@ class RequestSettings(CommonSettings):
         )
 
     @property
+    def importer_state_path(self) -> Path:
+        return self.importer_state_dir or self.state_dir / "importer"
+
+    @property
     def archive_path(self) -> Path:
-        return self.archive_dir or self.exports_path / "archive"
+        return self.archive_dir or self.importer_state_path / "archive"
 
     @property
     def quarantine_path(self) -> Path:
-        return self.quarantine_dir or self.exports_path / "quarantine"
+        return self.quarantine_dir or self.importer_state_path / "quarantine"
+
+    @property
+    def spool_path(self) -> Path:
+        """Private copies of large files while they are verified and applied."""
+        return self.importer_state_path / "spool"
+
+    def max_bytes_for(self, kind: str) -> int:
+        """The size limit of a kind of stream (``exchange.format.kind_of_stream``)."""
+        if kind == "snapshot":
+            return self.max_snapshot_bytes
+        if kind == "results":
+            return self.max_results_bytes
+        return self.max_file_bytes
 
     @property
     def trusted_keys_path(self) -> Path | None:

@@ -8,10 +8,14 @@ applies files in sequence order per stream, many per transaction (``batch_max_fi
 ``batch_max_records``); if a batch fails because of one file's content, its files are applied
 one per transaction so that the bad one is quarantined and cannot hold the others back.
 
-Files are read and verified off the event loop; applied files move to the archive. A file that
-fails verification moves to the quarantine directory with a sidecar ``.reason.json`` and a row
-in ``quarantined_files`` (``importer.quarantine``); a name that is not an export name is recorded
-once and left where it is (``importer.watch``). A database that is unreachable never gets a file
+How a file is read depends on its stream's kind alone (``exchange.format.kind_of_stream``), never
+on what the file says: ``changes`` files are taken into memory and batched; snapshots (spooled to
+the importer's own directory) and results are applied one per transaction. Either way a file is
+verified (``exchange.intake``) before anything is parsed, stored or decided about it, off the
+event loop; applied files go to the archive. A file that fails verification goes to quarantine
+with a sidecar ``.reason.json`` and a row in ``quarantined_files`` (``importer.quarantine``); a
+name that is not an export name, or a directory, is recorded once and left where it is
+(``importer.watch``). A database that is unreachable never gets a file
 quarantined (``importer.failures``): the scan stops and is retried with backoff. A stop request
 (SIGTERM) lets the current batch commit or roll back, then exits.
 """
@@ -31,19 +35,18 @@ from watchfiles import Change, awatch
 
 from exchange.format import (
     LATEST_DIRNAME,
-    RESULTS_STREAM,
-    SNAPSHOT_STREAMS,
     STAGING_DIRNAME,
     FileName,
+    kind_of_stream,
     parse_file_name,
 )
-from exchange.reader import ExportFile, RejectedFile, RejectReason, read_export
+from exchange.intake import Taken, take
+from exchange.reader import ExportFile, RejectedFile, RejectReason, VerifiedStream, parse_changes
 from exchange.signing import Keyring
-from exchange.streaming import open_export
-from importer.apply import ApplyResult, apply_changes, apply_export, batchable
+from importer.apply import ApplyResult, apply_changes
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
-from importer.failures import DB_ERRORS, DatabaseUnavailable, blames_the_file
+from importer.failures import DatabaseUnavailable, blames_the_file
 from importer.files import FileMover
 from importer.keys import TrustedKeys
 from importer.probes import observe_applied
@@ -55,8 +58,6 @@ from netsync.logging import correlation_id
 log = logging.getLogger(__name__)
 
 _Read = tuple[FileName, ExportFile | RejectedFile | None]
-#: Streams read in one streaming pass (``importer.snapshots``) instead of in memory.
-_STREAMED = frozenset({*SNAPSHOT_STREAMS.values(), RESULTS_STREAM})
 
 
 @dataclass
@@ -84,16 +85,18 @@ class Importer:
         self.exports_dir = settings.exports_path
         self.archive_dir = settings.archive_path
         self.quarantine_dir = settings.quarantine_path
-        self.files = FileMover(self.exports_dir, self.archive_dir, self.quarantine_dir)
+        self.files = FileMover(
+            self.exports_dir,
+            self.archive_dir,
+            self.quarantine_dir,
+            settings.spool_path,
+            settings.quarantine_keep_bytes,
+        )
         self.quarantined = Quarantine(sessions, self.files)
         self._wake = asyncio.Event()
         self.foreign = ForeignNames(sessions, self.exports_dir)
-        self._own_entries = {
-            STAGING_DIRNAME,
-            LATEST_DIRNAME,
-            self.archive_dir.name,
-            self.quarantine_dir.name,
-        }
+        # archive/ and quarantine/: where earlier versions kept them, inside the exports dir
+        self._own_entries = {STAGING_DIRNAME, LATEST_DIRNAME, "archive", "quarantine"}
         #: ``time.monotonic()`` of the loop's last pass or file: its liveness (``importer.probes``)
         self.heartbeat = time.monotonic()
         self.gaps = GapWatch(sessions, settings.gap_alert_after_s)
@@ -105,8 +108,7 @@ class Importer:
         return self.keys.keyring
 
     def prepare(self) -> None:
-        for path in (self.exports_dir, self.archive_dir, self.quarantine_dir):
-            path.mkdir(parents=True, exist_ok=True)
+        self.files.prepare()
 
     def request_key_reload(self) -> None:
         """Re-read the trusted keys before the next scan (SIGHUP), and scan now."""
@@ -177,13 +179,14 @@ class Importer:
     # -- one pass over the directory ------------------------------------------------------
 
     def _list(self) -> tuple[list[FileName], list[str]]:
-        """Export names in apply order, and the names that are not ours."""
+        """Export names in apply order, and the names that are not ours (directories under an
+        export name included: they are never read, and never removed)."""
         names: list[FileName] = []
         foreign: list[str] = []
         with os.scandir(self.exports_dir) as entries:
             for entry in entries:
                 parsed = parse_file_name(entry.name)
-                if parsed is not None:
+                if parsed is not None and not _is_dir(entry):
                     names.append(parsed)
                 elif entry.name not in self._own_entries:
                     foreign.append(entry.name)
@@ -204,19 +207,19 @@ class Importer:
         result.ignored = await self.foreign.record(foreign)
         await self.quarantined.reconcile()
         for stream, group in itertools.groupby(names, key=lambda n: n.stream):
-            if stream in _STREAMED:
+            if kind_of_stream(stream) != "changes":
                 for name in group:
                     if stop is not None and stop.is_set():
                         return
-                    await self._process_streamed(name, result)
+                    await self._process_single(name, result)
             elif not await self._scan_stream(list(group), result, stop):
                 return
         await self.gaps.check()
 
     async def process(self, name: FileName, result: ScanResult) -> None:
         """Apply one file, whatever its stream (``netsync import once`` goes file by file)."""
-        if name.stream in _STREAMED:
-            await self._process_streamed(name, result)
+        if kind_of_stream(name.stream) != "changes":
+            await self._process_single(name, result)
         else:
             await self._handle([(name, await asyncio.to_thread(self._read_one, name))], result)
 
@@ -225,28 +228,47 @@ class Importer:
             self.heartbeat = time.monotonic()
             await asyncio.sleep(1.0)
 
-    async def _process_streamed(self, name: FileName, result: ScanResult) -> None:
-        """Snapshots and results: applied while read, committed only once verified."""
-        beat = asyncio.create_task(self._beat())  # a long snapshot apply is work, not a hang
+    async def _process_single(self, name: FileName, result: ScanResult) -> None:
+        """Snapshots and results: verified first (spooled), then applied in one transaction."""
+        beat = asyncio.create_task(self._beat())  # a long snapshot is work, not a hang
+        try:
+            taken = await asyncio.to_thread(self._verified, name)
+            if isinstance(taken, RejectedFile):
+                if await self.quarantined.put(name.name, taken):
+                    result.quarantined += 1
+                return
+            if taken is None:
+                return  # taken by another importer
+            with taken:
+                await self._apply_single(taken, result)
+        finally:
+            beat.cancel()
+
+    async def _apply_single(self, taken: Taken, result: ScanResult) -> None:
+        name = taken.name
         try:
             async with self.sessions() as session, session.begin():
-                with open_export(
-                    self.exports_dir, name, self.keys.keyring, self.settings.max_snapshot_bytes
-                ) as export:
-                    outcome = await apply_streamed(session, export)
-        except FileNotFoundError:
-            return  # taken by another importer
-        except RejectedFile as rejected:
+                export = await asyncio.to_thread(VerifiedStream, taken)
+                outcome = await apply_streamed(session, export)
+        except RejectedFile as rejected:  # genuine, but malformed: nothing was committed
             if await self.quarantined.put(name.name, rejected):
                 result.quarantined += 1
             return
-        except DB_ERRORS as exc:
-            raise DatabaseUnavailable(repr(exc)) from exc
-        finally:
-            beat.cancel()
+        except Exception as exc:
+            if not blames_the_file(exc):
+                raise DatabaseUnavailable(repr(exc)) from exc
+            failed = _apply_failed(exc)
+            if await self.quarantined.put(name.name, failed):
+                result.quarantined += 1
+            return
+        if outcome.conflict is not None:
+            await self._conflict(name, outcome.conflict, result)
+            return
         if outcome.duplicate:
             result.duplicates += 1
-            self.files.archive(name.name, duplicate=True)
+            await asyncio.to_thread(
+                self.files.archive, name.name, taken.inode, taken=taken, duplicate=True
+            )
             return
         result.applied += 1
         result.changes += outcome.written + outcome.removed
@@ -254,7 +276,15 @@ class Importer:
             "applied streamed file",
             extra={"file": name.name, "written": outcome.written, "removed": outcome.removed},
         )
-        self.files.archive(name.name, duplicate=False)
+        await asyncio.to_thread(
+            self.files.archive, name.name, taken.inode, taken=taken, duplicate=False
+        )
+
+    async def _conflict(self, name: FileName, detail: str, result: ScanResult) -> None:
+        log.error("ledger conflict", extra={"file": name.name, "detail": detail})
+        rejected = RejectedFile(RejectReason.LEDGER_CONFLICT, detail)
+        if await self.quarantined.put(name.name, rejected):
+            result.quarantined += 1
 
     async def _scan_stream(
         self, pending: list[FileName], result: ScanResult, stop: asyncio.Event | None
@@ -279,14 +309,20 @@ class Importer:
                     await ahead
         return True
 
-    def _read_one(self, name: FileName) -> ExportFile | RejectedFile | None:
+    def _verified(self, name: FileName) -> Taken | RejectedFile | None:
+        """Take and verify one file (in a worker thread); ``None`` if another importer took it."""
+        kind = kind_of_stream(name.stream)
         for attempt in range(2):
             try:
-                return read_export(
-                    self.exports_dir, name, self.keys.keyring, self.settings.max_file_bytes
+                return take(
+                    self.exports_dir,
+                    name,
+                    self.keys.keyring,
+                    max_bytes=self.settings.max_bytes_for(kind),
+                    spool_dir=self.files.spool_dir,
                 )
             except FileNotFoundError:
-                return None  # taken by another importer
+                return None
             except RejectedFile as rejected:
                 # the new public key may have landed a moment after the file: look once more
                 retry = rejected.reason is RejectReason.UNKNOWN_KEY and attempt == 0
@@ -298,13 +334,24 @@ class Importer:
                 return RejectedFile(RejectReason.UNREADABLE, repr(exc)[:200])
         raise AssertionError("unreachable")
 
+    def _read_one(self, name: FileName) -> ExportFile | RejectedFile | None:
+        """A ``changes`` file, verified and parsed (in a worker thread)."""
+        taken = self._verified(name)
+        if not isinstance(taken, Taken):
+            return taken
+        with taken:
+            try:
+                return parse_changes(taken)
+            except RejectedFile as rejected:
+                return rejected
+
     def _read_chunk(self, names: Sequence[FileName], start: int) -> tuple[list[_Read], int]:
-        """Read files from ``start`` until a batch is full; runs in a worker thread."""
+        """Read files from ``start`` until a batch is full (files, records or bytes)."""
         reads: list[_Read] = []
-        files = records = 0
+        files = records = size = 0
         index = start
         while index < len(names) and files < self.settings.batch_max_files:
-            if records >= self.settings.batch_max_records:
+            if records >= self.settings.batch_max_records or size >= self.settings.batch_max_bytes:
                 break
             outcome = self._read_one(names[index])
             reads.append((names[index], outcome))
@@ -312,6 +359,7 @@ class Importer:
             if isinstance(outcome, ExportFile):
                 files += 1
                 records += len(outcome.records)
+                size += outcome.size
         return reads, index
 
     async def _handle(self, reads: list[_Read], result: ScanResult) -> None:
@@ -321,10 +369,7 @@ class Importer:
                 if await self.quarantined.put(name.name, outcome):
                     result.quarantined += 1
             elif isinstance(outcome, ExportFile):
-                if batchable(outcome):
-                    batch.append(outcome)
-                else:
-                    await self._apply_group([outcome], result)
+                batch.append(outcome)
         if batch:
             await self._apply_group(batch, result)
 
@@ -332,10 +377,7 @@ class Importer:
         token = correlation_id.set(None)
         try:
             async with self.sessions() as session, session.begin():
-                if len(exports) == 1 and not batchable(exports[0]):
-                    outcomes = {exports[0].header.seq: await apply_export(session, exports[0])}
-                else:
-                    outcomes = await apply_changes(session, exports)
+                outcomes = await apply_changes(session, exports)
         except Exception as exc:
             if not blames_the_file(exc):
                 raise DatabaseUnavailable(repr(exc)) from exc
@@ -350,8 +392,7 @@ class Importer:
             log.error(
                 "file could not be applied", extra={"file": exports[0].name.name}, exc_info=True
             )
-            detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            rejected = RejectedFile(RejectReason.APPLY_FAILED, detail)
+            rejected = _apply_failed(exc)
             if await self.quarantined.put(exports[0].name.name, rejected):
                 result.quarantined += 1
             return
@@ -362,12 +403,15 @@ class Importer:
     async def _applied(
         self, exports: list[ExportFile], outcomes: dict[int, ApplyResult], result: ScanResult
     ) -> None:
-        moves: list[tuple[str, bool]] = []
+        moves: list[tuple[str, tuple[int, int], bytes, bool]] = []
         self.heartbeat = time.monotonic()
         for export in exports:
             outcome = outcomes[export.header.seq]
+            if outcome.conflict is not None:
+                await self._conflict(export.name, outcome.conflict, result)
+                continue
             observe_applied(export, outcome)
-            moves.append((export.name.name, outcome.duplicate))
+            moves.append((export.name.name, export.inode, export.data, outcome.duplicate))
             if outcome.duplicate:
                 result.duplicates += 1
                 log.info("file already applied, archiving", extra={"file": export.name.name})
@@ -387,6 +431,18 @@ class Importer:
                     },
                 )
         await asyncio.to_thread(self.files.archive_many, moves)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _apply_failed(exc: Exception) -> RejectedFile:
+    detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return RejectedFile(RejectReason.APPLY_FAILED, detail)
 
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:

@@ -38,6 +38,7 @@ from importer.schemas import (
     UserOut,
 )
 from netsync.errors import NotFound, NotPermitted
+from netsync.text import Text
 
 _IGNORED = "not_an_export_name"
 
@@ -109,7 +110,7 @@ async def list_settings(
 
 @router.get("/settings/{key}", tags=["settings"])
 async def get_setting(
-    key: Annotated[str, Path(min_length=1, max_length=200)], session: SessionDep, _: Reader
+    key: Annotated[Text, Path(min_length=1, max_length=200)], session: SessionDep, _: Reader
 ) -> SettingOut:
     setting = await session.scalar(
         select(SyncedSetting)
@@ -223,7 +224,7 @@ async def quarantine(
     _: Operator,
     limit: Limit = 50,
     offset: Offset = 0,
-    reason: Annotated[str | None, Query(max_length=32)] = None,
+    reason: Annotated[Text | None, Query(max_length=32)] = None,
 ) -> Page[QuarantineEntry]:
     """Every refused file with its reason, newest first (``reason`` filters)."""
     query: Select[Any] = select(QuarantinedFile).order_by(QuarantinedFile.id.desc())

@@ -1,22 +1,46 @@
-"""Moving files out of the exports directory: to the archive once applied, to quarantine (with a
-``.reason.json`` sidecar) once refused. Plain blocking file operations; the daemon runs them in a
-thread. A file another importer moved first is simply gone: never an error."""
+"""The importer's own files: the archive of applied files and the quarantine of refused ones.
+
+Both live on the Request side, outside the exports directory by default
+(``NETSYNC_IMPORTER_STATE_DIR``): whoever can write to the exports directory must not be able
+to plant a link where the importer writes. Even so every write here is made as if they could:
+relative to a directory descriptor, ``O_CREAT | O_EXCL | O_NOFOLLOW`` (a name that exists, link
+or not, is never opened, let alone overwritten), mode ``0640``; reads are bounded and never
+follow links. There is no check-then-act: an existing name makes the write pick another one.
+
+The archive keeps exactly the bytes that were verified and applied (written from the importer's
+private copy, or the spooled copy linked in), not whatever the exports entry holds by then. The
+quarantine keeps a refused file's first ``keep_bytes`` (forensics without letting a flood of
+forged gigabytes fill the Request side's disk) and a ``.reason.json`` sidecar. The exports entry
+is removed afterwards only if it is still the one that was read. Plain blocking calls: the daemon
+runs them in a thread. A file another importer took first is simply gone: never an error.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from exchange.reader import RejectedFile
+from exchange.intake import RejectedFile, Taken
 
 log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".reason.json"
+#: A sidecar is a few hundred bytes; one larger than this was not written by us.
+MAX_SIDECAR_BYTES = 64 * 1024
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+FILE_MODE = 0o640
+DIR_MODE = 0o750
 
 
 def printable(name: str) -> str:
@@ -24,47 +48,200 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
 
 
+@contextlib.contextmanager
+def _dir(path: Path) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _create(dir_fd: int, name: str, *, fallback: str) -> tuple[int, str]:
+    """Create ``name`` (or, if it exists in any form, ``<name>.<fallback>-<random>``)."""
+    for candidate in (name, f"{name}.{fallback}-{uuid.uuid4().hex[:8]}"):
+        try:
+            return os.open(candidate, _CREATE, FILE_MODE, dir_fd=dir_fd), candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free name", name)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def read_bounded(path: Path, limit: int) -> bytes | None:
+    """A regular file's bytes if it has no more than ``limit``; ``None`` for anything else."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        data = os.read(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) <= limit else None
+
+
 @dataclass(frozen=True)
 class FileMover:
     exports_dir: Path
     archive_dir: Path
     quarantine_dir: Path
+    spool_dir: Path
+    keep_bytes: int = 1024 * 1024
 
-    def archive(self, name: str, *, duplicate: bool) -> None:
-        target = self.archive_dir / name
-        if duplicate and target.exists():
-            target = self.archive_dir / f"{name}.duplicate-{uuid.uuid4().hex[:8]}"
-        with contextlib.suppress(FileNotFoundError):  # another importer archived it first
-            os.replace(self.exports_dir / name, target)
+    def prepare(self) -> None:
+        self.exports_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.archive_dir, self.quarantine_dir, self.spool_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        exports = self.exports_dir.resolve()
+        for path in (self.archive_dir, self.quarantine_dir, self.spool_dir):
+            if path.resolve().is_relative_to(exports):
+                log.warning(
+                    "an importer directory is inside the exports directory: whoever can write"
+                    " there can plant entries in it (set NETSYNC_IMPORTER_STATE_DIR elsewhere)",
+                    extra={"dir": str(path)},
+                )
 
-    def archive_many(self, moves: list[tuple[str, bool]]) -> None:
-        for name, duplicate in moves:
-            self.archive(name, duplicate=duplicate)
+    # -- the archive ----------------------------------------------------------------------
+
+    def archive(
+        self,
+        name: str,
+        inode: tuple[int, int],
+        *,
+        data: bytes | None = None,
+        taken: Taken | None = None,
+        duplicate: bool,
+    ) -> None:
+        """Keep the verified bytes in the archive, then remove the exports entry."""
+        if duplicate and not self._still_there(name, inode):
+            return  # another importer applied and archived it
+        try:
+            with _dir(self.archive_dir) as dir_fd:
+                self._keep(dir_fd, name, data, taken, duplicate=duplicate)
+        except OSError as exc:  # the file is applied; only its archive copy is missing
+            log.error("could not archive a file", extra={"file": name, "error": repr(exc)})
+        self._remove(name, inode)
+
+    def _keep(
+        self, dir_fd: int, name: str, data: bytes | None, taken: Taken | None, *, duplicate: bool
+    ) -> None:
+        fallback = "duplicate" if duplicate else "copy"
+        spool = taken.spool_fd() if taken is not None else None
+        if spool is not None:
+            for candidate in (name, f"{name}.{fallback}-{uuid.uuid4().hex[:8]}"):
+                try:  # give the verified, unnamed spool file a name: no copy at all
+                    os.link(f"/proc/self/fd/{spool}", candidate, dst_dir_fd=dir_fd)
+                    return
+                except FileExistsError:
+                    continue
+                except OSError:  # another file system, or no /proc: copy it instead
+                    break
+        fd, _ = _create(dir_fd, name, fallback=fallback)
+        try:
+            if data is not None:
+                _write_all(fd, data)
+            elif taken is not None:
+                body = taken.body()
+                while block := body.read(1 << 20):
+                    _write_all(fd, block)
+                _write_all(fd, taken.trailer)
+        finally:
+            os.close(fd)
+
+    def archive_many(self, moves: list[tuple[str, tuple[int, int], bytes, bool]]) -> None:
+        for name, inode, data, duplicate in moves:
+            self.archive(name, inode, data=data, duplicate=duplicate)
+
+    def _still_there(self, name: str, inode: tuple[int, int]) -> bool:
+        try:
+            st = os.lstat(self.exports_dir / name)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == inode
+
+    def _remove(self, name: str, inode: tuple[int, int] | None) -> None:
+        """Unlink the exports entry if it is (still) the one that was read; never a directory."""
+        path = self.exports_dir / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode) or (inode is not None and (st.st_dev, st.st_ino) != inode):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+    # -- the quarantine -------------------------------------------------------------------
 
     def move_to_quarantine(self, name: str, rejected: RejectedFile) -> tuple[str, int] | None:
-        """Move the entry (whatever it is: file, symlink, fifo, directory), write its sidecar,
-        and return the name it is stored under and its size; ``None`` if it was gone."""
+        """Keep the first bytes of the entry and a sidecar saying why, remove the entry, and
+        return the name it is stored under and its size; ``None`` if it was gone."""
         source = self.exports_dir / name
-        target = self.quarantine_dir / name
-        if os.path.lexists(target):
-            target = self.quarantine_dir / f"{name}.{uuid.uuid4().hex[:8]}"
         try:
-            size = os.lstat(source).st_size
-            os.replace(source, target)
+            st = os.lstat(source)
         except FileNotFoundError:
             return None
-        sidecar = {
-            "file": name,
-            "stored_as": target.name,
-            "reason": rejected.reason.value,
-            "detail": rejected.detail,
-            "size": size,
-            "quarantined_at": datetime.now(UTC).isoformat(),
-        }
-        try:
-            Path(f"{target}.reason.json").write_bytes(
-                orjson.dumps(sidecar, option=orjson.OPT_INDENT_2)
-            )
         except OSError as exc:
-            log.error("could not write a sidecar", extra={"file": name, "error": repr(exc)})
-        return target.name, size
+            log.error("could not look at a refused file", extra={"file": name, "error": repr(exc)})
+            return None
+        with _dir(self.quarantine_dir) as dir_fd:
+            stored_as, inode = self._sample(dir_fd, name, source, st)
+            sidecar = {
+                "file": name,
+                "stored_as": stored_as,
+                "reason": rejected.reason.value,
+                "detail": rejected.detail,
+                "size": st.st_size,
+                "mode": stat.filemode(st.st_mode),
+                "kept_bytes": min(st.st_size, self.keep_bytes) if inode else 0,
+                "quarantined_at": datetime.now(UTC).isoformat(),
+            }
+            try:
+                fd = os.open(stored_as + SIDECAR_SUFFIX, _CREATE, FILE_MODE, dir_fd=dir_fd)
+                try:
+                    _write_all(fd, orjson.dumps(sidecar, option=orjson.OPT_INDENT_2))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.error("could not write a sidecar", extra={"file": name, "error": repr(exc)})
+        self._remove(name, inode or (st.st_dev, st.st_ino))
+        return stored_as, st.st_size
+
+    def _sample(
+        self, dir_fd: int, name: str, source: Path, st: os.stat_result
+    ) -> tuple[str, tuple[int, int] | None]:
+        """Copy up to ``keep_bytes`` of a regular file; return its stored name and inode."""
+        fd, stored_as = _create(dir_fd, name, fallback="refused")
+        try:
+            if not stat.S_ISREG(st.st_mode):
+                return stored_as, None  # a link, FIFO, device or directory: nothing to keep
+            try:
+                src = os.open(source, _READ)
+            except OSError:
+                return stored_as, None
+            try:
+                seen = os.fstat(src)
+                if not stat.S_ISREG(seen.st_mode):
+                    return stored_as, None
+                left = self.keep_bytes
+                while left > 0 and (block := os.read(src, min(left, 1 << 20))):
+                    _write_all(fd, block)
+                    left -= len(block)
+                return stored_as, (seen.st_dev, seen.st_ino)
+            except OSError:
+                return stored_as, None
+            finally:
+                os.close(src)
+        finally:
+            os.close(fd)

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from exchange.signing import Keyring, load_public_key
+from exchange.signing import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +52,7 @@ class TrustedKeys:
         self.keyring = initial if initial is not None else self._load()
 
     def _load(self) -> Keyring:
-        keys = []
-        for item in self.inline:
-            try:
-                keys.append(load_public_key(item.encode()))
-            except ValueError as exc:
-                log.error("ignoring an inline trusted key", extra={"error": str(exc)})
-        if self.directory is not None and self.directory.is_dir():
-            for path in sorted(self.directory.glob("*.pub")):
-                try:
-                    keys.append(load_public_key(path.read_bytes()))
-                except (OSError, ValueError) as exc:
-                    log.error(
-                        "ignoring a trusted key file", extra={"file": path.name, "error": str(exc)}
-                    )
-        return Keyring(keys)
+        return Keyring.from_sources(self.directory, self.inline)
 
     def request_reload(self) -> None:
         """Reload on the next ``refresh()`` even if nothing seems to have changed (SIGHUP)."""

@@ -18,16 +18,15 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from exchange.reader import RejectedFile
+from exchange.intake import RejectedFile
 from importer.db import RequestSessionMaker
 from importer.failures import DB_ERRORS
-from importer.files import FileMover, printable
+from importer.files import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX, FileMover, printable, read_bounded
 from importer.models import QuarantinedFile
 from netsync import metrics
 
 log = logging.getLogger(__name__)
 
-SIDECAR_SUFFIX = ".reason.json"
 #: Names looked up per query while reconciling (well under PostgreSQL's bind parameter limit).
 _CHUNK = 5000
 
@@ -99,12 +98,18 @@ class Quarantine:
 
 
 def read_sidecars(directory: Path) -> dict[str, dict[str, Any]]:
-    """The rows the readable sidecars of ``directory`` describe, by ``stored_as``."""
+    """The rows the readable sidecars of ``directory`` describe, by ``stored_as``.
+
+    Each is read without following links and only if it is a small regular file: a planted
+    link to ``/dev/zero`` or a huge file costs nothing."""
     found: dict[str, dict[str, Any]] = {}
     for path in directory.glob(f"*{SIDECAR_SUFFIX}"):
         try:
-            row = _fields(orjson.loads(path.read_bytes()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # JSONDecodeError: ValueError
+            data = read_bounded(path, MAX_SIDECAR_BYTES)
+            if data is None:
+                raise ValueError("not a small regular file")
+            row = _fields(orjson.loads(data))
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError: ValueError
             log.warning(
                 "unreadable quarantine sidecar", extra={"file": path.name, "error": repr(exc)}
             )

@@ -13,29 +13,27 @@ from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import JobResultRecord
-from exchange.reader import RejectReason
-from exchange.streaming import StreamedExport, Verified
+from exchange.reader import RejectedFile, RejectReason, VerifiedStream
 from importer.db import RequestSession
 from importer.models import SyncedJobResult
 
+_BATCH = 1000
 
-async def apply_results_stream(
-    session: RequestSession, export: StreamedExport
-) -> tuple[int, Verified]:
-    """Insert the file's job results; return how many were new and the file's verdict."""
+
+async def apply_results(session: RequestSession, export: VerifiedStream) -> int:
+    """Insert the verified file's job results a batch at a time; return how many were new."""
     header = export.header
-    if header.kind != "results":
-        export.reject(RejectReason.INVALID_SCHEMA, f"{header.stream} files hold job results")
-    rows: list[dict[str, object]] = []
-    while lines := await asyncio.to_thread(export.record_lines, 1000):
+    written = 0
+    while lines := await asyncio.to_thread(export.record_lines, _BATCH):
         first = export.records_read - len(lines) + 1
+        rows: list[dict[str, object]] = []
         for number, line in enumerate(lines, start=first):
             try:
                 record = JobResultRecord.model_validate_json(line)
             except ValidationError as exc:
-                export.reject(
+                raise RejectedFile(
                     RejectReason.INVALID_SCHEMA, f"record {number}: {exc.errors()[0]['msg']}"
-                )
+                ) from exc
             rows.append(
                 {
                     **record.model_dump(),
@@ -43,14 +41,11 @@ async def apply_results_stream(
                     "applied_at": func.clock_timestamp(),
                 }
             )
-    verified = await asyncio.to_thread(export.finish)
-    written = 0
-    for start in range(0, len(rows), 1000):
         stmt = (
             insert(SyncedJobResult)
-            .values(rows[start : start + 1000])
+            .values(rows)
             .on_conflict_do_nothing(index_elements=[SyncedJobResult.job_id])
             .returning(SyncedJobResult.job_id)
         )
         written += len((await session.execute(stmt)).all())
-    return written, verified
+    return written

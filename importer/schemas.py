@@ -9,6 +9,8 @@ from typing import Annotated, Generic, TypeVar
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from netsync.text import Text
+
 T = TypeVar("T")
 
 Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
@@ -58,8 +60,8 @@ class ProfileTypeOut(_FromRow):
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    username: Annotated[str, Field(min_length=1, max_length=150)]
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    username: Annotated[Text, Field(min_length=1, max_length=150)]
+    password: Annotated[Text, Field(min_length=1, max_length=1024)]
 
 
 class LoggedIn(BaseModel):

@@ -15,8 +15,8 @@ A million-row snapshot is ~280 MB. Its lines are read in blocks, parsed with orj
 against the record contract by small hand-written checks (``_ROW``: the pydantic models cost ten
 times more per record), then streamed with binary ``COPY`` into a typed temporary table and merged
 with one ``INSERT … SELECT … ON CONFLICT … WHERE version < excluded.version``, all in the caller's
-transaction. The signature is verified before the merge, and any refusal rolls the transaction
-back: nothing of a bad file is ever committed.
+transaction. The file's signature was verified before any of this (``exchange.intake``): only a
+genuine file's rows reach the database, and a genuine but malformed one rolls back as a whole.
 """
 
 from __future__ import annotations
@@ -32,16 +32,15 @@ from typing import Any, cast
 import asyncpg
 import orjson
 from sqlalchemy import CursorResult, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
 from exchange.format import SETTING_KEY_PATTERN, ExportHeader
-from exchange.reader import ExportFile, RejectedFile, RejectReason
-from exchange.streaming import StreamedExport, Verified
+from exchange.reader import RejectedFile, RejectReason, VerifiedStream
 from importer import gaps
 from importer.db import RequestSession
+from importer.ledger import claim
 from importer.models import ImportLedger
-from importer.results import apply_results_stream
+from importer.results import apply_results
 
 #: Lines per ``COPY`` chunk: bounds memory (a few MB) while keeping round trips few.
 BATCH_LINES = 20_000
@@ -185,6 +184,8 @@ class StreamedResult:
     records: int
     written: int
     removed: int
+    #: Set when another file holds this one's place in the ledger (``importer.ledger``).
+    conflict: str | None = None
 
 
 def _merge_sql(entity: _Entity) -> str:
@@ -212,28 +213,6 @@ def _tombstone_sql(entity: _Entity) -> str:
     """  # noqa: S608 - identifiers come from the fixed table above, values are parameters
 
 
-async def _claim(session: RequestSession, header: ExportHeader, file_name: str) -> bool:
-    """The ledger row first: a second importer of the same file waits here, then skips it."""
-    claimed = await session.scalar(
-        insert(ImportLedger)
-        .values(
-            stream=header.stream,
-            seq=header.seq,
-            file_id=header.file_id,
-            file_name=file_name,
-            sha256="",
-            key_id="",
-            records=header.records,
-            applied_changes=0,
-            exported_at=header.created_at,
-            applied_at=func.clock_timestamp(),
-        )
-        .on_conflict_do_nothing()
-        .returning(ImportLedger.seq)
-    )
-    return claimed is not None
-
-
 async def _is_stale(session: RequestSession, header: ExportHeader) -> bool:
     newer = await session.scalar(
         select(func.max(ImportLedger.seq)).where(
@@ -243,16 +222,11 @@ async def _is_stale(session: RequestSession, header: ExportHeader) -> bool:
     return newer is not None
 
 
-async def _record(
-    session: RequestSession, header: ExportHeader, verified: Verified | None, changes: int
-) -> None:
-    values: dict[str, Any] = {"applied_changes": changes}
-    if verified is not None:
-        values |= {"sha256": verified.sha256, "key_id": verified.key_id}
+async def _record(session: RequestSession, header: ExportHeader, changes: int) -> None:
     await session.execute(
         update(ImportLedger)
         .where(ImportLedger.stream == header.stream, ImportLedger.seq == header.seq)
-        .values(**values)
+        .values(applied_changes=changes)
     )
 
 
@@ -289,7 +263,7 @@ async def _copy_rows(
 
 
 async def _stream_batches(
-    export: StreamedExport, entity_name: str
+    export: VerifiedStream, entity_name: str
 ) -> AsyncGenerator[list[tuple[Any, ...]], None]:
     def next_batch() -> list[tuple[Any, ...]] | None:
         first = export.records_read + 1
@@ -299,7 +273,7 @@ async def _stream_batches(
         try:
             return _rows(entity_name, lines, first)
         except _Invalid as exc:
-            export.reject(RejectReason.INVALID_SCHEMA, str(exc))
+            raise RejectedFile(RejectReason.INVALID_SCHEMA, str(exc)) from exc
 
     pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
     try:
@@ -335,20 +309,16 @@ async def _merge(session: RequestSession, entity_name: str, changes_seq: int) ->
     return int(merged.rowcount), int(tombstoned.rowcount)
 
 
-async def apply_streamed(session: RequestSession, export: StreamedExport) -> StreamedResult:
-    """Apply a snapshot or results file being streamed, with its ledger row.
-
-    The caller owns the transaction and must roll it back when this raises ``RejectedFile``:
-    records are written before the signature's verdict is known.
-    """
+async def apply_streamed(session: RequestSession, export: VerifiedStream) -> StreamedResult:
+    """Apply a verified snapshot or results file, with its ledger row, in the caller's
+    transaction (rolled back by the caller when this raises ``RejectedFile``)."""
     header = export.header
-    if header.kind == "changes":
-        export.reject(RejectReason.INVALID_SCHEMA, f"{header.stream} files are not changes")
-    if not await _claim(session, header, export.name.name):
-        return StreamedResult(True, False, header.records, 0, 0)
+    claimed, conflicts = await claim(session, [export])
+    if not claimed:
+        return StreamedResult(True, False, header.records, 0, 0, conflicts.get(header.seq))
     if header.kind == "results":
-        written, verified = await apply_results_stream(session, export)
-        await _record(session, header, verified, written)
+        written = await apply_results(session, export)
+        await _record(session, header, written)
         return StreamedResult(False, False, header.records, written, 0)
     # the header's validator guarantees both for snapshots
     assert header.entity is not None
@@ -358,42 +328,9 @@ async def apply_streamed(session: RequestSession, export: StreamedExport) -> Str
         await _copy_rows(session, header.entity, _stream_batches(export, header.entity))
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, TypeError) as exc:
         # a value the column type refuses (a malformed uuid or timestamp)
-        await asyncio.to_thread(
-            export.reject, RejectReason.INVALID_SCHEMA, f"record: {str(exc)[:200]}"
-        )
-    verified = await asyncio.to_thread(export.finish)
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, f"record: {str(exc)[:200]}") from exc
     written = removed = 0
     if not stale:
         written, removed = await _merge(session, header.entity, header.changes_seq)
-    await _record(session, header, verified, written + removed)
-    return StreamedResult(False, stale, header.records, written, removed)
-
-
-async def apply_snapshot_export(session: RequestSession, export: ExportFile) -> StreamedResult:
-    """Apply a snapshot already read and verified in memory (``exchange.reader.read_export``).
-
-    The same merge as the streaming path: the records go through the same temporary table.
-    """
-    header = export.header
-    if header.entity is None or header.changes_seq is None:
-        raise RejectedFile(RejectReason.INVALID_SCHEMA, "a snapshot names its entity")
-    if not await _claim(session, header, export.name.name):
-        return StreamedResult(True, False, header.records, 0, 0)
-    stale = await _is_stale(session, header)
-    lines = [r.model_dump_json(exclude_none=True).encode() for r in export.records]
-    try:
-        rows = _rows(header.entity, lines, 1)
-    except _Invalid as exc:
-        raise RejectedFile(RejectReason.INVALID_SCHEMA, str(exc)) from exc
-
-    async def one_batch() -> AsyncGenerator[list[tuple[Any, ...]], None]:
-        yield rows
-
-    await _copy_rows(session, header.entity, one_batch())
-    written = removed = 0
-    if not stale:
-        written, removed = await _merge(session, header.entity, header.changes_seq)
-    await _record(
-        session, header, Verified(export.sha256, export.key_id, export.size), written + removed
-    )
+    await _record(session, header, written + removed)
     return StreamedResult(False, stale, header.records, written, removed)

@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.reader import RejectReason
@@ -76,6 +77,10 @@ class GapWatch:
         return self.stats
 
 
+#: Foreign names logged one by one per scan; more are counted in one line.
+_LOGGED_PER_SCAN = 20
+
+
 class ForeignNames:
     """Names in the exports directory that are not export names: recorded once, never read.
 
@@ -97,8 +102,14 @@ class ForeignNames:
         if not new:
             return []
         rows = []
-        for name in new:
+        for name in new[:_LOGGED_PER_SCAN]:
             log.warning("ignoring a file that is not an export", extra={"file": printable(name)})
+        if len(new) > _LOGGED_PER_SCAN:  # a flood is one line, not a hundred thousand
+            log.warning(
+                "ignoring more files that are not exports",
+                extra={"files": len(new) - _LOGGED_PER_SCAN},
+            )
+        for name in new:
             try:
                 size: int | None = os.lstat(self.exports_dir / name).st_size
             except OSError:
@@ -114,7 +125,8 @@ class ForeignNames:
             )
         stmt = insert(QuarantinedFile).on_conflict_do_nothing(
             index_elements=[QuarantinedFile.file_name],
-            index_where=QuarantinedFile.reason == RejectReason.NOT_AN_EXPORT_NAME.value,
+            # a literal: PostgreSQL matches a partial index's predicate only against constants
+            index_where=text(f"reason = '{RejectReason.NOT_AN_EXPORT_NAME.value}'"),
         )
         try:
             async with self.sessions() as session, session.begin():

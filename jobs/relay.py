@@ -45,15 +45,27 @@ log = logging.getLogger(__name__)
 #: Allocation in one statement (autocommit, so one round trip): take the oldest pending rows no
 #: other relay holds, bump the stream's sequence, record the file as unpublished, stamp the rows
 #: with its number, and hand the rows back for writing. Concurrent relays take disjoint rows and
-#: get distinct numbers (the stream row's lock orders them).
+#: get distinct numbers (the stream row's lock orders them). A file is capped by count and by
+#: bytes (each record's data plus its fixed fields, ``_RECORD_OVERHEAD``): a backlog of large
+#: settings makes several files, never one over what the importer accepts. The first row is
+#: always taken, so a single large record still leaves.
+_RECORD_OVERHEAD = 320
 _ALLOCATE = text(
-    """
-    WITH pending AS (
-        SELECT id FROM outbox_events
+    f"""
+    WITH candidates AS (
+        SELECT id, octet_length(coalesce(data::text, '')) + {_RECORD_OVERHEAD} AS bytes
+        FROM outbox_events
         WHERE export_seq IS NULL
         ORDER BY id
         LIMIT :batch
         FOR UPDATE SKIP LOCKED
+    ), pending AS (
+        SELECT id FROM (
+            SELECT id, sum(bytes) OVER (ORDER BY id) AS running,
+                   row_number() OVER (ORDER BY id) AS n
+            FROM candidates
+        ) AS c
+        WHERE running <= :max_bytes OR n = 1
     ), bumped AS (
         UPDATE export_streams SET last_seq = last_seq + 1
         WHERE stream = :stream AND EXISTS (SELECT 1 FROM pending)
@@ -70,7 +82,7 @@ _ALLOCATE = text(
     WHERE o.id IN (SELECT id FROM pending)
     RETURNING file.seq, o.id, o.event_id, o.entity, o.entity_id, o.version, o.op, o.data,
               o.correlation_id, o.created_at
-    """
+    """  # noqa: S608 - the one interpolation is the constant above
 )
 
 
@@ -116,12 +128,14 @@ class OutboxRelay:
         signer: Signer,
         *,
         batch_size: int = 1000,
+        max_file_bytes: int = 4 * 1024 * 1024,
         stream: str = CHANGES_STREAM,
     ) -> None:
         self.sessions = sessions
         self.exports_dir = exports_dir
         self.signer = signer
         self.batch_size = batch_size
+        self.max_file_bytes = max_file_bytes
         self.stream = stream
         self._stream_ready = False
 
@@ -147,6 +161,7 @@ class OutboxRelay:
                     _ALLOCATE,
                     {
                         "batch": self.batch_size,
+                        "max_bytes": self.max_file_bytes,
                         "stream": self.stream,
                         "file_id": file_id,
                         "created_at": created_at,

@@ -63,6 +63,7 @@ async def startup(ctx: dict[str, Any]) -> None:
             development=settings.is_development,
         ),
         batch_size=settings.export_batch_size,
+        max_file_bytes=settings.export_max_file_bytes,
     )
     wakeup.install()
     ctx["wake_task"] = asyncio.create_task(wakeup.listen(ctx["redis"], settings.sync_queue))

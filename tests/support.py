@@ -69,6 +69,15 @@ class Sandbox:
         return self.root / "exports"
 
     @property
+    def archive(self) -> Path:
+        """The importer's archive: its own state directory, outside the exports directory."""
+        return self.root / "state" / "importer" / "archive"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "state" / "importer" / "quarantine"
+
+    @property
     def cron_namespace(self) -> str:
         """Cron job ids are global in a Redis database: each sandbox gets its own."""
         return self.queue.split(":")[1]

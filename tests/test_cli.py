@@ -71,7 +71,7 @@ def test_inspect_config_shows_the_effective_values_with_secrets_masked(sandbox: 
     assert config["NETSYNC_SYNC_QUEUE"] == sandbox.queue
     assert config["NETSYNC_REDIS_URL"] == "redis://:********@127.0.0.1:6379/0"
     assert config["NETSYNC_SECRET_KEY"] == "********"
-    assert config["NETSYNC_ARCHIVE_DIR"] == str(sandbox.exports / "archive")
+    assert config["NETSYNC_ARCHIVE_DIR"] == str(sandbox.archive)
     assert "hunter2" not in result.stdout
     assert sandbox.env()["NETSYNC_SECRET_KEY"] not in result.stdout
     table = netsync(sandbox, "inspect", "config", NETSYNC_REDIS_URL=redis)
@@ -136,9 +136,7 @@ async def test_import_once_applies_a_folder_and_reports_what_it_quarantined(
     summary = as_json(result)
     assert (summary["files"], summary["applied"], summary["quarantined"]) == (6, 5, 1)
     assert summary["changes"] == 5
-    assert sorted(os.listdir(folder / "archive")) == [
-        f"changes-{n:012d}.jsonl" for n in range(1, 6)
-    ]
+    assert sorted(os.listdir(sandbox.archive)) == [f"changes-{n:012d}.jsonl" for n in range(1, 6)]
 
     again = netsync(sandbox, "import", "once", str(folder))
     assert again.returncode == 0, again.stderr

@@ -177,13 +177,23 @@ def test_run_up_on_each_python(label: str, where: str, install: str, scratch: Pa
         assert not left, f"processes still running after Ctrl-C: {left}"
         assert not postmaster.exists(), "the embedded PostgreSQL is still running"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _stop_everything(proc, tree, scratch)
         log.close()
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError, ValueError):  # pg_ctl's postmaster is not a child
-            pid = int((scratch / "state" / "pg" / "postmaster.pid").read_text().split()[0])
+
+
+def _stop_everything(proc: subprocess.Popen[bytes], tree: list[int], scratch: Path) -> None:
+    """After a failure part-way: Ctrl-C first, then SIGKILL whatever is left of the stack."""
+    tree = tree or _descendants(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError, ValueError):  # pg_ctl's postmaster is not a child
+        pid = int((scratch / "state" / "pg" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)

@@ -1,5 +1,6 @@
-"""schemathesis against the Response API's own OpenAPI schema, in-process (ASGI), as an admin:
-valid and invalid requests to every operation, and not one may answer 5xx.
+"""schemathesis against both APIs' own OpenAPI schemas, in-process (ASGI), as an admin (the
+Response API) and with the service token (the Request API): valid and invalid requests to every
+operation, and not one may answer 5xx.
 
 Run alone: ``./run python -m pytest tests/test_schemathesis.py -q``. ``NETSYNC_FUZZ_EXAMPLES``
 raises the number of examples per operation and mode (default 15, about 45 s) for a longer
@@ -27,6 +28,7 @@ from schemathesis.python import asgi
 
 from app.bootstrap import ensure_admin
 from app.main import create_app
+from importer.api import create_app as create_request_app
 from tests.factories import ADMIN_PASSWORD
 from tests.support import Services, make_sandbox, truncate_all
 
@@ -81,17 +83,53 @@ def fuzz(operation: Any, mode: schemathesis.GenerationMode, headers: dict[str, s
     call()
 
 
+SERVICE_TOKEN = "fuzzing-service-token-" + "y" * 24
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def fuzzed_request_app(
+    services: Services, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[FastAPI]:
+    sandbox = make_sandbox(Path(tmp_path_factory.mktemp("fuzz-request")), services)
+    config = sandbox.request_settings(
+        request_service_token=SecretStr(SERVICE_TOKEN),
+        request_secret_key=SecretStr("request-fuzz-secret-" + "z" * 30),
+    )
+    app = create_request_app(config)
+    try:
+        yield app
+    finally:
+        asgi.shutdown_lifespans()
+
+
+def _operations(schema: schemathesis.BaseSchema) -> list[Any]:
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operations.append(result.ok())
+    return operations
+
+
+def test_no_request_makes_the_request_api_fail_with_a_5xx(fuzzed_request_app: FastAPI) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", fuzzed_request_app)
+    operations = _operations(schema)
+    assert len(operations) >= 8
+    service = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    _fuzz_all(operations, lambda op: {} if op.path == "/api/v1/auth/login" else service)
+
+
 def test_no_request_makes_the_api_fail_with_a_5xx(
     api_schema: schemathesis.BaseSchema, admin_auth: dict[str, str]
 ) -> None:
-    server_errors: list[str] = []
-    operations = []
-    for result in api_schema.get_all_operations():
-        assert isinstance(result, Ok), result
-        operations.append(result.ok())
+    operations = _operations(api_schema)
     assert len(operations) > 25
+    _fuzz_all(operations, lambda op: {} if op.path == "/api/v1/auth/token" else admin_auth)
+
+
+def _fuzz_all(operations: list[Any], headers_for: Any) -> None:
+    server_errors: list[str] = []
     for operation in operations:
-        headers = {} if operation.path == "/api/v1/auth/token" else admin_auth
+        headers = headers_for(operation)
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
             try:
                 fuzz(operation, mode, headers)

@@ -329,7 +329,7 @@ class Chaos:
 
 def _events_in_more_than_one_file(sandbox: Sandbox) -> int:
     """Events carried by two different applied files (a duplicate of one file is not that)."""
-    archive = sandbox.exports / "archive"
+    archive = sandbox.archive
     owners: dict[str, str] = {}
     twice = 0
     for path in sorted(archive.glob("changes-*.jsonl")):  # duplicates carry a suffix: skipped

@@ -70,9 +70,8 @@ def hostile_files(sandbox: Sandbox, victim: uuid.UUID) -> dict[str, str]:
     expected[name(115)] = RejectReason.SYMLINK.value
     (exports / name(116)).symlink_to("../../../../etc/passwd")
     expected[name(116)] = RejectReason.SYMLINK.value
-    # not regular files: a directory and a FIFO (reading a FIFO would block forever)
-    (exports / name(117)).mkdir()
-    expected[name(117)] = RejectReason.NOT_REGULAR.value
+    # not regular files: a FIFO (reading a FIFO would block forever); a directory under an
+    # export name is a foreign name (``foreign_names``)
     os.mkfifo(exports / name(118))
     expected[name(118)] = RejectReason.NOT_REGULAR.value
     return expected
@@ -83,9 +82,12 @@ def foreign_names(sandbox: Sandbox) -> list[str]:
     for foreign in names:
         (sandbox.exports / foreign).write_bytes(b"not ours")
     (sandbox.exports / "some-directory").mkdir()
+    # a directory under an export name: never read, never removed, recorded once
+    (sandbox.exports / name(117)).mkdir()
+    (sandbox.exports / name(117) / "inside").write_bytes(b"x")
     # a transfer tool's temporary file: left alone and not even recorded
     (sandbox.exports / ".changes-000000000001.jsonl.Xy12Ab").write_bytes(b"partial")
-    return [*names, "some-directory"]
+    return [*names, "some-directory", name(117)]
 
 
 async def test_every_hostile_file_is_quarantined_with_its_reason_and_genuine_files_still_apply(
@@ -109,17 +111,20 @@ async def test_every_hostile_file_is_quarantined_with_its_reason_and_genuine_fil
     assert await user_version(sandbox, victim) == 1
     assert await count(sandbox, "import_ledger") == 1
     for hostile in expected:
-        assert (daemon.quarantine_dir / hostile).is_symlink() or (
-            daemon.quarantine_dir / hostile
-        ).exists(), hostile
+        kept = daemon.quarantine_dir / hostile
+        # a plain file holding at most the first bytes of what was refused: never a link
+        assert kept.exists(), hostile
+        assert not kept.is_symlink(), hostile
         sidecar = orjson.loads((daemon.quarantine_dir / f"{hostile}.reason.json").read_bytes())
         assert sidecar["reason"] == expected[hostile]
+    # the quarantine is the importer's own, outside the exports directory
+    assert not daemon.quarantine_dir.resolve().is_relative_to(sandbox.exports.resolve())
     # names that are not ours stay where they are, recorded once however often we scan
     assert sorted(os.listdir(sandbox.exports)) == sorted(
-        [*foreign, "archive", "quarantine", ".staging", ".changes-000000000001.jsonl.Xy12Ab"]
+        [*foreign, ".staging", ".changes-000000000001.jsonl.Xy12Ab"]
     )
     await daemon.scan_once()
-    assert await count(sandbox, "quarantined_files", "reason = 'not_an_export_name'") == 5
+    assert await count(sandbox, "quarantined_files", "reason = 'not_an_export_name'") == 6
 
     # and the daemon is still applying genuine files
     publish(sandbox.exports, sandbox.signer, 2, user_record(victim, 2))

@@ -35,7 +35,7 @@ async def test_sigterm_mid_burst_leaves_no_partial_state(
 
     ledger = {r["file_name"] for r in await query(sandbox, "SELECT file_name FROM import_ledger")}
     waiting = set(export_names(sandbox.exports))
-    archive = sandbox.exports / "archive"
+    archive = sandbox.archive
     assert 0 < len(ledger) < files, "the burst must be interrupted for this test to mean much"
     assert ledger.isdisjoint(waiting)  # nothing applied is left behind in the exports dir
     assert set(os.listdir(archive)) == ledger  # and nothing unapplied was archived

@@ -1,0 +1,110 @@
+"""The import ledger: one row per applied file, claimed in the transaction that applies it.
+
+Every kind of file (changes, snapshots, results) is claimed here and only here, after its
+signature held: the ledger's primary key ``(stream, seq)`` makes a second application
+impossible, even by a second importer, which waits on the row and then finds it taken.
+
+A file that finds its place taken is a duplicate only if it is the same file (same ``file_id``,
+same digest): the sweeper republishing an unpublished file, a resend, a second importer. Two
+*different* genuine files claiming one place (a restored Response database reusing sequence
+numbers, a ``file_id`` reused under another sequence number) are a ledger conflict: never
+silently archived, always quarantined with their own reason and alerted on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import or_, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
+
+from exchange.format import ExportHeader, FileName
+from importer.db import RequestSession
+from importer.models import ImportLedger
+
+
+class Claimable(Protocol):
+    """A verified file, whatever its kind."""
+
+    @property
+    def name(self) -> FileName: ...
+    @property
+    def header(self) -> ExportHeader: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def key_id(self) -> str: ...
+
+
+def _row(file: Claimable, now: datetime) -> dict[str, Any]:
+    header = file.header
+    return {
+        "stream": header.stream,
+        "seq": header.seq,
+        "file_id": header.file_id,
+        "file_name": file.name.name,
+        "sha256": file.sha256,
+        "key_id": file.key_id,
+        "records": header.records,
+        "applied_changes": 0,
+        "exported_at": header.created_at,
+        "applied_at": now,
+    }
+
+
+async def claim(
+    session: RequestSession, files: Sequence[Claimable]
+) -> tuple[set[int], dict[int, str]]:
+    """Insert the files' ledger rows; return the seqs claimed now and the conflicts by seq
+    (detail text). The files are of one stream; the rest are duplicates."""
+    if not files:
+        return set(), {}
+    now = datetime.now(UTC)
+    stmt = insert(ImportLedger).on_conflict_do_nothing().returning(ImportLedger.seq)
+    conn = await session.connection()
+    claimed = set((await conn.execute(stmt, [_row(f, now) for f in files])).scalars().all())
+    others = [f for f in files if f.header.seq not in claimed]
+    return claimed, await _conflicts(session, others)
+
+
+async def _conflicts(session: RequestSession, files: Sequence[Claimable]) -> dict[int, str]:
+    if not files:
+        return {}
+    places = [(f.header.stream, f.header.seq) for f in files]
+    ids = [f.header.file_id for f in files]
+    rows = (
+        await session.execute(
+            select(
+                ImportLedger.stream, ImportLedger.seq, ImportLedger.file_id, ImportLedger.sha256
+            ).where(
+                or_(
+                    tuple_(ImportLedger.stream, ImportLedger.seq).in_(places),
+                    ImportLedger.file_id.in_(ids),
+                )
+            )
+        )
+    ).all()
+    by_place = {(r.stream, r.seq): r for r in rows}
+    by_id: dict[uuid.UUID, Any] = {r.file_id: r for r in rows}
+    conflicts: dict[int, str] = {}
+    for file in files:
+        header = file.header
+        held = by_place.get((header.stream, header.seq))
+        if held is None:
+            other = by_id.get(header.file_id)
+            where = f"{other.stream}/{other.seq}" if other is not None else "another place"
+            conflicts[header.seq] = f"file id {header.file_id} is already held by {where}"
+        elif held.file_id != header.file_id:
+            conflicts[header.seq] = (
+                f"{header.stream}/{header.seq} is held by file id {held.file_id},"
+                f" this file is {header.file_id}"
+            )
+        elif held.sha256 and held.sha256 != file.sha256:  # "" : a row from before digests
+            conflicts[header.seq] = (
+                f"{header.stream}/{header.seq} is held with digest {held.sha256[:16]}…,"
+                f" this file's is {file.sha256[:16]}…"
+            )
+    return conflicts
