@@ -47,11 +47,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     NETSYNC_EXPORTS_DIR=/var/lib/netsync/exports \
     NETSYNC_METRICS_HOST=0.0.0.0
 # A fixed uid/gid, so that volumes and Kubernetes securityContext can name it. A named volume
-# mounted on the exports directory starts out owned by it, so both sides can write there.
+# mounted on the exports directory (or the importer's own state directory) starts out owned by
+# it, so both sides can write there.
 RUN groupadd --system --gid 10001 netsync \
     && useradd --system --uid 10001 --gid netsync --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin netsync \
-    && install -d -o netsync -g netsync -m 0750 /var/lib/netsync /var/lib/netsync/exports
+    && install -d -o netsync -g netsync -m 0750 /var/lib/netsync /var/lib/netsync/exports \
+        /var/lib/netsync/importer
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /var/lib/netsync
 USER 10001:10001

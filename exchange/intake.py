@@ -223,13 +223,13 @@ def take(
     copy = _Copy(st.st_size, spool_dir)
     try:
         if copy.memory is not None:
-            digest, trailer, total = _hash_and_copy(fd, copy, max_bytes)
+            digest, trailer, total = _hash_and_copy(fd, copy, max_bytes, st.st_size)
             key_id = _verify(trailer, digest, keyring)
         else:
-            digest, trailer, total = _hash_and_copy(fd, None, max_bytes)
+            digest, trailer, total = _hash_and_copy(fd, None, max_bytes, st.st_size)
             key_id = _verify(trailer, digest, keyring)
             os.lseek(fd, 0, os.SEEK_SET)
-            again = _hash_and_copy(fd, copy, max_bytes)
+            again = _hash_and_copy(fd, copy, max_bytes, st.st_size)
             if again != (digest, trailer, total):
                 raise RejectedFile(RejectReason.BAD_SIGNATURE, "the file changed while it was read")
     except BaseException:
@@ -250,15 +250,20 @@ def take(
     )
 
 
-def _hash_and_copy(fd: int, copy: _Copy | None, max_bytes: int) -> tuple[bytes, bytes, int]:
-    """One pass: hash and copy every byte before the last line; return digest, trailer, size."""
+def _hash_and_copy(
+    fd: int, copy: _Copy | None, max_bytes: int, size: int
+) -> tuple[bytes, bytes, int]:
+    """One pass: hash and copy every byte before the last line; return digest, trailer, size.
+
+    Reads ask for what ``fstat`` said is left (plus one byte, to see a file that grew), so a
+    small file costs a small buffer, not a block."""
     sha = hashlib.sha256()
     pending = b""  # the last line so far: the trailer, if nothing follows
     total = 0
     ends_with_newline = False
     while True:
         try:
-            chunk = os.read(fd, BLOCK_BYTES)
+            chunk = os.read(fd, max(1, min(BLOCK_BYTES, size - total + 1)))
         except OSError as exc:
             raise _unreadable(exc) from exc
         if not chunk:

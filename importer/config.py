@@ -33,6 +33,12 @@ class RequestSettings(CommonSettings):
     max_snapshot_bytes: int = 2 * 1024 * 1024 * 1024
     #: A refused file's first bytes are kept in quarantine for forensics, no more than this.
     quarantine_keep_bytes: int = 1024 * 1024
+    #: Archived files (the ledger is the record; these are for audits) are kept this long ...
+    archive_retention_days: float = 7.0
+    #: ... and quarantined files and sidecars (their rows stay in the database) this long.
+    quarantine_retention_days: float = 30.0
+    #: How often the daemon prunes both.
+    prune_interval_s: float = 3600.0
     #: watchfiles tuning: the defaults (1,600/50 ms) would add ~80 ms to every change.
     watch_debounce_ms: int = 10
     watch_step_ms: int = 1

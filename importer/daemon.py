@@ -125,6 +125,7 @@ class Importer:
             else None
         )
         backoff = 0.1
+        next_prune = time.monotonic()
         log.info(
             "importer watching",
             extra={
@@ -138,6 +139,9 @@ class Importer:
             while not stop.is_set():
                 self._wake.clear()
                 self.heartbeat = time.monotonic()
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self.settings.prune_interval_s
+                    await self.prune()
                 try:
                     await self.scan_once(stop)
                     backoff = 0.1
@@ -152,6 +156,22 @@ class Importer:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+
+    async def prune(self) -> dict[str, int]:
+        """Delete archived and quarantined files past their retention (their rows stay)."""
+        now = time.time()
+        try:
+            removed = await asyncio.to_thread(
+                self.files.prune,
+                now - self.settings.archive_retention_days * 86_400,
+                now - self.settings.quarantine_retention_days * 86_400,
+            )
+        except OSError as exc:
+            log.error("could not prune the archive", extra={"error": repr(exc)})
+            return {}
+        if any(removed.values()):
+            log.info("pruned old files", extra=removed)
+        return removed
 
     async def _watch(self, stop: asyncio.Event) -> None:
         def ours(change: Change, path: str) -> bool:

@@ -124,11 +124,25 @@ class FileMover:
         duplicate: bool,
     ) -> None:
         """Keep the verified bytes in the archive, then remove the exports entry."""
+        try:
+            with _dir(self.archive_dir) as dir_fd:
+                self._archive_one(dir_fd, name, inode, data, taken, duplicate)
+        except OSError as exc:
+            log.error("could not open the archive", extra={"error": repr(exc)})
+
+    def _archive_one(
+        self,
+        dir_fd: int,
+        name: str,
+        inode: tuple[int, int],
+        data: bytes | None,
+        taken: Taken | None,
+        duplicate: bool,
+    ) -> None:
         if duplicate and not self._still_there(name, inode):
             return  # another importer applied and archived it
         try:
-            with _dir(self.archive_dir) as dir_fd:
-                self._keep(dir_fd, name, data, taken, duplicate=duplicate)
+            self._keep(dir_fd, name, data, taken, duplicate=duplicate)
         except OSError as exc:  # the file is applied; only its archive copy is missing
             log.error("could not archive a file", extra={"file": name, "error": repr(exc)})
         self._remove(name, inode)
@@ -160,8 +174,13 @@ class FileMover:
             os.close(fd)
 
     def archive_many(self, moves: list[tuple[str, tuple[int, int], bytes, bool]]) -> None:
-        for name, inode, data, duplicate in moves:
-            self.archive(name, inode, data=data, duplicate=duplicate)
+        """``archive`` for a batch of files held in memory, with one directory descriptor."""
+        try:
+            with _dir(self.archive_dir) as dir_fd:
+                for name, inode, data, duplicate in moves:
+                    self._archive_one(dir_fd, name, inode, data, None, duplicate)
+        except OSError as exc:
+            log.error("could not open the archive", extra={"error": repr(exc)})
 
     def _still_there(self, name: str, inode: tuple[int, int]) -> bool:
         try:
@@ -181,6 +200,26 @@ class FileMover:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+    def prune(self, archive_before: float, quarantine_before: float) -> dict[str, int]:
+        """Delete archive and quarantine entries last modified before the given times (regular
+        files only, never following links); return how many went from each."""
+        removed = {"archive": 0, "quarantine": 0}
+        for kind, directory, cutoff in (
+            ("archive", self.archive_dir, archive_before),
+            ("quarantine", self.quarantine_dir, quarantine_before),
+        ):
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        st = entry.stat(follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode) and st.st_mtime < cutoff:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(entry.path)
+                            removed[kind] += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     # -- the quarantine -------------------------------------------------------------------
 

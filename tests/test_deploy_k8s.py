@@ -265,8 +265,12 @@ def test_secrets_are_referenced_never_inlined(rendered: list[Resource]) -> None:
 
 
 def test_exports_volume_is_shared_read_write(rendered: list[Resource]) -> None:
-    (claim,) = of_kind(rendered, "PersistentVolumeClaim")
+    claims = {c["metadata"]["name"]: c for c in of_kind(rendered, "PersistentVolumeClaim")}
+    assert set(claims) == {"netsync-exports", "netsync-importer-state"}
+    claim = claims["netsync-exports"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # the importers' own files are on a volume nobody on the Response side mounts
+    assert volume_users(rendered, "netsync-importer-state") == {"importer"}
     users = {"worker", "bulk-worker", "importer"}
     assert volume_users(rendered, claim["metadata"]["name"]) == users
     config = {c["metadata"]["name"]: c["data"] for c in of_kind(rendered, "ConfigMap")}

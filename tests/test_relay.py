@@ -104,3 +104,30 @@ async def test_every_event_id_leaves_in_exactly_one_file(
     events = exported()
     assert len(events) == len(set(events))  # no event in two files
     assert all(uuid.UUID(e) for e in events)
+
+
+async def test_a_backlog_of_large_settings_leaves_in_files_capped_by_bytes(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    # Before: 1,000 changes per file whatever their size, so 1,000 settings of 60 KiB made a
+    # 60 MB file the importer quarantined as too_large. Now a file is capped by bytes too.
+    settings = sandbox.response_settings()
+    admin = await admin_headers(api, settings)
+    big = "x" * 60_000
+    for i in range(40):  # no worker runs: they wait in the outbox
+        created = await api.post(
+            "/api/v1/settings", json={"key": f"big.key_{i}", "value": big}, headers=admin
+        )
+        assert created.status_code == 201, created.text
+    engine = make_engine(settings.database_url, pool_size=1)
+    relay = OutboxRelay(
+        make_sessionmaker(engine), sandbox.exports, sandbox.signer, max_file_bytes=1_000_000
+    )
+    try:
+        result = await relay.run()
+    finally:
+        await engine.dispose()
+    sizes = [f.path.stat().st_size for f in result.files]
+    assert result.events == 41  # the 40 settings and the administrator created at start
+    assert len(sizes) >= 3, sizes
+    assert max(sizes) <= 1_000_000 + 61_000, sizes  # the cap, give or take one record

@@ -402,3 +402,27 @@ async def test_forged_and_unsigned_files_of_every_stream_and_size_are_refused_fa
     assert await user_version(sandbox, uid) == 1
     assert seconds < 5 * max(1, size / (1 << 30)) + 2
     assert list(importer.files.spool_dir.iterdir()) == []
+
+
+async def test_the_archive_and_quarantine_are_pruned_past_their_retention(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    importer = make_importer(archive_retention_days=1, quarantine_retention_days=2)
+    publish(sandbox.exports, sandbox.signer, 1, user_record(uuid.uuid4(), 1))
+    (sandbox.exports / FileName("changes", 2).name).write_bytes(b"junk\n")
+    await importer.scan_once()
+    archived = importer.archive_dir / FileName("changes", 1).name
+    kept = importer.quarantine_dir / FileName("changes", 2).name
+    assert archived.exists()
+    assert kept.exists()
+    link = importer.archive_dir / "a-link"
+    link.symlink_to(kept)
+    day = 86_400
+    os.utime(archived, (time.time() - 1.5 * day,) * 2)
+    os.utime(kept, (time.time() - 1.5 * day,) * 2)
+    assert await importer.prune() == {"archive": 1, "quarantine": 0}
+    os.utime(kept, (time.time() - 3 * day,) * 2)
+    assert await importer.prune() == {"archive": 0, "quarantine": 1}
+    assert not archived.exists()
+    assert not kept.exists()
+    assert link.is_symlink()  # never followed, never removed

@@ -204,3 +204,20 @@ def test_outside_development_placeholder_secrets_refuse_to_start() -> None:
     good = RequestSettings(**prod, request_secret_key="k" * 40, request_service_token="t" * 40)
     assert good.token_secret() == "k" * 40
     assert good.service_token() == "t" * 40
+
+
+async def test_nul_bytes_and_lone_surrogates_are_a_typed_422_never_a_500(
+    client: httpx.AsyncClient,
+) -> None:
+    # Before: PostgreSQL refused the NUL character in the query and the API answered 500.
+    for body in (
+        {"username": "ali\x00ce", "password": "alice pass phrase"},
+        {"username": "alice", "password": "alice\x00 pass phrase"},
+    ):
+        response = await login(client, body["username"], body["password"])
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "invalid_input"
+    for path in ("/api/v1/settings/site.%00option", "/api/v1/sync/quarantine?reason=%00"):
+        response = await client.get(path, headers=SERVICE_HEADERS)
+        assert response.status_code == 422, (path, response.text)
+        assert "error" in response.json()
