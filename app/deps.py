@@ -24,6 +24,7 @@ from app.db import ResponseSession, ResponseSessionMaker
 from app.users.models import User
 from jobs.client import JobQueue
 from netsync.errors import NotAuthenticated, NotPermitted
+from netsync.throttle import SignInGuard
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,16 @@ class UnitOfWork:
 
     def sync_after_commit(self, event_id: uuid.UUID) -> None:
         self.sync_events.append(event_id)
+
+
+def sign_in_guard(request: Request) -> SignInGuard:
+    guard: SignInGuard = request.app.state.sign_in
+    return guard
+
+
+def client_address(request: Request) -> str | None:
+    """The caller's address (behind a proxy: run uvicorn with ``--proxy-headers``)."""
+    return request.client.host if request.client else None
 
 
 def get_settings(request: Request) -> ResponseSettings:
@@ -76,7 +87,7 @@ async def get_current_user(
     user = await uow.session.get(User, claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("invalid or expired token")
-    if claims.password_changed_at < int(user.password_changed_at.timestamp() * 1000):
+    if claims.token_version != user.token_version:
         raise NotAuthenticated("token revoked by a password change")
     return user
 

@@ -27,6 +27,8 @@ from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import install_error_handlers
 from netsync.logging import configure_logging
+from netsync.passwords import warm_up
+from netsync.throttle import SignInGuard, redis_storage
 
 
 def create_app(settings: ResponseSettings | None = None) -> FastAPI:
@@ -45,10 +47,20 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
         app.state.queue = queue
+        throttle_store, throttle_pool = redis_storage(cfg.redis_dsn)
+        app.state.sign_in = SignInGuard.build(
+            throttle_store,
+            "response-api",
+            cfg.sign_in_account_limits,
+            cfg.sign_in_address_limits,
+            cfg.sign_in_namespace,
+        )
+        await warm_up()  # the dummy hash for unknown users, off the event loop
         try:
             yield
         finally:
             await queue.close()
+            await throttle_pool.disconnect()
             await engine.dispose()
 
     app = FastAPI(

@@ -82,14 +82,17 @@ SNAPSHOT_STREAMS: dict[str, str] = {
 _SNAPSHOT_STREAM_NAMES = frozenset(SNAPSHOT_STREAMS.values())
 
 
-def kind_of_stream(stream: str) -> ExportKind:
+def kind_of_stream(stream: str) -> ExportKind | None:
     """What a stream's files hold, from its name alone: decided before any byte is read, so a
-    header cannot choose how its own file is read (or how large it may be)."""
+    header cannot choose how its own file is read (or how large it may be). ``None`` for a
+    stream netsync does not write: such a file is a foreign name, never read."""
+    if stream == CHANGES_STREAM:
+        return "changes"
     if stream == RESULTS_STREAM:
         return "results"
     if stream in _SNAPSHOT_STREAM_NAMES:
         return "snapshot"
-    return "changes"
+    return None
 
 
 class ExportHeader(_Strict):

@@ -70,12 +70,33 @@ class RejectReason(StrEnum):
 
 
 class RejectedFile(Exception):
-    """A file that must not be applied, and why."""
+    """A file that must not be applied, and why.
 
-    def __init__(self, reason: RejectReason, detail: str) -> None:
+    ``inode`` is the ``(st_dev, st_ino)`` of the directory entry that was judged, where it is
+    known: the quarantine acts on that entry only, never on another file that took its name
+    since (a genuine file published over a forged one must not pay for it).
+    """
+
+    def __init__(
+        self, reason: RejectReason, detail: str, *, inode: tuple[int, int] | None = None
+    ) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.inode = inode
+        #: For a file that was verified (genuine, refused for its content): the private copy
+        #: of its exact bytes, which the quarantine keeps whole. Never set for a forged file.
+        self.evidence: bytes | Taken | None = None
+
+
+class SpoolError(Exception):
+    """The importer's own spool directory failed (missing, full, read-only): no verdict on the
+    file, which stays where it is until the spool works again."""
+
+
+#: Read errors that say something about the file itself; any other error while reading the
+#: exports entry (EIO, ESTALE on NFS, EMFILE …) is transient or ours, and is retried.
+_THE_FILES_FAULT = frozenset({errno.EACCES, errno.EPERM, errno.ENXIO, errno.ELOOP})
 
 
 @dataclass
@@ -123,8 +144,11 @@ class Taken:
         self.close()
 
 
-def _unreadable(exc: OSError) -> RejectedFile:
-    return RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc))
+def _unreadable(exc: OSError, inode: tuple[int, int] | None = None) -> Exception:
+    """A refusal for what is the file's fault; otherwise the error itself, to be retried."""
+    if exc.errno in _THE_FILES_FAULT:
+        return RejectedFile(RejectReason.UNREADABLE, exc.strerror or repr(exc), inode=inode)
+    return exc
 
 
 def open_entry(path: Path, max_bytes: int) -> tuple[int, os.stat_result]:
@@ -140,7 +164,7 @@ def open_entry(path: Path, max_bytes: int) -> tuple[int, os.stat_result]:
         raise
     except OSError as exc:
         raise _unreadable(exc) from exc
-    _check_entry(before, max_bytes)
+    _check_entry(before, max_bytes, (before.st_dev, before.st_ino))
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
         fd = os.open(path, flags)
@@ -149,23 +173,25 @@ def open_entry(path: Path, max_bytes: int) -> tuple[int, os.stat_result]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # replaced by a link between lstat and open
             raise RejectedFile(RejectReason.SYMLINK, "symbolic links are never followed") from exc
-        raise _unreadable(exc) from exc
+        raise _unreadable(exc, (before.st_dev, before.st_ino)) from exc
     try:
         st = os.fstat(fd)
-        _check_entry(st, max_bytes)
+        _check_entry(st, max_bytes, (st.st_dev, st.st_ino))
     except BaseException:
         os.close(fd)
         raise
     return fd, st
 
 
-def _check_entry(st: os.stat_result, max_bytes: int) -> None:
+def _check_entry(st: os.stat_result, max_bytes: int, inode: tuple[int, int]) -> None:
     if stat.S_ISLNK(st.st_mode):
-        raise RejectedFile(RejectReason.SYMLINK, "symbolic links are never followed")
+        raise RejectedFile(RejectReason.SYMLINK, "symbolic links are never followed", inode=inode)
     if not stat.S_ISREG(st.st_mode):
-        raise RejectedFile(RejectReason.NOT_REGULAR, f"file mode {stat.filemode(st.st_mode)}")
+        mode = stat.filemode(st.st_mode)
+        raise RejectedFile(RejectReason.NOT_REGULAR, f"file mode {mode}", inode=inode)
     if st.st_size > max_bytes:
-        raise RejectedFile(RejectReason.TOO_LARGE, f"{st.st_size} bytes > limit {max_bytes}")
+        detail = f"{st.st_size} bytes > limit {max_bytes}"
+        raise RejectedFile(RejectReason.TOO_LARGE, detail, inode=inode)
 
 
 def spool_file(directory: Path) -> int:
@@ -185,20 +211,29 @@ def spool_file(directory: Path) -> int:
 class _Copy:
     """Where the body goes while it is hashed: a bytearray, or an unnamed spool file."""
 
-    def __init__(self, size: int, spool_dir: Path | None) -> None:
+    def __init__(self, size: int, spool_dir: Path | None, memory_bytes: int) -> None:
         self.memory: bytearray | None = None
         self.spool: BinaryIO | None = None
-        if size <= MEMORY_COPY_BYTES or spool_dir is None:
+        if size <= memory_bytes or spool_dir is None:
             self.memory = bytearray()
-        else:
+            return
+        try:
             self.spool = os.fdopen(spool_file(spool_dir), "w+b", buffering=0)
+        except OSError as exc:
+            raise SpoolError(f"cannot create a spool file in {spool_dir}: {exc}") from exc
 
     def write(self, data: bytes) -> None:
         if self.memory is not None:
             self.memory += data
-        else:
-            assert self.spool is not None
-            self.spool.write(data)
+            return
+        assert self.spool is not None
+        view = memoryview(data)
+        try:
+            while view:  # a raw file may write less than it was given
+                written = self.spool.write(view)
+                view = view[written or 0 :]
+        except OSError as exc:
+            raise SpoolError(f"cannot write the spool: {exc}") from exc
 
     def discard(self) -> None:
         if self.spool is not None:
@@ -213,65 +248,69 @@ def take(
     *,
     max_bytes: int,
     spool_dir: Path | None = None,
+    memory_bytes: int = MEMORY_COPY_BYTES,
 ) -> Taken:
     """Read and verify ``directory/name``; ``RejectedFile`` for anything that is not genuine.
 
-    Files over ``MEMORY_COPY_BYTES`` are copied into ``spool_dir`` (memory when it is ``None``:
-    callers that read large files must give one). The caller closes the result.
+    Files over ``memory_bytes`` are copied into ``spool_dir`` (memory when it is ``None``:
+    callers that read large files must give one). The caller closes the result. An error of the
+    spool is a ``SpoolError``, and a transient read error (EIO, ESTALE …) propagates as the
+    ``OSError`` it is: neither is a verdict on the file.
     """
     fd, st = open_entry(directory / name.name, max_bytes)
-    copy = _Copy(st.st_size, spool_dir)
+    inode = (st.st_dev, st.st_ino)
+    copy: _Copy | None = None
     try:
+        copy = _Copy(st.st_size, spool_dir, memory_bytes)
         if copy.memory is not None:
-            digest, trailer, total = _hash_and_copy(fd, copy, max_bytes, st.st_size)
+            digest, trailer, total = _hash_and_copy(fd, copy, st.st_size)
             key_id = _verify(trailer, digest, keyring)
         else:
-            digest, trailer, total = _hash_and_copy(fd, None, max_bytes, st.st_size)
+            digest, trailer, total = _hash_and_copy(fd, None, st.st_size)
             key_id = _verify(trailer, digest, keyring)
             os.lseek(fd, 0, os.SEEK_SET)
-            again = _hash_and_copy(fd, copy, max_bytes, st.st_size)
+            again = _hash_and_copy(fd, copy, st.st_size)
             if again != (digest, trailer, total):
                 raise RejectedFile(RejectReason.BAD_SIGNATURE, "the file changed while it was read")
+    except RejectedFile as rejected:
+        if copy is not None:
+            copy.discard()
+        rejected.inode = rejected.inode or inode
+        raise
     except BaseException:
-        copy.discard()
+        if copy is not None:
+            copy.discard()
         raise
     finally:
         os.close(fd)
     memory = bytes(copy.memory) if copy.memory is not None else None
     return Taken(
-        name,
-        digest.hex(),
-        key_id,
-        total,
-        trailer,
-        (st.st_dev, st.st_ino),
-        _memory=memory,
-        _spool=copy.spool,
+        name, digest.hex(), key_id, total, trailer, inode, _memory=memory, _spool=copy.spool
     )
 
 
-def _hash_and_copy(
-    fd: int, copy: _Copy | None, max_bytes: int, size: int
-) -> tuple[bytes, bytes, int]:
+def _hash_and_copy(fd: int, copy: _Copy | None, size: int) -> tuple[bytes, bytes, int]:
     """One pass: hash and copy every byte before the last line; return digest, trailer, size.
 
-    Reads ask for what ``fstat`` said is left (plus one byte, to see a file that grew), so a
-    small file costs a small buffer, not a block."""
+    A published file never changes, so reading more than ``fstat`` said it held is a refusal
+    at once: a file that grows while it is read costs nothing (not a byte-by-byte crawl, not
+    memory). Reads ask for what is left plus one byte, so a small file costs a small buffer.
+    """
     sha = hashlib.sha256()
     pending = b""  # the last line so far: the trailer, if nothing follows
     total = 0
     ends_with_newline = False
     while True:
         try:
-            chunk = os.read(fd, max(1, min(BLOCK_BYTES, size - total + 1)))
+            chunk = os.read(fd, min(BLOCK_BYTES, size - total + 1))
         except OSError as exc:
             raise _unreadable(exc) from exc
         if not chunk:
             break
         total += len(chunk)
+        if total > size:
+            raise RejectedFile(RejectReason.TOO_LARGE, "the file grew while it was read")
         ends_with_newline = chunk.endswith(b"\n")
-        if total > max_bytes:
-            raise RejectedFile(RejectReason.TOO_LARGE, f"grew past the limit of {max_bytes} bytes")
         data = pending + chunk
         cut = data.rfind(b"\n", 0, len(data) - 1)
         if cut >= 0:
@@ -286,6 +325,8 @@ def _hash_and_copy(
                 copy.write(body)
     if total == 0:
         raise RejectedFile(RejectReason.TRUNCATED, "the file is empty")
+    if total < size:
+        raise RejectedFile(RejectReason.TRUNCATED, "the file shrank while it was read")
     if not ends_with_newline:
         raise RejectedFile(RejectReason.TRUNCATED, "the file does not end with a complete line")
     if not pending:

@@ -152,7 +152,7 @@ def read_export(directory: Path, name: FileName, keyring: Keyring, max_bytes: in
     """
     if parse_file_name(name.name) != name:  # never a path: names come from a directory listing
         raise ValueError(f"not an export file name: {name.name!r}")
-    with take(directory, name, keyring, max_bytes=max_bytes) as taken:
+    with take(directory, name, keyring, max_bytes=max_bytes, memory_bytes=max_bytes) as taken:
         return parse_changes(taken)
 
 

@@ -1,7 +1,10 @@
 """The Request Network API: ``uvicorn importer.api:app`` (127.0.0.1:8001 under ``./run up``).
 
 People sign in here with the password they set on the Response Network: the synced hash is checked
-(argon2id, or a legacy bcrypt hash). Deactivated and deleted users cannot sign in.
+(argon2id, or a legacy bcrypt hash). Deactivated and deleted users cannot sign in. Sign-in is
+throttled per account and per client address with counters in this network's own PostgreSQL
+(``netsync.throttle``); an outdated hash is not rehashed here: the Response Network is the system
+of record, and rehashes at its own next sign-in.
 """
 
 from __future__ import annotations
@@ -10,11 +13,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
-from importer.auth import create_token
+from importer.auth import Operator, create_token
 from importer.config import RequestSettings
 from importer.db import make_sessionmaker
 from importer.endpoints import SessionDep, router
@@ -24,7 +27,9 @@ from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import ERROR_RESPONSES, NotAuthenticated, install_error_handlers
 from netsync.logging import configure_logging
-from netsync.passwords import verify_password
+from netsync.passwords import verify_password, warm_up
+from netsync.text import Text
+from netsync.throttle import PostgresStorage, SignInGuard
 
 
 def create_app(settings: RequestSettings | None = None) -> FastAPI:
@@ -39,6 +44,14 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
         app.state.settings = cfg
         app.state.engine = engine
         app.state.sessionmaker = make_sessionmaker(engine)
+        app.state.sign_in = SignInGuard.build(
+            PostgresStorage(engine),
+            "request-api",
+            cfg.sign_in_account_limits,
+            cfg.sign_in_address_limits,
+            cfg.sign_in_namespace,
+        )
+        await warm_up()  # the dummy hash for unknown users, off the event loop
         try:
             yield
         finally:
@@ -75,8 +88,16 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
             status_code=200 if ok else 503,
         )
 
-    @app.post("/api/v1/auth/login", tags=["auth"])
-    async def login(body: LoginRequest, session: SessionDep) -> LoggedIn:
+    @app.post(
+        "/api/v1/auth/login",
+        tags=["auth"],
+        responses={429: {"description": "too many attempts (see Retry-After)"}},
+    )
+    async def login(body: LoginRequest, session: SessionDep, request: Request) -> LoggedIn:
+        """Sign in; throttled per account and per client address (429 with Retry-After)."""
+        guard: SignInGuard = app.state.sign_in
+        address = request.client.host if request.client else None
+        await guard.attempt(body.username, address)
         user = await session.scalar(
             select(SyncedUser)
             .where(
@@ -88,7 +109,9 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
         )
         ok = await verify_password(user.password_hash if user else None, body.password)
         if user is None or not ok or not user.is_active:
+            await guard.failed(address)
             raise NotAuthenticated("invalid username or password")
+        await guard.succeeded(body.username)
         cfg: RequestSettings = app.state.settings
         token = create_token(user, secret=app.state.token_secret, minutes=cfg.request_token_minutes)
         return LoggedIn(
@@ -98,6 +121,13 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
             access_token=token,
             expires_in=cfg.request_token_minutes * 60,
         )
+
+    @app.delete("/api/v1/auth/locks/{username}", tags=["auth"], status_code=204)
+    async def clear_sign_in_lock(username: Text, _: Operator) -> Response:
+        """Lift the sign-in throttle of an account (administrators and the service token)."""
+        guard: SignInGuard = app.state.sign_in
+        await guard.clear(username)
+        return Response(status_code=204)
 
     app.include_router(router)
     return app

@@ -31,8 +31,11 @@ class RequestSettings(CommonSettings):
     max_results_bytes: int = 8 * 1024 * 1024
     #: ... and a snapshot holds a whole entity type (a million settings are ~280 MB).
     max_snapshot_bytes: int = 2 * 1024 * 1024 * 1024
-    #: A refused file's first bytes are kept in quarantine for forensics, no more than this.
-    quarantine_keep_bytes: int = 1024 * 1024
+    #: Of a refused file that was never verified, the quarantine keeps the first bytes for
+    #: forensics, no more than this, while all it holds stays under ``quarantine_max_bytes``
+    #: (a genuine file refused for its content is kept whole).
+    quarantine_keep_bytes: int = 64 * 1024
+    quarantine_max_bytes: int = 1024 * 1024 * 1024
     #: Archived files (the ledger is the record; these are for audits) are kept this long ...
     archive_retention_days: float = 7.0
     #: ... and quarantined files and sidecars (their rows stay in the database) this long.

@@ -40,13 +40,13 @@ from exchange.format import (
     kind_of_stream,
     parse_file_name,
 )
-from exchange.intake import Taken, take
+from exchange.intake import MEMORY_COPY_BYTES, SpoolError, Taken, take
 from exchange.reader import ExportFile, RejectedFile, RejectReason, VerifiedStream, parse_changes
 from exchange.signing import Keyring
 from importer.apply import ApplyResult, apply_changes
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
-from importer.failures import DatabaseUnavailable, blames_the_file
+from importer.failures import DatabaseUnavailable, LocalFault, RetryLater, blames_the_file
 from importer.files import FileMover
 from importer.keys import TrustedKeys
 from importer.probes import observe_applied
@@ -91,6 +91,7 @@ class Importer:
             self.quarantine_dir,
             settings.spool_path,
             settings.quarantine_keep_bytes,
+            settings.quarantine_max_bytes,
         )
         self.quarantined = Quarantine(sessions, self.files)
         self._wake = asyncio.Event()
@@ -102,6 +103,8 @@ class Importer:
         self.gaps = GapWatch(sessions, settings.gap_alert_after_s)
         #: Files applied, duplicates, quarantined and changes since start: counters.
         self.totals = ScanResult()
+        #: The stop event of the running loop, looked at by the read-ahead thread too.
+        self._stopping: asyncio.Event | None = None
 
     @property
     def keyring(self) -> Keyring:
@@ -146,8 +149,15 @@ class Importer:
                     await self.scan_once(stop)
                     backoff = 0.1
                     timeout = self.settings.rescan_interval_s
-                except DatabaseUnavailable as exc:
-                    log.warning("request database unavailable, retrying", extra={"error": str(exc)})
+                except RetryLater as exc:
+                    what = (
+                        "request database" if isinstance(exc, DatabaseUnavailable) else "importer"
+                    )
+                    log.warning(f"{what} unavailable, retrying", extra={"error": str(exc)[:300]})
+                    timeout = backoff
+                    backoff = min(backoff * 2, 5.0)
+                except Exception:  # whatever a file or a bug does, the daemon goes on
+                    log.exception("scan failed, retrying")
                     timeout = backoff
                     backoff = min(backoff * 2, 5.0)
                 await _wait_any(self._wake, stop, timeout)
@@ -206,7 +216,8 @@ class Importer:
         with os.scandir(self.exports_dir) as entries:
             for entry in entries:
                 parsed = parse_file_name(entry.name)
-                if parsed is not None and not _is_dir(entry):
+                ours = parsed is not None and kind_of_stream(parsed.stream) is not None
+                if parsed is not None and ours and not _is_dir(entry):
                     names.append(parsed)
                 elif entry.name not in self._own_entries:
                     foreign.append(entry.name)
@@ -214,6 +225,7 @@ class Importer:
         return names, foreign
 
     async def scan_once(self, stop: asyncio.Event | None = None) -> ScanResult:
+        self._stopping = stop
         result = ScanResult()
         try:
             await self._scan(result, stop)
@@ -271,18 +283,17 @@ class Importer:
                 export = await asyncio.to_thread(VerifiedStream, taken)
                 outcome = await apply_streamed(session, export)
         except RejectedFile as rejected:  # genuine, but malformed: nothing was committed
-            if await self.quarantined.put(name.name, rejected):
-                result.quarantined += 1
+            await self._refuse_genuine(name, rejected, taken.inode, taken, result)
             return
+        except RetryLater:
+            raise
         except Exception as exc:
             if not blames_the_file(exc):
                 raise DatabaseUnavailable(repr(exc)) from exc
-            failed = _apply_failed(exc)
-            if await self.quarantined.put(name.name, failed):
-                result.quarantined += 1
+            await self._refuse_genuine(name, _apply_failed(exc), taken.inode, taken, result)
             return
         if outcome.conflict is not None:
-            await self._conflict(name, outcome.conflict, result)
+            await self._conflict(name, outcome.conflict, taken.inode, taken, result)
             return
         if outcome.duplicate:
             result.duplicates += 1
@@ -300,9 +311,28 @@ class Importer:
             self.files.archive, name.name, taken.inode, taken=taken, duplicate=False
         )
 
-    async def _conflict(self, name: FileName, detail: str, result: ScanResult) -> None:
+    async def _conflict(
+        self,
+        name: FileName,
+        detail: str,
+        inode: tuple[int, int],
+        evidence: bytes | Taken,
+        result: ScanResult,
+    ) -> None:
         log.error("ledger conflict", extra={"file": name.name, "detail": detail})
         rejected = RejectedFile(RejectReason.LEDGER_CONFLICT, detail)
+        await self._refuse_genuine(name, rejected, inode, evidence, result)
+
+    async def _refuse_genuine(
+        self,
+        name: FileName,
+        rejected: RejectedFile,
+        inode: tuple[int, int],
+        evidence: bytes | Taken,
+        result: ScanResult,
+    ) -> None:
+        """Quarantine a verified file: its whole private copy is kept, for the operator."""
+        rejected.inode, rejected.evidence = inode, evidence
         if await self.quarantined.put(name.name, rejected):
             result.quarantined += 1
 
@@ -331,18 +361,25 @@ class Importer:
 
     def _verified(self, name: FileName) -> Taken | RejectedFile | None:
         """Take and verify one file (in a worker thread); ``None`` if another importer took it."""
-        kind = kind_of_stream(name.stream)
+        kind = kind_of_stream(name.stream) or "changes"
+        limit = self.settings.max_bytes_for(kind)
         for attempt in range(2):
             try:
                 return take(
                     self.exports_dir,
                     name,
                     self.keys.keyring,
-                    max_bytes=self.settings.max_bytes_for(kind),
+                    max_bytes=limit,
                     spool_dir=self.files.spool_dir,
+                    # a changes file is parsed whole anyway; anything larger is spooled
+                    memory_bytes=limit if kind == "changes" else MEMORY_COPY_BYTES,
                 )
             except FileNotFoundError:
                 return None
+            except SpoolError as exc:
+                raise LocalFault(str(exc)) from exc
+            except OSError as exc:  # EIO, ESTALE, EMFILE …: not a verdict on the file
+                raise LocalFault(f"reading {name.name}: {exc!r}") from exc
             except RejectedFile as rejected:
                 # the new public key may have landed a moment after the file: look once more
                 retry = rejected.reason is RejectReason.UNKNOWN_KEY and attempt == 0
@@ -363,6 +400,9 @@ class Importer:
             try:
                 return parse_changes(taken)
             except RejectedFile as rejected:
+                rejected.inode = taken.inode
+                if taken.in_memory is not None:
+                    rejected.evidence = taken.in_memory + taken.trailer
                 return rejected
 
     def _read_chunk(self, names: Sequence[FileName], start: int) -> tuple[list[_Read], int]:
@@ -370,14 +410,17 @@ class Importer:
         reads: list[_Read] = []
         files = records = size = 0
         index = start
+        # refused files count too: a flood of forged files is read a batch at a time as well
         while index < len(names) and files < self.settings.batch_max_files:
             if records >= self.settings.batch_max_records or size >= self.settings.batch_max_bytes:
+                break
+            if self._stopping is not None and self._stopping.is_set():
                 break
             outcome = self._read_one(names[index])
             reads.append((names[index], outcome))
             index += 1
+            files += 1
             if isinstance(outcome, ExportFile):
-                files += 1
                 records += len(outcome.records)
                 size += outcome.size
         return reads, index
@@ -412,9 +455,8 @@ class Importer:
             log.error(
                 "file could not be applied", extra={"file": exports[0].name.name}, exc_info=True
             )
-            rejected = _apply_failed(exc)
-            if await self.quarantined.put(exports[0].name.name, rejected):
-                result.quarantined += 1
+            only = exports[0]
+            await self._refuse_genuine(only.name, _apply_failed(exc), only.inode, only.data, result)
             return
         finally:
             correlation_id.reset(token)
@@ -428,7 +470,9 @@ class Importer:
         for export in exports:
             outcome = outcomes[export.header.seq]
             if outcome.conflict is not None:
-                await self._conflict(export.name, outcome.conflict, result)
+                await self._conflict(
+                    export.name, outcome.conflict, export.inode, export.data, result
+                )
                 continue
             observe_applied(export, outcome)
             moves.append((export.name.name, export.inode, export.data, outcome.duplicate))

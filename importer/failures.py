@@ -13,8 +13,17 @@ from sqlalchemy.exc import DBAPIError, InterfaceError
 DB_ERRORS = (DBAPIError, OSError, ConnectionError, TimeoutError)
 
 
-class DatabaseUnavailable(Exception):
+class RetryLater(Exception):
+    """Nothing is wrong with the file: stop the scan, keep every file, retry with backoff."""
+
+
+class DatabaseUnavailable(RetryLater):
     """The Request database did not answer; retry later, quarantine nothing."""
+
+
+class LocalFault(RetryLater):
+    """The importer's own side failed (its spool or state directory, a transient read error
+    such as EIO or ESTALE, out of file descriptors): retry later, quarantine nothing."""
 
 
 def blames_the_file(exc: Exception) -> bool:

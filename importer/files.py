@@ -8,11 +8,15 @@ or not, is never opened, let alone overwritten), mode ``0640``; reads are bounde
 follow links. There is no check-then-act: an existing name makes the write pick another one.
 
 The archive keeps exactly the bytes that were verified and applied (written from the importer's
-private copy, or the spooled copy linked in), not whatever the exports entry holds by then. The
-quarantine keeps a refused file's first ``keep_bytes`` (forensics without letting a flood of
-forged gigabytes fill the Request side's disk) and a ``.reason.json`` sidecar. The exports entry
-is removed afterwards only if it is still the one that was read. Plain blocking calls: the daemon
-runs them in a thread. A file another importer took first is simply gone: never an error.
+private copy, or the spooled copy linked in), not whatever the exports entry holds by then; a
+duplicate is not kept twice. The quarantine keeps a ``.reason.json`` sidecar per refused file
+and, of a genuine file refused for its content (a conflict, a malformed record), its whole
+verified copy; of anything unverified only the first ``keep_bytes``, and only while the samples
+stay under ``max_bytes`` in all, so a flood of forged files cannot fill the Request side's disk.
+The exports entry is acted on only if it is still the very entry that was judged (same inode):
+a genuine file published over a forged one under the same name is judged on its own. Plain
+blocking calls: the daemon runs them in a thread. A file another importer took first is simply
+gone: never an error.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import stat
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,7 +49,8 @@ DIR_MODE = 0o750
 
 def printable(name: str) -> str:
     """A directory entry name as text PostgreSQL accepts (names need not be valid UTF-8)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")[:255]
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text.replace("\x00", "\\0")[:255]
 
 
 @contextlib.contextmanager
@@ -91,13 +96,17 @@ def read_bounded(path: Path, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
-@dataclass(frozen=True)
+@dataclass
 class FileMover:
     exports_dir: Path
     archive_dir: Path
     quarantine_dir: Path
     spool_dir: Path
-    keep_bytes: int = 1024 * 1024
+    #: Of a refused file that was not verified, keep at most this much ...
+    keep_bytes: int = 64 * 1024
+    #: ... while all such samples together stay under this.
+    max_bytes: int = 1024 * 1024 * 1024
+    _sampled: int | None = field(default=None, init=False, repr=False)
 
     def prepare(self) -> None:
         self.exports_dir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +148,9 @@ class FileMover:
         taken: Taken | None,
         duplicate: bool,
     ) -> None:
-        if duplicate and not self._still_there(name, inode):
-            return  # another importer applied and archived it
+        if duplicate:  # the archive (or another importer's) holds it already: no second copy
+            self._remove(name, inode)
+            return
         try:
             self._keep(dir_fd, name, data, taken, duplicate=duplicate)
         except OSError as exc:  # the file is applied; only its archive copy is missing
@@ -149,19 +159,20 @@ class FileMover:
 
     def _keep(
         self, dir_fd: int, name: str, data: bytes | None, taken: Taken | None, *, duplicate: bool
-    ) -> None:
+    ) -> str:
+        """Write verified bytes under ``name`` (or a free variant of it); return the name."""
         fallback = "duplicate" if duplicate else "copy"
         spool = taken.spool_fd() if taken is not None else None
         if spool is not None:
             for candidate in (name, f"{name}.{fallback}-{uuid.uuid4().hex[:8]}"):
                 try:  # give the verified, unnamed spool file a name: no copy at all
                     os.link(f"/proc/self/fd/{spool}", candidate, dst_dir_fd=dir_fd)
-                    return
+                    return candidate
                 except FileExistsError:
                     continue
                 except OSError:  # another file system, or no /proc: copy it instead
                     break
-        fd, _ = _create(dir_fd, name, fallback=fallback)
+        fd, stored = _create(dir_fd, name, fallback=fallback)
         try:
             if data is not None:
                 _write_all(fd, data)
@@ -172,6 +183,7 @@ class FileMover:
                 _write_all(fd, taken.trailer)
         finally:
             os.close(fd)
+        return stored
 
     def archive_many(self, moves: list[tuple[str, tuple[int, int], bytes, bool]]) -> None:
         """``archive`` for a batch of files held in memory, with one directory descriptor."""
@@ -182,13 +194,6 @@ class FileMover:
         except OSError as exc:
             log.error("could not open the archive", extra={"error": repr(exc)})
 
-    def _still_there(self, name: str, inode: tuple[int, int]) -> bool:
-        try:
-            st = os.lstat(self.exports_dir / name)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == inode
-
     def _remove(self, name: str, inode: tuple[int, int] | None) -> None:
         """Unlink the exports entry if it is (still) the one that was read; never a directory."""
         path = self.exports_dir / name
@@ -198,8 +203,12 @@ class FileMover:
             return
         if stat.S_ISDIR(st.st_mode) or (inode is not None and (st.st_dev, st.st_ino) != inode):
             return
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # swapped for a directory meanwhile, a sticky directory …
+            log.warning("could not remove a file", extra={"file": name, "error": repr(exc)})
 
     def prune(self, archive_before: float, quarantine_before: float) -> dict[str, int]:
         """Delete archive and quarantine entries last modified before the given times (regular
@@ -219,23 +228,25 @@ class FileMover:
                             removed[kind] += 1
             except FileNotFoundError:
                 continue
+        self._sampled = None  # counted again when next needed
         return removed
 
     # -- the quarantine -------------------------------------------------------------------
 
     def move_to_quarantine(self, name: str, rejected: RejectedFile) -> tuple[str, int] | None:
-        """Keep the first bytes of the entry and a sidecar saying why, remove the entry, and
-        return the name it is stored under and its size; ``None`` if it was gone."""
+        """Keep the evidence and a sidecar saying why, remove the entry, and return the name it
+        is stored under and its size; ``None`` if the entry is gone, or is no longer the one that
+        was judged (it is judged on its own at the next scan)."""
         source = self.exports_dir / name
         try:
             st = os.lstat(source)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            log.error("could not look at a refused file", extra={"file": name, "error": repr(exc)})
+        now = (st.st_dev, st.st_ino)
+        if (rejected.inode is not None and now != rejected.inode) or stat.S_ISDIR(st.st_mode):
             return None
         with _dir(self.quarantine_dir) as dir_fd:
-            stored_as, inode = self._sample(dir_fd, name, source, st)
+            stored_as, kept = self._evidence(dir_fd, name, source, st, rejected)
             sidecar = {
                 "file": name,
                 "stored_as": stored_as,
@@ -243,7 +254,8 @@ class FileMover:
                 "detail": rejected.detail,
                 "size": st.st_size,
                 "mode": stat.filemode(st.st_mode),
-                "kept_bytes": min(st.st_size, self.keep_bytes) if inode else 0,
+                "verified": rejected.evidence is not None,
+                "kept_bytes": kept,
                 "quarantined_at": datetime.now(UTC).isoformat(),
             }
             try:
@@ -254,33 +266,59 @@ class FileMover:
                     os.close(fd)
             except OSError as exc:
                 log.error("could not write a sidecar", extra={"file": name, "error": repr(exc)})
-        self._remove(name, inode or (st.st_dev, st.st_ino))
+        self._remove(name, now)
         return stored_as, st.st_size
 
-    def _sample(
-        self, dir_fd: int, name: str, source: Path, st: os.stat_result
-    ) -> tuple[str, tuple[int, int] | None]:
-        """Copy up to ``keep_bytes`` of a regular file; return its stored name and inode."""
+    def _evidence(
+        self, dir_fd: int, name: str, source: Path, st: os.stat_result, rejected: RejectedFile
+    ) -> tuple[str, int]:
+        """Keep a verified file whole, an unverified one's first bytes (within the budget)."""
+        evidence = rejected.evidence
+        if isinstance(evidence, bytes):
+            return self._keep(dir_fd, name, evidence, None, duplicate=False), len(evidence)
+        if evidence is not None:
+            return self._keep(dir_fd, name, None, evidence, duplicate=False), evidence.size
+        budget = min(self.keep_bytes, max(0, self.max_bytes - self._sampled_bytes()))
         fd, stored_as = _create(dir_fd, name, fallback="refused")
+        kept = 0
         try:
-            if not stat.S_ISREG(st.st_mode):
-                return stored_as, None  # a link, FIFO, device or directory: nothing to keep
-            try:
-                src = os.open(source, _READ)
-            except OSError:
-                return stored_as, None
-            try:
-                seen = os.fstat(src)
-                if not stat.S_ISREG(seen.st_mode):
-                    return stored_as, None
-                left = self.keep_bytes
-                while left > 0 and (block := os.read(src, min(left, 1 << 20))):
-                    _write_all(fd, block)
-                    left -= len(block)
-                return stored_as, (seen.st_dev, seen.st_ino)
-            except OSError:
-                return stored_as, None
-            finally:
-                os.close(src)
+            if budget and stat.S_ISREG(st.st_mode):
+                kept = self._sample(fd, source, (st.st_dev, st.st_ino), budget)
         finally:
             os.close(fd)
+        self._sampled = self._sampled_bytes() + kept
+        return stored_as, kept
+
+    def _sample(self, fd: int, source: Path, inode: tuple[int, int], budget: int) -> int:
+        """Copy up to ``budget`` bytes of the entry, if it is still that inode."""
+        try:
+            src = os.open(source, _READ)
+        except OSError:
+            return 0
+        kept = 0
+        try:
+            seen = os.fstat(src)
+            if not stat.S_ISREG(seen.st_mode) or (seen.st_dev, seen.st_ino) != inode:
+                return 0
+            while kept < budget and (block := os.read(src, min(budget - kept, 1 << 20))):
+                _write_all(fd, block)
+                kept += len(block)
+        except OSError:
+            pass
+        finally:
+            os.close(src)
+        return kept
+
+    def _sampled_bytes(self) -> int:
+        """What the quarantine holds in all (counted once, then kept up to date)."""
+        if self._sampled is None:
+            total = 0
+            try:
+                with os.scandir(self.quarantine_dir) as entries:
+                    for entry in entries:
+                        with contextlib.suppress(OSError):
+                            total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                pass
+            self._sampled = total
+        return self._sampled

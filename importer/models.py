@@ -172,3 +172,13 @@ __all__ = [
     "SyncedSetting",
     "SyncedUser",
 ]
+
+
+class SignInThrottle(RequestBase):
+    """One fixed-window counter of sign-in attempts (``netsync.throttle.PostgresStorage``)."""
+
+    __tablename__ = "sign_in_throttle"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    count: Mapped[int]
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -41,8 +41,14 @@ class Quarantine:
     async def put(self, name: str, rejected: RejectedFile) -> bool:
         """Move the file aside and record why; False when another importer took it first."""
         detail = printable(rejected.detail.replace("\x00", "\\0"))
-        rejected = RejectedFile(rejected.reason, detail)
-        moved = await asyncio.to_thread(self.files.move_to_quarantine, name, rejected)
+        evidence = rejected.evidence
+        rejected = RejectedFile(rejected.reason, detail, inode=rejected.inode)
+        rejected.evidence = evidence
+        try:
+            moved = await asyncio.to_thread(self.files.move_to_quarantine, name, rejected)
+        except OSError as exc:  # our own directory failed: the file stays, and is seen again
+            log.error("could not quarantine a file", extra={"file": name, "error": repr(exc)})
+            return False
         if moved is None:
             return False
         stored_as, size = moved
@@ -121,13 +127,16 @@ def read_sidecars(directory: Path) -> dict[str, dict[str, Any]]:
 def _fields(sidecar: dict[str, Any]) -> dict[str, Any]:
     """A ``quarantined_files`` row from a sidecar (``importer.files.FileMover`` writes them)."""
     stored_as = printable(str(sidecar["stored_as"]))
+    size = sidecar.get("size")
     row: dict[str, Any] = {
         "file_name": printable(str(sidecar.get("file") or stored_as)),
         "stored_as": stored_as,
-        "reason": str(sidecar["reason"])[:32],
+        "reason": printable(str(sidecar["reason"]))[:32],
         "detail": printable(str(sidecar.get("detail", ""))),
-        "size": sidecar["size"] if isinstance(sidecar.get("size"), int) else None,
+        "size": size if isinstance(size, int) and 0 <= size < 2**63 else None,
     }
     if isinstance(sidecar.get("quarantined_at"), str):
-        row["quarantined_at"] = datetime.fromisoformat(sidecar["quarantined_at"])
+        when = datetime.fromisoformat(sidecar["quarantined_at"])
+        if when.tzinfo is not None and 1970 <= when.year <= 9999:
+            row["quarantined_at"] = when
     return row

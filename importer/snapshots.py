@@ -38,6 +38,7 @@ from exchange.format import SETTING_KEY_PATTERN, ExportHeader
 from exchange.reader import RejectedFile, RejectReason, VerifiedStream
 from importer import gaps
 from importer.db import RequestSession
+from importer.failures import DatabaseUnavailable
 from importer.ledger import claim
 from importer.models import ImportLedger
 from importer.results import apply_results
@@ -326,9 +327,14 @@ async def apply_streamed(session: RequestSession, export: VerifiedStream) -> Str
     stale = await _is_stale(session, header)
     try:
         await _copy_rows(session, header.entity, _stream_batches(export, header.entity))
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, TypeError) as exc:
-        # a value the column type refuses (a malformed uuid or timestamp)
+    except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+        # a value the column type refuses (class 22 or 23): the file's content
         raise RejectedFile(RejectReason.INVALID_SCHEMA, f"record: {str(exc)[:200]}") from exc
+    except (ValueError, TypeError) as exc:  # the driver's encoder refused a value
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, f"record: {str(exc)[:200]}") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # cancelled, out of space, shut down …: the database's trouble, not the file's
+        raise DatabaseUnavailable(repr(exc)[:300]) from exc
     written = removed = 0
     if not stale:
         written, removed = await _merge(session, header.entity, header.changes_seq)

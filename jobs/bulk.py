@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
-from jobs import deadletter, wakeup
+from jobs import deadletter, serialization, wakeup
 from jobs.observe import observed
 from jobs.periodic import PERIODIC_JOBS, ScheduleSettings, job_function, report_missed
 from jobs.ticks import TOMBSTONE_S, cron_job_name
@@ -116,6 +116,7 @@ def bulk_worker_settings(
         "cron_jobs": cron_jobs,
         "queue_name": cfg.bulk_queue,
         "redis_settings": redis_settings(cfg.redis_dsn),
+        **serialization.OPTIONS,  # JSON, never pickle
         "on_startup": startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": cfg, "schedule": sch},

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from jobs import listing
 from jobs.deadletter import DeadJob, DeadLetters
+from jobs.serialization import deserialize, serialize
 from jobs.states import JobInfo, JobState, result_info
 from netsync import metrics
 
@@ -68,7 +69,12 @@ def redis_pool(dsn: str, *, queue_name: str, timeout_s: float = 2.0) -> ArqRedis
     pool = ConnectionPool.from_url(
         dsn, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=30
     )
-    return ArqRedis(connection_pool=pool, default_queue_name=queue_name)
+    return ArqRedis(
+        connection_pool=pool,
+        default_queue_name=queue_name,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
 
 
 class QueueUnavailable(Exception):
@@ -149,7 +155,7 @@ class JobQueue:
     async def _info(self, job_id: str) -> JobInfo:
         # A finished or running job's status does not depend on the queue; a queued one's does.
         for queue in self.queues.values():
-            job = Job(job_id, self.redis, _queue_name=queue)
+            job = Job(job_id, self.redis, _queue_name=queue, _deserializer=deserialize)
             status = await job.status()
             if status != JobStatus.not_found:
                 break
@@ -280,7 +286,7 @@ async def _describe(redis: ArqRedis, job_ids: list[str], state: JobState) -> lis
     for job_id, value in zip(job_ids, raw, strict=True):
         if value is None:  # finished between the two reads
             continue
-        definition = deserialize_job(value)
+        definition = deserialize_job(value, deserializer=deserialize)
         jobs.append(
             JobInfo(
                 job_id,

@@ -26,6 +26,7 @@ from arq.constants import (
 )
 from arq.jobs import DeserializationError, deserialize_job, deserialize_result
 
+from jobs.serialization import deserialize
 from jobs.states import JobInfo, result_info
 
 ListState = Literal["queued", "in_progress", "complete", "failed"]
@@ -63,7 +64,7 @@ async def _describe(
         if raw is None:
             continue
         try:
-            job = deserialize_job(raw)
+            job = deserialize_job(raw, deserializer=deserialize)
         except DeserializationError:
             job = None
         info = JobInfo(
@@ -135,7 +136,7 @@ async def _finished(
             if raw is None:
                 continue
             try:
-                result = deserialize_result(raw)
+                result = deserialize_result(raw, deserializer=deserialize)
             except DeserializationError:
                 continue
             if result.queue_name in names and (result.success == (state == "complete")):
@@ -179,7 +180,7 @@ async def last_result(redis: ArqRedis, job_name: str, queue_key: str) -> JobInfo
         if raw is None:
             continue
         try:
-            result = deserialize_result(raw)
+            result = deserialize_result(raw, deserializer=deserialize)
         except DeserializationError:
             continue
         if result.queue_name == queue_key:

@@ -27,6 +27,7 @@ from app.scheduling.models import ExportedResult
 from exchange.format import RESULTS_STREAM
 from exchange.signing import Signer
 from exchange.writer import publish_export
+from jobs.serialization import deserialize
 
 RESULT_KEY_PREFIX = "arq:result:"
 _SUMMARY_BYTES = 4096
@@ -69,9 +70,9 @@ async def collect(redis: ArqRedis, queues: set[str]) -> list[dict[str, Any]]:
             if raw is None:
                 continue
             try:
-                result = deserialize_result(raw)
+                result = deserialize_result(raw, deserializer=deserialize)
             except DeserializationError:
-                continue  # not arq's pickle: another application's key, not ours to read
+                continue  # not arq's JSON: another application's key, not ours to read
             if result.queue_name in queues:
                 records.append(record_of(key.decode()[len(RESULT_KEY_PREFIX) :], result))
         keys.clear()

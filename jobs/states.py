@@ -39,6 +39,11 @@ def result_info(result: JobResult, job_id: str, queue: str | None) -> JobInfo:
         finished_at=result.finish_time,
         tries=result.job_try,
         result=result.result if ok else None,
-        error=None if ok else repr(result.result),
+        error=None if ok else _error_text(result.result),
         queue=queue,
     )
+
+
+def _error_text(value: object) -> str:
+    """A failed job's error: JSON carries it as text already (``jobs.serialization``)."""
+    return value if isinstance(value, str) else repr(value)

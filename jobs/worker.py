@@ -15,7 +15,6 @@ from typing import Any
 
 from arq import Retry
 from arq.connections import RedisSettings
-from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,10 +22,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
-from jobs import deadletter, schedule, wakeup
+from jobs import deadletter, schedule, serialization, wakeup
 from jobs.client import SYNC_JOB
 from jobs.observe import observed
 from jobs.relay import OutboxRelay
+from jobs.shutdown import OutageRetry
 from netsync.db import make_engine
 from netsync.keys import load_signer
 from netsync.logging import configure_logging
@@ -39,7 +39,8 @@ def redis_settings(dsn: str) -> RedisSettings:
     settings = RedisSettings.from_dsn(dsn)
     settings.conn_timeout = 2
     settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    settings.retry = RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
+    # forever while running; once a shutdown begins, once (jobs.shutdown)
+    settings.retry = OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
     return settings
 
 
@@ -118,6 +119,7 @@ def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
         "timezone": schedule.timezone(cfg),
         "queue_name": cfg.sync_queue,
         "redis_settings": redis_settings(cfg.redis_dsn),
+        **serialization.OPTIONS,  # JSON, never pickle
         "on_startup": startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": cfg},

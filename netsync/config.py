@@ -70,6 +70,12 @@ class CommonSettings(BaseSettings):
     log_format: Literal["json", "console"] | None = None
     #: Where the daemons (worker, importer) serve /metrics, /health and /ready.
     metrics_host: str = "127.0.0.1"
+    #: Sign-in throttling (``netsync.throttle``), in ``limits``' notation: attempts per account
+    #: (the name as typed, lowercased) and failed attempts per client address, every tier.
+    sign_in_account_limits: str = "10/15 minutes; 30/day"
+    sign_in_address_limits: str = "100/15 minutes"
+    #: Keeps the counters of installations sharing one Redis database apart.
+    sign_in_namespace: str = ""
 
     @model_validator(mode="after")
     def _defaults(self) -> CommonSettings:

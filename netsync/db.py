@@ -25,11 +25,15 @@ def naming_metadata() -> MetaData:
 
 
 def make_engine(url: str, *, pool_size: int = 10, application_name: str = "netsync") -> AsyncEngine:
+    """Every engine of both networks. ``hide_parameters``: a failed statement's message names
+    the statement, never its values, so a database error during a password change cannot put
+    a hash (or anything else a row holds) into a log line or an exception."""
     return create_async_engine(
         to_asyncpg_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        hide_parameters=True,
         connect_args={"server_settings": {"application_name": application_name}},
     )

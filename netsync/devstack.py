@@ -81,8 +81,14 @@ class Stack:
             self.env["NETSYNC_REDIS_URL"] = redis.url()
             lines.append(f"NETSYNC_REDIS_URL={redis.url()}")
             say(f"embedded Redis serving on {redis.socket}")
-        if lines:  # lets processes started by hand find the embedded servers
-            (state / "embedded.env").write_text("\n".join(lines) + "\n")
+        if lines:  # lets processes started by hand find the embedded servers (it holds the
+            # embedded Redis's password: readable by this user only)
+            path = state / "embedded.env"
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write("\n".join(lines) + "\n")
 
     def stop_services(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -54,6 +56,10 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
+    """A Redis (Valkey) server on a Unix socket, with a password: whoever can write to Redis
+    decides what the workers run, so even the development one is not open. The password is
+    generated once and kept in ``<data_dir>/redis.conf`` (mode 0600), never on a command line."""
+
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.socket = (data_dir / "redis.sock").resolve()
@@ -63,32 +69,55 @@ class EmbeddedRedis:
             )
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
-        self._process = subprocess.Popen(  # noqa: S603 - a fixed binary and fixed arguments
-            [
-                redis_server_binary(),
-                "--port", "0",
-                "--unixsocket", str(self.socket),
-                "--unixsocketperm", "700",
-                "--dir", str(data_dir.resolve()),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-                "--maxmemory-policy", "noeviction",
-                "--daemonize", "no",
-                "--logfile", str((data_dir / "redis.log").resolve()),
-            ],
+        self.password = _password(data_dir / "redis.password")
+        conf = data_dir / "redis.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(
+                "\n".join(
+                    [
+                        "port 0",
+                        f"unixsocket {self.socket}",
+                        "unixsocketperm 700",
+                        f"dir {data_dir.resolve()}",
+                        "appendonly yes",
+                        "appendfsync everysec",
+                        'save ""',
+                        "maxmemory-policy noeviction",
+                        "daemonize no",
+                        f"logfile {(data_dir / 'redis.log').resolve()}",
+                        f"requirepass {self.password}",
+                        "",
+                    ]
+                )
+            )
+        self._conf = conf
+        self._data_dir = data_dir
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._process = subprocess.Popen(  # noqa: S603 - a fixed binary and our own config
+            [redis_server_binary(), str(self._conf.resolve())],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if self._process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"embedded Redis did not start; see {data_dir / 'redis.log'}")
+                log_file = self._data_dir / "redis.log"
+                raise RuntimeError(f"embedded Redis did not start; see {log_file}")
             time.sleep(0.02)
 
+    def restart(self) -> None:
+        """Start again after ``stop``, on the same socket, data and password."""
+        self.stop()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        self._spawn()
+
     def url(self, db: int = 0) -> str:
-        return f"unix://{self.socket}?db={db}"
+        return f"unix://:{self.password}@{self.socket}?db={db}"
 
     def stop(self) -> None:
         if self._process.poll() is None:
@@ -119,3 +148,15 @@ def redis_server_binary() -> str:
         f"no Redis server for the embedded stack ({reason}); install valkey-server or "
         "redis-server, or set NETSYNC_REDIS_URL to a Redis you run"
     )
+
+
+def _password(path: Path) -> str:
+    """The password kept in ``path`` (mode 0600), made on first use."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        value = secrets.token_hex(24)
+        fh.write(value)
+    return value

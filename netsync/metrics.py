@@ -35,6 +35,27 @@ HTTP_DURATION = Histogram(
     buckets=_FAST,
 )
 
+# -- sign-in (both APIs) -----------------------------------------------------------------------
+
+SIGN_IN_THROTTLED = Counter(
+    "netsync_sign_in_throttled",
+    "Password checks refused with 429 before hashing, by API and by what was over its limit.",
+    ["app", "scope"],
+)
+SIGN_IN_REHASHED = Counter(
+    "netsync_sign_in_rehashed",
+    "Hashes replaced at a successful sign-in (legacy bcrypt or older argon2 parameters).",
+)
+SIGN_IN_THROTTLE_ERRORS = Counter(
+    "netsync_sign_in_throttle_errors",
+    "Throttle checks that could not reach their store (the check was skipped: fail open).",
+    ["app"],
+)
+HASHING_BUSY = Counter(
+    "netsync_hashing_busy",
+    "Password hashes refused with 503 because every hashing slot stayed busy.",
+)
+
 # -- jobs (enqueued by the Response API and the CLI, run by the worker) -------------------------
 
 JOBS_ENQUEUED = Counter("netsync_jobs_enqueued", "Jobs accepted by Redis.", ["job", "queue"])

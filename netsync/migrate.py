@@ -50,7 +50,7 @@ def run_env(metadata: MetaData, default_url: Callable[[], str]) -> None:
             context.run_migrations()
 
     async def _run() -> None:
-        engine = create_async_engine(url, poolclass=pool.NullPool)
+        engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)
         await engine.dispose()

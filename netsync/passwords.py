@@ -1,33 +1,88 @@
-"""Password hashing: argon2id for new hashes, legacy bcrypt (``$2b$``) still verifies.
+"""Password hashing, bounded: argon2id for new hashes; legacy bcrypt and argon2 hashes made with
+older parameters still verify, and are rehashed at the next successful sign-in.
 
-Hashing costs tens of milliseconds and 64 MiB per argon2id call, so it runs in a small dedicated
-thread pool, one thread per core: the event loop stays free and memory stays bounded however many
-requests arrive at once. Plaintext passwords never leave the request that sets them.
+One argon2id call costs tens of milliseconds of CPU and ``NETSYNC_ARGON2_MEMORY_KIB`` of memory
+(64 MiB by default) for as long as it runs, so hashing must never be unbounded: a flood of
+sign-ins would exhaust the process. Calls run in a dedicated thread pool sized to the CPU the
+process really has (``NETSYNC_HASH_THREADS``, else the cgroup's ``cpu.max`` quota and the
+affinity mask, never the node's core count), and a semaphore in front of it admits only that many
+at once; a sign-in waits at most ``NETSYNC_HASH_WAIT_S`` (5 s) for a slot, then gets
+``HashingBusy`` (the APIs answer 503 with ``Retry-After``). Hashing a new password (an
+authenticated change, never a flood from outside) waits up to a minute for its turn. Memory in
+hashing is therefore bounded by threads × memory cost, and the event loop never blocks.
+
+Unknown users cost one verification against a dummy hash built off the event loop at start-up
+(``warm_up``), so timing does not reveal which usernames exist. Plaintext passwords never leave
+the request that carries them: not in a log record, an exception message or a job argument.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import bcrypt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-_hasher = PasswordHasher()
-# One thread per usable core (``NETSYNC_HASH_THREADS`` overrides it where a container's CPU quota
-# is smaller than the cores it can see): each argon2id call holds 64 MiB while it runs.
-_THREADS = int(os.environ.get("NETSYNC_HASH_THREADS", "0")) or len(os.sched_getaffinity(0))
-_pool = ThreadPoolExecutor(max_workers=max(1, _THREADS), thread_name_prefix="hash")
+from netsync.errors import ServiceUnavailable
+
+_LEGACY = ("$2b$", "$2a$", "$2y$")
 
 
-@functools.cache
-def _dummy_hash() -> str:
-    """A real hash of a random password: verifying against it when a user does not exist keeps
-    the response time the same, so timing does not reveal which usernames exist."""
-    return _hasher.hash(os.urandom(16).hex())
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: the affinity mask, capped by a cgroup CPU quota (v2
+    ``cpu.max``, or v1 ``cpu.cfs_quota_us``), rounded up; at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        try:
+            quota_us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+            period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+            if quota_us > 0:
+                cpus = min(cpus, math.ceil(quota_us / period_us))
+        except (OSError, ValueError):
+            pass
+    return max(1, cpus)
+
+
+#: argon2id parameters: at least OWASP's minimum (m = 19 MiB, t = 2, p = 1); the defaults are
+#: RFC 9106's second recommendation, argon2-cffi's own (m = 64 MiB, t = 3, p = 4).
+TIME_COST = _env_int("NETSYNC_ARGON2_TIME_COST", 3)
+MEMORY_KIB = _env_int("NETSYNC_ARGON2_MEMORY_KIB", 65536)
+PARALLELISM = _env_int("NETSYNC_ARGON2_PARALLELISM", 4)
+if TIME_COST < 2 or MEMORY_KIB < 19 * 1024 or PARALLELISM < 1:
+    raise RuntimeError("argon2id parameters below OWASP's minimum (m=19456 KiB, t=2, p=1)")
+THREADS = _env_int("NETSYNC_HASH_THREADS", 0) or cpu_quota()
+#: How long a sign-in waits for a hashing slot before it is told to come back (503) ...
+WAIT_S = float(os.environ.get("NETSYNC_HASH_WAIT_S", "") or 5.0)
+#: ... and how long hashing a new password may wait.
+CHANGE_WAIT_S = 60.0
+
+_hasher = PasswordHasher(time_cost=TIME_COST, memory_cost=MEMORY_KIB, parallelism=PARALLELISM)
+_pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="hash")
+_slots: asyncio.Semaphore | None = None
+_dummy: str | None = None
+
+
+class HashingBusy(ServiceUnavailable):
+    code = "busy"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "too many sign-ins at once: try again in a moment", headers={"Retry-After": "1"}
+        )
 
 
 def hash_password_sync(password: str) -> str:
@@ -35,7 +90,7 @@ def hash_password_sync(password: str) -> str:
 
 
 def verify_password_sync(password_hash: str, password: str) -> bool:
-    if password_hash.startswith(("$2b$", "$2a$", "$2y$")):
+    if password_hash.startswith(_LEGACY):
         try:
             return bcrypt.checkpw(password.encode(), password_hash.encode())
         except ValueError:
@@ -46,14 +101,61 @@ def verify_password_sync(password_hash: str, password: str) -> bool:
         return False
 
 
+def needs_rehash(password_hash: str) -> bool:
+    """Legacy bcrypt, or argon2 with other parameters than the configured ones."""
+    if password_hash.startswith(_LEGACY):
+        return True
+    try:
+        return _hasher.check_needs_rehash(password_hash)
+    except InvalidHashError:
+        return True
+
+
+async def _in_pool(fn: object, *args: str, wait_s: float | None = None) -> object:
+    """Run ``fn`` in the hashing pool once a slot is free; ``HashingBusy`` after the wait."""
+    global _slots
+    if _slots is None:
+        _slots = asyncio.Semaphore(THREADS)
+    try:
+        await asyncio.wait_for(_slots.acquire(), WAIT_S if wait_s is None else wait_s)
+    except TimeoutError:
+        from netsync import metrics
+
+        metrics.HASHING_BUSY.inc()
+        raise HashingBusy() from None
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)  # type: ignore[arg-type]
+    finally:
+        _slots.release()
+
+
+async def warm_up() -> None:
+    """Build the dummy hash in the pool (at start-up, off the event loop)."""
+    global _dummy
+    if _dummy is None:
+        _dummy = str(await _in_pool(hash_password_sync, os.urandom(16).hex(), wait_s=CHANGE_WAIT_S))
+
+
 async def hash_password(password: str) -> str:
-    return await asyncio.get_running_loop().run_in_executor(_pool, hash_password_sync, password)
+    return str(await _in_pool(hash_password_sync, password, wait_s=CHANGE_WAIT_S))
 
 
 async def verify_password(password_hash: str | None, password: str) -> bool:
     """Verify in the hashing pool; a missing user still costs one verification."""
-    loop = asyncio.get_running_loop()
     if password_hash is None:
-        await loop.run_in_executor(_pool, verify_password_sync, _dummy_hash(), password)
+        await warm_up()
+        assert _dummy is not None
+        await _in_pool(verify_password_sync, _dummy, password)
         return False
-    return await loop.run_in_executor(_pool, verify_password_sync, password_hash, password)
+    return bool(await _in_pool(verify_password_sync, password_hash, password))
+
+
+async def verify_and_update(password_hash: str | None, password: str) -> tuple[bool, str | None]:
+    """Verify; on success with a hash that ``needs_rehash``, also return a fresh argon2id hash
+    of the password (made in the pool too), for the caller to store and sync."""
+    if not await verify_password(password_hash, password):
+        return False, None
+    assert password_hash is not None
+    if not needs_rehash(password_hash):
+        return True, None
+    return True, await hash_password(password)

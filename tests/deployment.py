@@ -34,6 +34,7 @@ COMPOSE_SECRETS = [
     "NETSYNC_ADMIN_PASSWORD",
     "RESPONSE_DB_PASSWORD",
     "REQUEST_DB_PASSWORD",
+    "REDIS_PASSWORD",
 ]
 # Every process of the design card, and the one-shot commands that prepare the databases.
 PROCESSES = [

@@ -41,6 +41,10 @@ ROOT = Path(__file__).resolve().parent.parent
 FLAG = "netsync-test:flag:"
 
 
+#: Sign-in limits for tests that are not about throttling (they poll a login until it works).
+LENIENT_SIGN_IN = "10000/minute"
+
+
 @dataclass(frozen=True)
 class Services:
     """The PostgreSQL and Redis the whole session uses, and its two fresh databases."""
@@ -99,6 +103,10 @@ class Sandbox:
                 "NETSYNC_SYNC_QUEUE": self.queue,
                 "NETSYNC_BULK_QUEUE": self.bulk_queue,
                 "NETSYNC_CRON_NAMESPACE": self.cron_namespace,
+                "NETSYNC_SIGN_IN_NAMESPACE": self.cron_namespace,
+                # tests poll sign-ins until a change crosses: only tests/test_sign_in*.py throttle
+                "NETSYNC_SIGN_IN_ACCOUNT_LIMITS": LENIENT_SIGN_IN,
+                "NETSYNC_SIGN_IN_ADDRESS_LIMITS": LENIENT_SIGN_IN,
                 "NETSYNC_LOG_FORMAT": "json",
                 "NETSYNC_SWEEP_INTERVAL_S": "1",
                 # no fixed ports: a test that wants the probes passes free_port()s
@@ -123,6 +131,9 @@ class Sandbox:
             "secret_key": env["NETSYNC_SECRET_KEY"],
             "sync_queue": self.queue,
             "bulk_queue": self.bulk_queue,
+            "sign_in_namespace": self.cron_namespace,
+            "sign_in_account_limits": LENIENT_SIGN_IN,
+            "sign_in_address_limits": LENIENT_SIGN_IN,
             "sweep_interval_s": 1,
             "log_format": "json",
             "worker_metrics_port": 0,
@@ -138,6 +149,8 @@ class Sandbox:
             "exports_dir": self.exports,
             "request_database_url": self.services.request_url,
             "trusted_keys_dir": Path(env["NETSYNC_TRUSTED_KEYS_DIR"]),
+            "sign_in_account_limits": LENIENT_SIGN_IN,
+            "sign_in_address_limits": LENIENT_SIGN_IN,
             "log_format": "json",
             "importer_metrics_port": 0,
         }

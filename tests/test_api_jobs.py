@@ -11,6 +11,7 @@ import httpx
 from arq import Retry
 from arq.worker import Function, Worker
 
+from jobs import serialization
 from jobs.client import JobQueue
 from jobs.deadletter import register
 from jobs.worker import redis_settings
@@ -24,6 +25,7 @@ def burst_worker(sandbox: Sandbox, queue_name: str, functions: list[Function]) -
         functions=functions,
         queue_name=queue_name,
         redis_settings=redis_settings(sandbox.services.redis_url),
+        **serialization.OPTIONS,
         burst=True,
         poll_delay=0.01,
         keep_result=3600,
@@ -166,6 +168,7 @@ async def test_running_jobs_are_listed_in_progress(
         functions=[register(slow, name="slow", queue=sandbox.queue, max_tries=1)],
         queue_name=sandbox.queue,
         redis_settings=redis_settings(sandbox.services.redis_url),
+        **serialization.OPTIONS,
         poll_delay=0.01,
         handle_signals=False,
     )

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from app.bootstrap import ensure_admin
 from importer.daemon import Importer
+from jobs import serialization
 from jobs.client import JobQueue, redis_pool
 from jobs.deadletter import register
 from jobs.worker import redis_settings
@@ -94,6 +95,7 @@ async def bulk_worker(sandbox: Sandbox) -> AsyncIterator[Worker]:
         functions=[register(flaky, name="flaky", queue=sandbox.bulk_queue, max_tries=1)],
         queue_name=sandbox.bulk_queue,
         redis_settings=redis_settings(sandbox.services.redis_url),
+        **serialization.OPTIONS,
         poll_delay=0.05,
         keep_result=3600,
         handle_signals=False,

@@ -79,9 +79,8 @@ async def test_the_same_file_seen_twice_is_applied_once(
     await eventually(lambda: not published.path.exists())
     assert await ledger_count(sandbox) == 1
     assert await user_state(sandbox, uid) == (1, HASH_V1)
-    archived = sorted(os.listdir(importer.archive_dir))
-    assert archived[0] == published.name
-    assert archived[1].startswith(published.name + ".duplicate-")
+    # the archive holds it once: a replay is not another copy (a flood of replays costs no disk)
+    assert sorted(os.listdir(importer.archive_dir)) == [published.name]
 
 
 async def test_an_older_change_arriving_after_a_newer_one_changes_nothing(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
 from app.auth.tokens import create_access_token
-from app.deps import SettingsDep, UowDep
+from app.deps import SettingsDep, UowDep, client_address, sign_in_guard
+from app.users import service
 from app.users.service import get_by_username
+from netsync import metrics
 from netsync.errors import ERROR_RESPONSES, NotAuthenticated
-from netsync.passwords import verify_password
+from netsync.passwords import verify_and_update
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
@@ -23,17 +25,34 @@ class Token(BaseModel):
     expires_in: int
 
 
-@router.post("/token")
+@router.post(
+    "/token",
+    responses={429: {"description": "too many attempts (see Retry-After)"}, 503: {}},
+)
 async def issue_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], uow: UowDep, settings: SettingsDep
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    uow: UowDep,
+    settings: SettingsDep,
+    request: Request,
 ) -> Token:
+    """Sign in. Throttled per account and per client address (429 with ``Retry-After``); a
+    legacy or outdated hash is replaced by a fresh argon2id one, which syncs like any change."""
+    guard, address = sign_in_guard(request), client_address(request)
+    await guard.attempt(form.username, address)
     user = await get_by_username(uow.session, form.username)
-    ok = await verify_password(user.password_hash if user else None, form.password)
+    ok, new_hash = await verify_and_update(user.password_hash if user else None, form.password)
     if user is None or not ok or not user.is_active:
+        await guard.failed(address)
         raise NotAuthenticated("invalid username or password")
+    await guard.succeeded(form.username)
+    if new_hash is not None:
+        event = await service.rehash(uow.session, user.id, user.password_hash, new_hash)
+        if event is not None:
+            metrics.SIGN_IN_REHASHED.inc()
+            uow.sync_after_commit(event.event_id)
     token = create_access_token(
         user_id=user.id,
-        password_changed_at=user.password_changed_at,
+        token_version=user.token_version,
         secret=settings.jwt_secret(),
         minutes=settings.access_token_minutes,
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
-from app.deps import AdminUser, CurrentUser, UowDep
+from app.deps import AdminUser, CurrentUser, UowDep, client_address, sign_in_guard
 from app.fields import Limit, Offset, Page, Text
 from app.outbox.models import OutboxEvent
 from app.users import service
@@ -97,12 +97,17 @@ async def read_me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.post("/me/password")
+@router.post("/me/password", responses={429: {"description": "too many attempts"}})
 async def change_own_password(
-    body: ChangeOwnPassword, uow: UowDep, user: CurrentUser
+    body: ChangeOwnPassword, uow: UowDep, user: CurrentUser, request: Request
 ) -> SyncAccepted:
+    """Change your own password; the current one is checked, throttled like a sign-in."""
+    guard, address = sign_in_guard(request), client_address(request)
+    await guard.attempt(user.username, address)
     if not await verify_password(user.password_hash, body.current_password):
+        await guard.failed(address)
         raise NotPermitted("the current password is not correct")
+    await guard.succeeded(user.username)
     updated, event = await service.set_password(uow.session, user.id, body.new_password)
     uow.sync_after_commit(event.event_id)
     return SyncAccepted(sync_job_id=sync_job_id(event.event_id), version=updated.version)
@@ -115,6 +120,15 @@ async def reset_password(
     updated, event = await service.set_password(uow.session, user_id, body.new_password)
     uow.sync_after_commit(event.event_id)
     return SyncAccepted(sync_job_id=sync_job_id(event.event_id), version=updated.version)
+
+
+@router.delete("/{user_id}/sign-in-lock", status_code=204)
+async def clear_sign_in_lock(
+    user_id: uuid.UUID, uow: UowDep, _: AdminUser, request: Request
+) -> None:
+    """Lift the sign-in throttle of an account (administrators)."""
+    user = await service.get(uow.session, user_id)
+    await sign_in_guard(request).clear(user.username)
 
 
 @router.get("/{user_id}")

@@ -36,3 +36,6 @@ class User(ResponseBase):
     password_changed_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    #: Grows by one with every password change: a bearer token carries the value it was issued
+    #: with and dies when it is behind (a counter, so no clock skew between replicas matters).
+    token_version: Mapped[int] = mapped_column(server_default="1", default=1)

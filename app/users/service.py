@@ -209,7 +209,25 @@ async def set_password(
         raise NotFound(f"user {user_id} does not exist")
     locked.password_hash = new_hash
     locked.version += 1
+    locked.token_version += 1  # every token issued before dies
     locked.password_changed_at = locked.updated_at = datetime.now(UTC)
     await session.flush()
     await session.refresh(locked)
     return locked, await _record(session, locked)
+
+
+async def rehash(
+    session: ResponseSession, user_id: uuid.UUID, old_hash: str, new_hash: str
+) -> OutboxEvent | None:
+    """Store a stronger hash of the same password (made at sign-in) and sync it like any
+    change; tokens stay valid (the password did not change). Nothing happens if the hash
+    changed meanwhile (a password change won the race)."""
+    locked = await session.get(User, user_id, with_for_update=True, populate_existing=True)
+    if locked is None or locked.password_hash != old_hash:
+        return None
+    locked.password_hash = new_hash
+    locked.version += 1
+    locked.updated_at = datetime.now(UTC)
+    await session.flush()
+    await session.refresh(locked)
+    return await _record(session, locked)

@@ -25,6 +25,7 @@ import pytest
 from exchange.format import FileName, kind_of_stream
 from exchange.signing import SIGNATURE_ALG, Keyring, Signer
 from importer.config import RequestSettings
+from importer.failures import LocalFault
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import (
     count,
@@ -387,12 +388,12 @@ async def test_forged_and_unsigned_files_of_every_stream_and_size_are_refused_fa
             fh.seek(0, os.SEEK_END)
             fh.write(b"\n" + tail)
     uid = uuid.uuid4()
-    publish(sandbox.exports, sandbox.signer, 1, user_record(uid, 1), stream="extra")
+    publish(sandbox.exports, sandbox.signer, 3, user_record(uid, 1))
     started = time.monotonic()
     result = await importer.scan_once()
     seconds = time.monotonic() - started
     found = await quarantined(sandbox)
-    limit = importer.settings.max_bytes_for(kind_of_stream(stream))
+    limit = importer.settings.max_bytes_for(kind_of_stream(stream) or "changes")
     if size > limit:
         assert (found[forged], found[unsigned]) == ("too_large", "too_large")
     else:
@@ -426,3 +427,166 @@ async def test_the_archive_and_quarantine_are_pruned_past_their_retention(
     assert not archived.exists()
     assert not kept.exists()
     assert link.is_symlink()  # never followed, never removed
+
+
+async def test_a_genuine_file_published_over_a_refused_one_is_judged_on_its_own(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    # The attacker plants a forged changes-1; the relay then publishes the genuine one over it
+    # between the refusal and the quarantine. The quarantine must not take the genuine file.
+    importer = make_importer()
+    name = FileName("changes", 1)
+    (sandbox.exports / name.name).write_bytes(header(1) + b"{}\n" + forged_trailer(sandbox.signer))
+    refused = importer._verified(name)
+    assert not isinstance(refused, type(None))
+    assert getattr(refused, "reason", None) == "bad_signature"
+    uid = uuid.uuid4()
+    publish(sandbox.exports, sandbox.signer, 1, user_record(uid, 1))  # os.replace over it
+    assert not await importer.quarantined.put(name.name, refused)  # type: ignore[arg-type]
+    assert (sandbox.exports / name.name).exists()
+    result = await importer.scan_once()
+    assert (result.applied, result.quarantined) == (1, 0)
+    assert await user_version(sandbox, uid) == 1
+
+
+async def test_the_daemon_survives_a_failing_quarantine_and_keeps_applying(
+    sandbox: Sandbox, make_importer: MakeImporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    importer = make_importer(rescan_interval_s=0.2, watch_files=False)
+    calls = 0
+    real = importer.files.move_to_quarantine
+
+    def flaky(name: str, rejected: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # e.g. the entry was swapped for a directory under our feet
+            raise IsADirectoryError(21, "Is a directory")
+        return real(name, rejected)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importer.files, "move_to_quarantine", flaky)
+    (sandbox.exports / FileName("changes", 1).name).write_bytes(b"junk\n")
+    uid = uuid.uuid4()
+    publish(sandbox.exports, sandbox.signer, 2, user_record(uid, 1))
+    stop = asyncio.Event()
+    task = asyncio.create_task(importer.run(stop))
+    try:
+        for _ in range(100):
+            if await user_version(sandbox, uid) == 1 and calls >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert await user_version(sandbox, uid) == 1
+        assert (await quarantined(sandbox)).get(FileName("changes", 1).name) == "truncated"
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_missing_spool_keeps_a_genuine_snapshot_and_leaks_nothing(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    from exchange.intake import MEMORY_COPY_BYTES
+    from exchange.writer import ExportFileWriter
+
+    importer = make_importer()
+    writer = ExportFileWriter(
+        sandbox.exports,
+        sandbox.signer,
+        stream="snapshot_settings",
+        seq=1,
+        kind="snapshot",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=MEMORY_COPY_BYTES // 60_000 + 10,
+        header={"entity": "setting", "changes_seq": 0},
+    )
+    for i in range(MEMORY_COPY_BYTES // 60_000 + 10):
+        writer.write_record(
+            {
+                "event_id": str(uuid.uuid4()),
+                "entity": "setting",
+                "entity_id": str(uuid.uuid4()),
+                "version": 1,
+                "op": "upsert",
+                "occurred_at": datetime.now(UTC).isoformat(),
+                "data": {"key": f"big.key_{i}", "value": "x" * 60_000},
+            }
+        )
+    published = writer.publish()
+    shutil.rmtree(importer.files.spool_dir)
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(LocalFault):
+            await importer.scan_once()
+    assert len(os.listdir("/proc/self/fd")) <= fds
+    assert published.path.exists()  # nothing was decided about it
+    assert await count(sandbox, "quarantined_files") == 0
+    importer.prepare()  # the spool is back
+    assert (await importer.scan_once()).applied == 1
+
+
+async def test_a_replayed_genuine_file_is_not_archived_again(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    importer = make_importer()
+    data = publish(sandbox.exports, sandbox.signer, 1, user_record(uuid.uuid4(), 1))
+    original = data.path.read_bytes()
+    assert (await importer.scan_once()).applied == 1
+    for _ in range(20):
+        data.path.write_bytes(original)
+        assert (await importer.scan_once()).duplicates == 1
+    assert os.listdir(importer.archive_dir) == [data.path.name]
+    assert not data.path.exists()
+
+
+async def test_refused_files_count_against_the_read_ahead_and_unknown_streams_are_foreign(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    importer = make_importer(batch_max_files=10)
+    for seq in range(1, 31):
+        (sandbox.exports / FileName("changes", seq).name).write_bytes(b"junk\n")
+    names = sorted(FileName("changes", seq) for seq in range(1, 31))
+    reads, index = importer._read_chunk(names, 0)
+    assert (len(reads), index) == (10, 10)
+    (sandbox.exports / FileName("aaa", 1).name).write_bytes(b"x" * 100)
+    result = await importer.scan_once()
+    assert result.ignored == [FileName("aaa", 1).name]
+    assert (await quarantined(sandbox))[FileName("aaa", 1).name] == "not_an_export_name"
+
+
+async def test_a_genuine_changes_file_between_8_and_16_mib_applies(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    importer = make_importer()
+    records = [
+        {
+            "event_id": str(uuid.uuid4()),
+            "entity": "setting",
+            "entity_id": str(uuid.uuid4()),
+            "version": 1,
+            "op": "upsert",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "data": {"key": f"big.key_{i}", "value": "x" * 60_000},
+        }
+        for i in range(160)
+    ]
+    published = publish(sandbox.exports, sandbox.signer, 1, *records)
+    assert 8 << 20 < published.path.stat().st_size < 16 << 20
+    result = await importer.scan_once()
+    assert (result.applied, result.quarantined) == (1, 0)
+    assert await count(sandbox, "synced_settings") == 160
+
+
+def test_a_file_that_grows_while_it_is_read_is_refused_at_once(tmp_path: Path) -> None:
+    from exchange.intake import RejectedFile, _hash_and_copy
+
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * (3 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RejectedFile, match="grew"):
+            _hash_and_copy(fd, None, 1 << 20)  # fstat said 1 MiB: it has grown since
+        assert time.monotonic() - started < 1
+    finally:
+        os.close(fd)

@@ -1,0 +1,295 @@
+"""Sign-in is guarded on both networks: throttled guessing (shared by every replica), bounded
+hashing, rehashing at sign-in, revocation by a counter, and no secret in any log or error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import bcrypt
+import httpx
+import orjson
+import pytest
+from arq.connections import ArqRedis
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app.main import create_app
+from jobs import serialization
+from jobs.client import redis_pool
+from netsync import passwords
+from tests.factories import admin_headers, create_user, login
+from tests.queries import fetch
+from tests.scrape import scrape
+from tests.support import Sandbox
+
+FAST = "3/2 seconds"  # a window a test can wait out
+
+
+@contextlib.asynccontextmanager
+async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+@pytest.fixture
+async def replicas(sandbox: Sandbox) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two Response API replicas on one Redis, with a short account window."""
+    settings = sandbox.response_settings(sign_in_account_limits=FAST)
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(_client(create_app(settings)))
+        b = await stack.enter_async_context(_client(create_app(settings)))
+        yield a, b
+
+
+async def token(api: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+    return await api.post("/api/v1/auth/token", data={"username": username, "password": password})
+
+
+async def test_guessing_is_throttled_across_replicas_for_known_and_unknown_users_alike(
+    sandbox: Sandbox, replicas: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    a, b = replicas
+    admin = await admin_headers(a, sandbox.response_settings())
+    await create_user(a, admin, "grace", "right pass phrase 1")
+    answers = {}
+    for name in ("grace", "nobody-at-all"):
+        codes = [(await token(r, name, "wrong guess")).status_code for r in (a, b, a, b)]
+        answers[name] = codes
+        refused = await token(a, name, "right pass phrase 1")
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"] == "too_many_attempts"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 2
+    # three attempts per window, counted on both replicas together; no enumeration
+    assert answers == {"grace": [401, 401, 401, 429], "nobody-at-all": [401, 401, 401, 429]}
+    metrics = await scrape(a)
+    throttled = metrics.value(
+        "netsync_sign_in_throttled_total", app="response-api", scope="account"
+    )
+    assert throttled >= 1
+
+    await asyncio.sleep(2.1)  # the window passes: the honest user gets in
+    assert (await token(b, "grace", "right pass phrase 1")).status_code == 200
+
+
+async def test_an_admin_lifts_a_lock_and_a_right_password_resets_the_count(
+    sandbox: Sandbox, replicas: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    a, b = replicas
+    admin = await admin_headers(a, sandbox.response_settings())
+    user = await create_user(a, admin, "heidi", "right pass phrase 2")
+    for _ in range(2):
+        assert (await token(a, "heidi", "wrong")).status_code == 401
+    assert (await token(a, "heidi", "right pass phrase 2")).status_code == 200  # resets
+    for _ in range(3):
+        assert (await token(b, "heidi", "wrong")).status_code == 401
+    assert (await token(b, "heidi", "right pass phrase 2")).status_code == 429
+    lifted = await a.delete(f"/api/v1/users/{user['id']}/sign-in-lock", headers=admin)
+    assert lifted.status_code == 204, lifted.text
+    assert (await token(b, "heidi", "right pass phrase 2")).status_code == 200
+
+
+async def test_the_current_password_check_is_throttled_too(
+    sandbox: Sandbox, replicas: tuple[httpx.AsyncClient, httpx.AsyncClient]
+) -> None:
+    a, _ = replicas
+    admin = await admin_headers(a, sandbox.response_settings())
+    await create_user(a, admin, "ivan", "right pass phrase 3")
+    mine = await login(a, "ivan", "right pass phrase 3")
+    codes = []
+    for _ in range(4):
+        response = await a.post(
+            "/api/v1/users/me/password",
+            json={"current_password": "a guess", "new_password": "brand new phrase 4"},
+            headers=mine,
+        )
+        codes.append(response.status_code)
+    assert codes == [403, 403, 403, 429]
+
+
+async def test_a_flood_gets_a_typed_503_once_every_hashing_slot_stays_busy(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(passwords, "WAIT_S", 0.01)
+    monkeypatch.setattr(passwords, "_slots", asyncio.Semaphore(1))
+    flood = await asyncio.gather(*(token(api, f"user{i}", "wrong") for i in range(12)))
+    codes = sorted(r.status_code for r in flood)
+    assert 401 in codes
+    assert 503 in codes
+    busy = next(r for r in flood if r.status_code == 503)
+    assert busy.json()["error"] == "busy"
+    assert busy.headers["Retry-After"] == "1"
+
+
+def test_the_hashing_pool_follows_the_cgroup_cpu_quota(tmp_path: Path) -> None:
+    affinity = len(__import__("os").sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert passwords.cpu_quota(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert passwords.cpu_quota(tmp_path) == affinity
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert passwords.cpu_quota(tmp_path) == 1
+    assert passwords.MEMORY_KIB >= 19 * 1024
+    assert passwords.TIME_COST >= 2
+
+
+async def test_a_legacy_bcrypt_hash_is_rehashed_at_sign_in_and_the_new_hash_syncs(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    user = await create_user(api, admin, "karl", "legacy pass phrase 5")
+    legacy = bcrypt.hashpw(b"legacy pass phrase 5", bcrypt.gensalt(4)).decode()
+    url = sandbox.services.response_url
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(
+            "UPDATE users SET password_hash = $1 WHERE id = $2", legacy, uuid.UUID(user["id"])
+        )
+    finally:
+        await conn.close()
+    assert (await token(api, "karl", "legacy pass phrase 5")).status_code == 200
+    rows = await fetch(url, "SELECT password_hash, version FROM users WHERE username = 'karl'")
+    assert rows[0]["password_hash"].startswith("$argon2id$")
+    assert rows[0]["version"] == user["version"] + 1
+    events = await fetch(
+        url,
+        "SELECT data FROM outbox_events WHERE entity_id = $1 ORDER BY id DESC LIMIT 1",
+        uuid.UUID(user["id"]),
+    )
+    data = events[0]["data"]
+    data = orjson.loads(data) if isinstance(data, str) else data
+    assert data["password_hash"] == rows[0]["password_hash"]
+    # the same password still works, and is not rehashed again
+    assert (await token(api, "karl", "legacy pass phrase 5")).status_code == 200
+    again = await fetch(url, "SELECT version FROM users WHERE username = 'karl'")
+    assert again[0]["version"] == rows[0]["version"]
+
+
+async def test_a_password_change_revokes_tokens_by_counter_whatever_the_clocks_say(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    user = await create_user(api, admin, "lena", "first pass phrase 6")
+    old = await login(api, "lena", "first pass phrase 6")
+    reset = await api.post(
+        f"/api/v1/users/{user['id']}/reset-password",
+        json={"new_password": "second pass phrase 7"},
+        headers=admin,
+    )
+    assert reset.status_code == 200, reset.text
+    # a replica whose clock ran ahead wrote the change "in the past": a clock comparison would
+    # let the old token through; the counter does not
+    conn = await asyncpg.connect(sandbox.services.response_url)
+    try:
+        await conn.execute(
+            "UPDATE users SET password_changed_at = now() - interval '1 day' WHERE id = $1",
+            uuid.UUID(user["id"]),
+        )
+    finally:
+        await conn.close()
+    assert (await api.get("/api/v1/users/me", headers=old)).status_code == 401
+    new = await login(api, "lena", "second pass phrase 7")
+    assert (await api.get("/api/v1/users/me", headers=new)).status_code == 200
+
+
+async def test_a_database_error_during_a_password_change_shows_no_hash_and_no_password(
+    sandbox: Sandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # the API's own log handlers write JSON lines to the process's output: read all of it
+    async with contextlib.AsyncExitStack() as stack:
+        manager = await stack.enter_async_context(
+            LifespanManager(create_app(sandbox.response_settings()))
+        )
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
+        api = await stack.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url="http://api")
+        )
+        await _password_change_fails_quietly(api, sandbox, capfd)
+
+
+async def _password_change_fails_quietly(
+    api: httpx.AsyncClient, sandbox: Sandbox, capfd: pytest.CaptureFixture[str]
+) -> None:
+    admin = await admin_headers(api, sandbox.response_settings())
+    user = await create_user(api, admin, "mona", "first pass phrase 8")
+    conn = await asyncpg.connect(sandbox.services.response_url)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+        logging.getLogger().setLevel(logging.DEBUG)
+        response = await api.post(
+            f"/api/v1/users/{user['id']}/reset-password",
+            json={"new_password": "secret pass phrase 9"},
+            headers=admin,
+        )
+    finally:
+        await conn.execute("DROP TRIGGER IF EXISTS refuse ON users")
+        await conn.execute("DROP FUNCTION IF EXISTS refuse()")
+        await conn.close()
+    assert response.status_code == 500
+    out, err = capfd.readouterr()
+    seen = out + err + response.text
+    assert "refused by the test" in seen  # the error itself is logged
+    assert "secret pass phrase 9" not in seen
+    assert "$argon2id$" not in seen
+
+
+async def test_jobs_travel_as_json_and_a_pickled_job_planted_in_redis_runs_nothing(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    redis: ArqRedis = redis_pool(sandbox.services.redis_url, queue_name=sandbox.queue)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (Path.touch, (str(marker),))
+
+    try:
+        job = await redis.enqueue_job("sync_changes", str(uuid.uuid4()), _job_id="json-check")
+        assert job is not None
+        raw = await redis.get("arq:job:json-check")
+        assert orjson.loads(raw)["a"]  # JSON, readable by anyone, executable by no one
+        await redis.delete("arq:job:json-check")
+        await redis.set("arq:job:planted", pickle.dumps({"f": Exploit(), "a": [], "k": {}}))
+        await redis.zadd(sandbox.queue, {"planted": time.time() * 1000})
+        from arq.worker import Worker
+
+        from jobs.worker import redis_settings
+
+        async def sync_changes(ctx: dict[str, object]) -> None:
+            return None
+
+        w = Worker(
+            functions=[sync_changes],
+            queue_name=sandbox.queue,
+            redis_settings=redis_settings(sandbox.services.redis_url),
+            burst=True,
+            poll_delay=0.01,
+            handle_signals=False,
+            **serialization.OPTIONS,
+        )
+        try:
+            await asyncio.wait_for(w.async_run(), 20)
+        finally:
+            await w.close()
+        assert not marker.exists()
+    finally:
+        await redis.delete(sandbox.queue, "arq:job:planted")
+        await redis.aclose(close_connection_pool=True)
