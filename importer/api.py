@@ -10,6 +10,7 @@ of record, and rehashes at its own next sign-in.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,11 +26,18 @@ from importer.models import SyncedUser
 from importer.schemas import LoggedIn, LoginRequest
 from netsync.asgi import instrument
 from netsync.db import make_engine
-from netsync.errors import ERROR_RESPONSES, NotAuthenticated, install_error_handlers
+from netsync.errors import (
+    ERROR_RESPONSES,
+    NotAuthenticated,
+    NotPermitted,
+    install_error_handlers,
+)
 from netsync.logging import configure_logging
 from netsync.passwords import verify_password, warm_up
 from netsync.text import Text
 from netsync.throttle import PostgresStorage, SignInGuard
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: RequestSettings | None = None) -> FastAPI:
@@ -93,25 +101,25 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
         tags=["auth"],
         responses={429: {"description": "too many attempts (see Retry-After)"}},
     )
-    async def login(body: LoginRequest, session: SessionDep, request: Request) -> LoggedIn:
+    async def login(body: LoginRequest, request: Request) -> LoggedIn:
         """Sign in; throttled per account and per client address (429 with Retry-After)."""
         guard: SignInGuard = app.state.sign_in
         address = request.client.host if request.client else None
         await guard.attempt(body.username, address)
-        user = await session.scalar(
-            select(SyncedUser)
-            .where(
-                func.lower(SyncedUser.username) == body.username.lower(),
-                SyncedUser.deleted.is_(False),
+        async with app.state.sessionmaker() as session:  # released before hashing
+            user = await session.scalar(
+                select(SyncedUser)
+                .where(
+                    func.lower(SyncedUser.username) == body.username.lower(),
+                    SyncedUser.deleted.is_(False),
+                )
+                .order_by(SyncedUser.changed_at.desc())
+                .limit(1)
             )
-            .order_by(SyncedUser.changed_at.desc())
-            .limit(1)
-        )
         ok = await verify_password(user.password_hash if user else None, body.password)
         if user is None or not ok or not user.is_active:
-            await guard.failed(address)
             raise NotAuthenticated("invalid username or password")
-        await guard.succeeded(body.username)
+        await guard.succeeded(body.username, address)
         cfg: RequestSettings = app.state.settings
         token = create_token(user, secret=app.state.token_secret, minutes=cfg.request_token_minutes)
         return LoggedIn(
@@ -123,10 +131,14 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
         )
 
     @app.delete("/api/v1/auth/locks/{username}", tags=["auth"], status_code=204)
-    async def clear_sign_in_lock(username: Text, _: Operator) -> Response:
-        """Lift the sign-in throttle of an account (administrators and the service token)."""
+    async def clear_sign_in_lock(username: Text, who: Operator) -> Response:
+        """Lift the sign-in throttle of an account (administrators only: the service token is a
+        read-only credential, and must not undo the throttle)."""
+        if who.kind != "user":
+            raise NotPermitted("administrators only")
         guard: SignInGuard = app.state.sign_in
         await guard.clear(username)
+        log.warning("sign-in lock lifted", extra={"username": username, "by": str(who.user_id)})
         return Response(status_code=204)
 
     app.include_router(router)

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy import text
 from watchfiles import Change, awatch
 
 from exchange.format import (
@@ -46,7 +47,13 @@ from exchange.signing import Keyring
 from importer.apply import ApplyResult, apply_changes
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
-from importer.failures import DatabaseUnavailable, LocalFault, RetryLater, blames_the_file
+from importer.failures import (
+    DB_ERRORS,
+    DatabaseUnavailable,
+    LocalFault,
+    RetryLater,
+    blames_the_file,
+)
 from importer.files import FileMover
 from importer.keys import TrustedKeys
 from importer.probes import observe_applied
@@ -179,6 +186,14 @@ class Importer:
         except OSError as exc:
             log.error("could not prune the archive", extra={"error": repr(exc)})
             return {}
+        try:  # the Request API's sign-in counters of windows that are over
+            async with self.sessions() as session, session.begin():
+                result = await session.execute(
+                    text("DELETE FROM sign_in_throttle WHERE expires_at <= clock_timestamp()")
+                )
+                removed["sign_in_throttle"] = int(getattr(result, "rowcount", 0) or 0)
+        except DB_ERRORS as exc:
+            log.warning("could not prune sign-in counters", extra={"error": repr(exc)[:200]})
         if any(removed.values()):
             log.info("pruned old files", extra=removed)
         return removed

@@ -213,7 +213,7 @@ class FileMover:
     def prune(self, archive_before: float, quarantine_before: float) -> dict[str, int]:
         """Delete archive and quarantine entries last modified before the given times (regular
         files only, never following links); return how many went from each."""
-        removed = {"archive": 0, "quarantine": 0}
+        removed: dict[str, int] = {"archive": 0, "quarantine": 0}
         for kind, directory, cutoff in (
             ("archive", self.archive_dir, archive_before),
             ("quarantine", self.quarantine_dir, quarantine_before),

@@ -181,4 +181,4 @@ class SignInThrottle(RequestBase):
 
     key: Mapped[str] = mapped_column(String(400), primary_key=True)
     count: Mapped[int]
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

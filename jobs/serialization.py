@@ -13,13 +13,15 @@ from typing import Any
 
 import orjson
 
+from netsync.text import redact
+
 #: For ``Worker(...)``, ``WorkerSettings`` dicts, ``create_pool`` and ``ArqRedis(...)``.
 OPTIONS: dict[str, Any] = {}
 
 
 def _default(value: object) -> object:
     if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"[:2000]
+        return redact(f"{type(value).__name__}: {value}")[:2000]
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON")

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import signal
-from typing import Any
+from typing import Any, ClassVar
 
 from arq import worker as arq_worker
 from redis.asyncio.retry import Retry
@@ -41,10 +41,24 @@ FORCED_EXIT = 1
 
 
 class OutageRetry(Retry):
-    """redis-py's retry, infinite while the worker runs and finite once it is stopping."""
+    """redis-py's retry, infinite while the worker runs and finite once it is stopping.
+
+    redis-py copies the retry object into every client and connection, so the switch is one
+    the class holds: every copy, and every retry loop already running, sees it at its next turn.
+    """
+
+    _stopping: ClassVar[bool] = False
+
+    @property
+    def _retries(self) -> int:
+        return 1 if OutageRetry._stopping else self._configured
+
+    @_retries.setter
+    def _retries(self, value: int) -> None:
+        self._configured = value
 
     def give_up(self) -> None:
-        self._retries = 1
+        OutageRetry._stopping = True
 
 
 class BoundedShutdownWorker(arq_worker.Worker):

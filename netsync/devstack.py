@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from netsync.config import CommonSettings
 
+#: A child that ran this long before it exited is restarted after 1 s again, not the grown delay.
+HEALTHY_S = 60.0
 COLORS = ["\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m"]
 RESET = "\033[0m"
 
@@ -111,6 +113,15 @@ class Stack:
             subprocess.run(argv, env=self.env, check=True)  # noqa: S603
 
 
+def _term_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when ``./run up`` dies, however it dies (a kill -9
+    of the supervisor must not leave workers running with their ports bound)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def say(message: str) -> None:
     print(f"\033[1mnetsync\033[0m | {message}", flush=True)
 
@@ -131,12 +142,14 @@ async def _supervise(
 ) -> None:
     backoff = 1.0
     while not stop.is_set():
+        started = asyncio.get_running_loop().time()
         child = await asyncio.create_subprocess_exec(
             *proc.argv,
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_term_with_parent,
         )
         children[proc.name] = child
         assert child.stdout is not None
@@ -145,6 +158,8 @@ async def _supervise(
         await pump
         if stop.is_set():
             return
+        if asyncio.get_running_loop().time() - started > HEALTHY_S:
+            backoff = 1.0  # it ran well for a while: this crash starts the count again
         say(f"{proc.name} exited with {code}; restarting in {backoff:.0f} s")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), backoff)

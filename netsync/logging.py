@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from netsync.text import redact
+
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
 )
@@ -43,7 +45,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        # a database error's DETAIL can quote a row (and its password hash): never in a log
+        return redact(orjson.dumps(entry, default=str).decode())
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -59,7 +62,7 @@ class ConsoleFormatter(logging.Formatter):
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 def configure_logging(process_name: str, *, level: str = "INFO", fmt: str | None = "json") -> None:

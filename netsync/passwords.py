@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,7 +73,9 @@ CHANGE_WAIT_S = 60.0
 
 _hasher = PasswordHasher(time_cost=TIME_COST, memory_cost=MEMORY_KIB, parallelism=PARALLELISM)
 _pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="hash")
-_slots: asyncio.Semaphore | None = None
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 _dummy: str | None = None
 
 
@@ -113,11 +116,9 @@ def needs_rehash(password_hash: str) -> bool:
 
 async def _in_pool(fn: object, *args: str, wait_s: float | None = None) -> object:
     """Run ``fn`` in the hashing pool once a slot is free; ``HashingBusy`` after the wait."""
-    global _slots
-    if _slots is None:
-        _slots = asyncio.Semaphore(THREADS)
+    slots = _slots.setdefault(asyncio.get_running_loop(), asyncio.Semaphore(THREADS))
     try:
-        await asyncio.wait_for(_slots.acquire(), WAIT_S if wait_s is None else wait_s)
+        await asyncio.wait_for(slots.acquire(), WAIT_S if wait_s is None else wait_s)
     except TimeoutError:
         from netsync import metrics
 
@@ -126,7 +127,7 @@ async def _in_pool(fn: object, *args: str, wait_s: float | None = None) -> objec
     try:
         return await asyncio.get_running_loop().run_in_executor(_pool, fn, *args)  # type: ignore[arg-type]
     finally:
-        _slots.release()
+        slots.release()
 
 
 async def warm_up() -> None:

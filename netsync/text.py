@@ -7,6 +7,7 @@ wire at all. Every string either API takes from a client goes through ``Text``.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -24,3 +25,12 @@ def clean_text(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(clean_text)]
+
+
+_ROW_DETAIL = re.compile(r"(Failing row contains |Key )\(.*?(?=\\n|\n|\"|$)")
+
+
+def redact(text: str) -> str:
+    """A database error's text without the row values PostgreSQL puts in its DETAIL (a failing
+    row, a duplicate key's value): they can hold a password hash. For logs and job results."""
+    return _ROW_DETAIL.sub(lambda m: f"{m.group(1)}(… redacted)", text)

@@ -5,30 +5,34 @@ scheme) over a store every replica shares: Redis on the Response Network, and th
 Network's own PostgreSQL there (``PostgresStorage``; it has no Redis, and a sign-in throttle
 must not add a dependency it would otherwise not need). Limits are tiers, so the wait grows with
 the guessing: by default 10 attempts per account per 15 minutes, then 30 per day, and 100 failed
-attempts per client address per 15 minutes. An account's attempts are counted *before* the hash
-is checked (so a flood of concurrent guesses cannot slip past the limit, and a throttled guess
-costs no hashing) and a successful sign-in clears them: what is limited is guessing, not signing
-in. A client address is checked before and counted only when the password was wrong, so an
-office behind one address is not locked out by its own successful sign-ins. The account key is
+attempts per client address (an IPv6 address counts as its /64) per 15 minutes. Every attempt is
+counted *before* the hash is checked, so a flood of concurrent guesses cannot slip past a limit
+and a throttled guess costs no hashing; a successful sign-in clears the account's counters and
+gives the address its attempt back: what is limited is guessing, not signing in, and an office
+behind one address is not locked out by its own successful sign-ins. The account key is
 the lowercased name as typed, whether or not such a user exists: an unknown user gets the same
 429.
 
-A throttle store that cannot be reached does not stop sign-in (the check is skipped, logged and
-counted in ``netsync_sign_in_throttle_errors``): the databases and the hashing bound still hold.
+A throttle store that cannot be reached does not stop sign-in, nor its throttling: this
+process's own memory counts instead (per replica; logged and counted in
+``netsync_sign_in_throttle_errors``). Keys are hashes of what was typed, so a flood of long names
+cannot fill the store.
 An administrator clears an account's lock (``clear``) through each API.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from limits import RateLimitItem, parse_many
-from limits.aio.storage import RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
@@ -79,6 +83,7 @@ class SignInGuard:
     address_limits: Sequence[RateLimitItem]
     #: Separates installations that share one Redis database (``NETSYNC_CRON_NAMESPACE``).
     namespace: str = ""
+    _memory: FixedWindowRateLimiter | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def build(
@@ -95,37 +100,40 @@ class SignInGuard:
     def _limiter(self) -> FixedWindowRateLimiter:
         return FixedWindowRateLimiter(self.storage)
 
-    async def attempt(self, username: str, address: str | None) -> None:
-        """Before a password check: count it against the account, check the address; raises
-        ``TooManyAttempts`` if a limit is spent."""
-        limiter = self._limiter
-        try:
-            if address:
-                for item in self.address_limits:
-                    if not await limiter.test(item, *self._address(address)):
-                        await self._refuse(limiter, item, "address", self._address(address))
-            for item in self.account_limits:
-                if not await limiter.hit(item, *self._account(username)):
-                    await self._refuse(limiter, item, "account", self._account(username))
-        except StorageError as exc:
-            self._unavailable(exc)
+    @property
+    def _fallback(self) -> FixedWindowRateLimiter:
+        """This process's memory, when the shared store cannot be reached."""
+        if self._memory is None:
+            self._memory = FixedWindowRateLimiter(MemoryStorage())
+        return self._memory
 
-    async def failed(self, address: str | None) -> None:
-        """After a wrong password: count it against the client address."""
-        if not address:
-            return
-        limiter = self._limiter
+    async def attempt(self, username: str, address: str | None) -> None:
+        """Before a password check: count it against the account and the address; raises
+        ``TooManyAttempts`` if a limit is spent. If the shared store fails, this process's own
+        memory counts instead (per replica, but never no limit at all)."""
         try:
-            for item in self.address_limits:
-                await limiter.hit(item, *self._address(address))
+            await self._attempt(self._limiter, username, address)
         except StorageError as exc:
             self._unavailable(exc)
+            await self._attempt(self._fallback, username, address)
+
+    async def _attempt(
+        self, limiter: FixedWindowRateLimiter, username: str, address: str | None
+    ) -> None:
+        for item in self.address_limits:
+            if not await limiter.hit(item, *self._address(address)):
+                await self._refuse(limiter, item, "address", self._address(address))
+        for item in self.account_limits:
+            if not await limiter.hit(item, *self._account(username)):
+                await self._refuse(limiter, item, "account", self._account(username))
 
     def _account(self, username: str) -> tuple[str, ...]:
-        return (self.namespace, self.app, "signin-account", username.lower())
+        # hashed: a key is short whatever was typed (no filling the store with long names)
+        digest = hashlib.sha256(username.lower().encode("utf-8", "replace")).hexdigest()[:32]
+        return (self.namespace, self.app, "signin-account", digest)
 
-    def _address(self, address: str) -> tuple[str, ...]:
-        return (self.namespace, self.app, "signin-address", address)
+    def _address(self, address: str | None) -> tuple[str, ...]:
+        return (self.namespace, self.app, "signin-address", _client_key(address))
 
     async def _refuse(
         self,
@@ -134,27 +142,50 @@ class SignInGuard:
         scope: str,
         key: tuple[str, ...],
     ) -> NoReturn:
-        stats = await limiter.get_window_stats(item, *key)
         metrics.SIGN_IN_THROTTLED.labels(self.app, scope).inc()
         log.warning("sign-in throttled", extra={"scope": scope, "limit": str(item)})
-        raise TooManyAttempts(max(1, math.ceil(stats.reset_time - time.time())))
+        try:
+            stats = await limiter.get_window_stats(item, *key)
+            retry = max(1, math.ceil(stats.reset_time - time.time()))
+        except StorageError:
+            retry = 60  # the limit is spent: refuse even if its window cannot be read
+        raise TooManyAttempts(retry)
 
     def _unavailable(self, exc: StorageError) -> None:
         metrics.SIGN_IN_THROTTLE_ERRORS.labels(self.app).inc()
-        log.warning("sign-in throttle unavailable", extra={"error": repr(exc.storage_error)})
+        log.warning("sign-in throttle store unavailable", extra={"error": repr(exc.storage_error)})
 
-    async def succeeded(self, username: str) -> None:
-        """A right password: the account's counters start again."""
+    async def succeeded(self, username: str, address: str | None) -> None:
+        """A right password: the account's counters start again, and the address gets its
+        attempt back (only wrong passwords count against an address)."""
         await self.clear(username)
+        try:
+            for item in self.address_limits:
+                await self._limiter.hit(item, *self._address(address), cost=-1)
+        except StorageError as exc:
+            self._unavailable(exc)
 
     async def clear(self, username: str) -> None:
         """Lift an account's lock (an administrator's action, or a successful sign-in)."""
-        limiter = self._limiter
-        try:
-            for item in self.account_limits:
-                await limiter.clear(item, *self._account(username))
-        except StorageError as exc:
-            self._unavailable(exc)
+        for limiter in (self._limiter, self._fallback):
+            try:
+                for item in self.account_limits:
+                    await limiter.clear(item, *self._account(username))
+            except StorageError as exc:
+                self._unavailable(exc)
+
+
+def _client_key(address: str | None) -> str:
+    """The unit an address limit counts: an IPv4 address, an IPv6 /64 (what one host holds)."""
+    if not address:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class PostgresStorage(Storage):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -120,7 +121,7 @@ async def test_a_flood_gets_a_typed_503_once_every_hashing_slot_stays_busy(
     api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(passwords, "WAIT_S", 0.01)
-    monkeypatch.setattr(passwords, "_slots", asyncio.Semaphore(1))
+    monkeypatch.setitem(passwords._slots, asyncio.get_running_loop(), asyncio.Semaphore(1))
     flood = await asyncio.gather(*(token(api, f"user{i}", "wrong") for i in range(12)))
     codes = sorted(r.status_code for r in flood)
     assert 401 in codes
@@ -293,3 +294,21 @@ async def test_jobs_travel_as_json_and_a_pickled_job_planted_in_redis_runs_nothi
     finally:
         await redis.delete(sandbox.queue, "arq:job:planted")
         await redis.aclose(close_connection_pool=True)
+
+
+def test_a_row_quoted_in_a_database_error_detail_never_reaches_a_log_line() -> None:
+    # hide_parameters hides a statement's values; PostgreSQL's DETAIL can still quote the row
+    from netsync.logging import ConsoleFormatter, JsonFormatter
+
+    detail = (
+        "DETAIL:  Failing row contains (7, bob, $argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA, x)."
+    )
+    try:
+        raise RuntimeError(f'new row violates check constraint "ck_users_role"\n{detail}')
+    except RuntimeError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    for formatter in (JsonFormatter("test"), ConsoleFormatter()):
+        line = formatter.format(record)
+        assert "ck_users_role" in line
+        assert "$argon2id$" not in line
+    assert "$argon2id$" not in serialization.serialize({"r": RuntimeError(detail)}).decode()

@@ -14,7 +14,10 @@ from app.users import service
 from app.users.service import get_by_username
 from netsync import metrics
 from netsync.errors import ERROR_RESPONSES, NotAuthenticated
-from netsync.passwords import verify_and_update
+from netsync.passwords import hash_password, needs_rehash, verify_password
+
+#: The longest username the API stores (``users.username``).
+MAX_USERNAME = 150
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"], responses=ERROR_RESPONSES)
 
@@ -38,14 +41,18 @@ async def issue_token(
     """Sign in. Throttled per account and per client address (429 with ``Retry-After``); a
     legacy or outdated hash is replaced by a fresh argon2id one, which syncs like any change."""
     guard, address = sign_in_guard(request), client_address(request)
-    await guard.attempt(form.username, address)
-    user = await get_by_username(uow.session, form.username)
-    ok, new_hash = await verify_and_update(user.password_hash if user else None, form.password)
-    if user is None or not ok or not user.is_active:
-        await guard.failed(address)
+    if len(form.username) > MAX_USERNAME:  # no user has such a name: the same answer
         raise NotAuthenticated("invalid username or password")
-    await guard.succeeded(form.username)
-    if new_hash is not None:
+    await guard.attempt(form.username, address)
+    # the lookup holds a connection only for itself, not while waiting for a hashing slot
+    async with request.app.state.sessionmaker() as lookup:
+        user = await get_by_username(lookup, form.username)
+    ok = await verify_password(user.password_hash if user else None, form.password)
+    if user is None or not ok or not user.is_active:
+        raise NotAuthenticated("invalid username or password")
+    await guard.succeeded(form.username, address)
+    if needs_rehash(user.password_hash):  # only now: every other check passed
+        new_hash = await hash_password(form.password)
         event = await service.rehash(uow.session, user.id, user.password_hash, new_hash)
         if event is not None:
             metrics.SIGN_IN_REHASHED.inc()

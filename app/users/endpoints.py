@@ -105,9 +105,8 @@ async def change_own_password(
     guard, address = sign_in_guard(request), client_address(request)
     await guard.attempt(user.username, address)
     if not await verify_password(user.password_hash, body.current_password):
-        await guard.failed(address)
         raise NotPermitted("the current password is not correct")
-    await guard.succeeded(user.username)
+    await guard.succeeded(user.username, address)
     updated, event = await service.set_password(uow.session, user.id, body.new_password)
     uow.sync_after_commit(event.event_id)
     return SyncAccepted(sync_job_id=sync_job_id(event.event_id), version=updated.version)

@@ -421,9 +421,11 @@ async def test_the_archive_and_quarantine_are_pruned_past_their_retention(
     day = 86_400
     os.utime(archived, (time.time() - 1.5 * day,) * 2)
     os.utime(kept, (time.time() - 1.5 * day,) * 2)
-    assert await importer.prune() == {"archive": 1, "quarantine": 0}
+    files = {"archive": 1, "quarantine": 0}
+    assert {k: v for k, v in (await importer.prune()).items() if k in files} == files
     os.utime(kept, (time.time() - 3 * day,) * 2)
-    assert await importer.prune() == {"archive": 0, "quarantine": 1}
+    files = {"archive": 0, "quarantine": 1}
+    assert {k: v for k, v in (await importer.prune()).items() if k in files} == files
     assert not archived.exists()
     assert not kept.exists()
     assert link.is_symlink()  # never followed, never removed

@@ -47,16 +47,17 @@ async def test_request_api_sign_in_is_throttled_in_its_own_database_across_repli
         assert await attempt(a, "judy", "request side phrase") == 200
 
 
-async def test_the_request_api_lifts_a_lock_for_operators(
+async def test_the_request_api_lifts_a_lock_for_administrators_not_the_service_token(
     sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
-    uid = uuid.uuid4()
     digest = passwords.hash_password_sync("request side phrase 2")
+    admin_digest = passwords.hash_password_sync("request admin phrase")
     publish(
         sandbox.exports,
         sandbox.signer,
         1,
-        user_record(uid, 1, username="nina", password_hash=digest),
+        user_record(uuid.uuid4(), 1, username="nina", password_hash=digest),
+        user_record(uuid.uuid4(), 1, username="radmin", password_hash=admin_digest, role="admin"),
     )
     await make_importer().scan_once()
     service = "service-token-for-sign-in-" + "s" * 20
@@ -67,8 +68,17 @@ async def test_the_request_api_lifts_a_lock_for_operators(
             await client.post("/api/v1/auth/login", json=body)
         good = {"username": "nina", "password": "request side phrase 2"}
         assert (await client.post("/api/v1/auth/login", json=good)).status_code == 429
-        lifted = await client.delete(
+        # the service token is read-only: it may not undo the throttle
+        refused = await client.delete(
             "/api/v1/auth/locks/NINA", headers={"Authorization": f"Bearer {service}"}
+        )
+        assert refused.status_code == 403
+        admin = {"username": "radmin", "password": "request admin phrase"}
+        signed_in = await client.post("/api/v1/auth/login", json=admin)
+        assert signed_in.status_code == 200, signed_in.text
+        admin_token = signed_in.json()["access_token"]
+        lifted = await client.delete(
+            "/api/v1/auth/locks/NINA", headers={"Authorization": f"Bearer {admin_token}"}
         )
         assert lifted.status_code == 204
         assert (await client.post("/api/v1/auth/login", json=good)).status_code == 200

@@ -24,7 +24,9 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_sign_in_throttle")),
     )
+    op.create_index("ix_sign_in_throttle_expires_at", "sign_in_throttle", ["expires_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sign_in_throttle_expires_at", table_name="sign_in_throttle")
     op.drop_table("sign_in_throttle")
