@@ -58,14 +58,22 @@ def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cpus)
 
 
-#: argon2id parameters: at least OWASP's minimum (m = 19 MiB, t = 2, p = 1); the defaults are
-#: RFC 9106's second recommendation, argon2-cffi's own (m = 64 MiB, t = 3, p = 4).
+#: argon2id parameters: at least OWASP's minimum (m = 19 MiB, t = 2, p = 1). The defaults take
+#: RFC 9106's second recommendation's memory and passes (m = 64 MiB, t = 3) with one lane: four
+#: lanes make libargon2 start four threads per hash, which the pool below does not see, and two
+#: such hashes on two cores left the event loop no CPU (``bench/login_flood.py``).
 TIME_COST = _env_int("NETSYNC_ARGON2_TIME_COST", 3)
 MEMORY_KIB = _env_int("NETSYNC_ARGON2_MEMORY_KIB", 65536)
-PARALLELISM = _env_int("NETSYNC_ARGON2_PARALLELISM", 4)
+PARALLELISM = _env_int("NETSYNC_ARGON2_PARALLELISM", 1)
 if TIME_COST < 2 or MEMORY_KIB < 19 * 1024 or PARALLELISM < 1:
     raise RuntimeError("argon2id parameters below OWASP's minimum (m=19456 KiB, t=2, p=1)")
-THREADS = _env_int("NETSYNC_HASH_THREADS", 0) or cpu_quota()
+def _default_threads() -> int:
+    """One hashing thread per CPU the process may use, keeping one CPU for the event loop."""
+    cpus = cpu_quota()
+    return max(1, cpus - 1) if cpus > 1 else 1
+
+
+THREADS = _env_int("NETSYNC_HASH_THREADS", 0) or _default_threads()
 #: How long a sign-in waits for a hashing slot before it is told to come back (503) ...
 WAIT_S = float(os.environ.get("NETSYNC_HASH_WAIT_S", "") or 5.0)
 #: ... and how long hashing a new password may wait.
