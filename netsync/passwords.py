@@ -67,6 +67,8 @@ MEMORY_KIB = _env_int("NETSYNC_ARGON2_MEMORY_KIB", 65536)
 PARALLELISM = _env_int("NETSYNC_ARGON2_PARALLELISM", 1)
 if TIME_COST < 2 or MEMORY_KIB < 19 * 1024 or PARALLELISM < 1:
     raise RuntimeError("argon2id parameters below OWASP's minimum (m=19456 KiB, t=2, p=1)")
+
+
 def _default_threads() -> int:
     """One hashing thread per CPU the process may use, keeping one CPU for the event loop."""
     cpus = cpu_quota()
