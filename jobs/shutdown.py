@@ -98,6 +98,16 @@ class BoundedShutdownWorker(arq_worker.Worker):
         self._waited = True  # the handle_sig arq calls at the end is not a second signal
         await super()._wait_for_tasks_to_complete(signum)
 
+    async def main(self) -> None:
+        """arq's loop; once stopping, a Redis that no longer answers ends it quietly (the poll
+        in flight fails fast now that reconnecting has been given up): that is the stop."""
+        try:
+            await super().main()
+        except (RedisError, OSError) as exc:
+            if not self._stopping:
+                raise
+            log.info("stopped while Redis was unreachable", extra={"error": repr(exc)[:200]})
+
     async def close(self) -> None:
         """arq's close, tolerant of a Redis that does not answer."""
         if not self._handle_signals:
