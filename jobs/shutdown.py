@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import signal
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from arq import worker as arq_worker
 from redis.asyncio.retry import Retry
@@ -130,8 +130,3 @@ def install() -> None:
     """Make ``arq``'s command line (``arq jobs.WorkerSettings``) build our worker class: arq
     offers no setting for it, and ``create_worker`` looks the class up in its module."""
     arq_worker.Worker = BoundedShutdownWorker  # type: ignore[misc]
-
-
-def bound_s(settings: dict[str, Any]) -> float:
-    """The documented shutdown bound of a worker built from ``settings``."""
-    return float(settings.get("job_completion_wait", 0)) + GRACE_S

@@ -159,14 +159,3 @@ async def verify_password(password_hash: str | None, password: str) -> bool:
         await _in_pool(verify_password_sync, _dummy, password)
         return False
     return bool(await _in_pool(verify_password_sync, password_hash, password))
-
-
-async def verify_and_update(password_hash: str | None, password: str) -> tuple[bool, str | None]:
-    """Verify; on success with a hash that ``needs_rehash``, also return a fresh argon2id hash
-    of the password (made in the pool too), for the caller to store and sync."""
-    if not await verify_password(password_hash, password):
-        return False, None
-    assert password_hash is not None
-    if not needs_rehash(password_hash):
-        return True, None
-    return True, await hash_password(password)

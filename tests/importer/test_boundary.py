@@ -33,6 +33,7 @@ from tests.importer.files import (
     publish,
     quarantined,
     query,
+    setting_record,
     user_record,
     user_version,
 )
@@ -503,17 +504,7 @@ async def test_a_missing_spool_keeps_a_genuine_snapshot_and_leaks_nothing(
         header={"entity": "setting", "changes_seq": 0},
     )
     for i in range(MEMORY_COPY_BYTES // 60_000 + 10):
-        writer.write_record(
-            {
-                "event_id": str(uuid.uuid4()),
-                "entity": "setting",
-                "entity_id": str(uuid.uuid4()),
-                "version": 1,
-                "op": "upsert",
-                "occurred_at": datetime.now(UTC).isoformat(),
-                "data": {"key": f"big.key_{i}", "value": "x" * 60_000},
-            }
-        )
+        writer.write_record(setting_record(f"big.key_{i}", "x" * 60_000))
     published = writer.publish()
     shutil.rmtree(importer.files.spool_dir)
     fds = len(os.listdir("/proc/self/fd"))
@@ -560,18 +551,7 @@ async def test_a_genuine_changes_file_between_8_and_16_mib_applies(
     sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
     importer = make_importer()
-    records = [
-        {
-            "event_id": str(uuid.uuid4()),
-            "entity": "setting",
-            "entity_id": str(uuid.uuid4()),
-            "version": 1,
-            "op": "upsert",
-            "occurred_at": datetime.now(UTC).isoformat(),
-            "data": {"key": f"big.key_{i}", "value": "x" * 60_000},
-        }
-        for i in range(160)
-    ]
+    records = [setting_record(f"big.key_{i}", "x" * 60_000) for i in range(160)]
     published = publish(sandbox.exports, sandbox.signer, 1, *records)
     assert 8 << 20 < published.path.stat().st_size < 16 << 20
     result = await importer.scan_once()
