@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import SecretStr, field_validator
 
 from netsync.config import CommonSettings, ConfigurationError
+from netsync.keys import recipients_dir
 
 
 class ResponseSettings(CommonSettings):
@@ -18,6 +19,11 @@ class ResponseSettings(CommonSettings):
     redis_url: str | None = None
     secret_key: SecretStr | None = None
     signing_key_file: Path | None = None
+    #: Directory of the Request Network's public keys (``*.age.pub``) every export file is
+    #: sealed to; defaults to the development pair in the state dir.
+    export_recipients_dir: Path | None = None
+    #: More recipients, comma-separated ``age1…`` strings.
+    export_recipients: str = ""
     admin_password: SecretStr | None = None
     access_token_minutes: int = 60
     #: How long a finished job's state and result stay readable (arq's keep_result).
@@ -79,6 +85,16 @@ class ResponseSettings(CommonSettings):
         if self.is_development:
             return self.state_dir / "keys" / "signing.pem"
         raise ConfigurationError("NETSYNC_SIGNING_KEY_FILE must be set outside development")
+
+    @property
+    def export_recipients_path(self) -> Path | None:
+        if self.export_recipients_dir is not None:
+            return self.export_recipients_dir
+        return recipients_dir(self.state_dir) if self.is_development else None
+
+    @property
+    def export_recipients_list(self) -> list[str]:
+        return [r.strip() for r in self.export_recipients.split(",") if r.strip()]
 
     def jwt_secret(self) -> str:
         """The token signing secret; in development a random one kept in the state directory."""

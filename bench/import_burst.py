@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from exchange.sealing import Recipients, generate_identity, write_identity
 from exchange.signing import Keyring, Signer, write_key_pair
 from exchange.writer import publish_export
 from importer.config import RequestSettings
@@ -57,7 +58,14 @@ def record(user: uuid.UUID, version: int) -> dict[str, Any]:
     }
 
 
-def write_files(exports: Path, signer: Signer, files: int, per_file: int, first_seq: int) -> int:
+def write_files(
+    exports: Path,
+    signer: Signer,
+    recipients: Recipients | None,
+    files: int,
+    per_file: int,
+    first_seq: int,
+) -> int:
     users = [uuid.uuid4() for _ in range(min(per_file * files, 50_000))]
     n = 0
     for i in range(files):
@@ -68,6 +76,7 @@ def write_files(exports: Path, signer: Signer, files: int, per_file: int, first_
         publish_export(
             exports,
             signer,
+            recipients=recipients,
             stream="changes",
             seq=first_seq + i,
             kind="changes",
@@ -79,9 +88,15 @@ def write_files(exports: Path, signer: Signer, files: int, per_file: int, first_
 
 
 async def scenario(
-    importer: Importer, exports: Path, signer: Signer, files: int, per: int, seq: int
+    importer: Importer,
+    exports: Path,
+    signer: Signer,
+    recipients: Recipients | None,
+    files: int,
+    per: int,
+    seq: int,
 ) -> None:
-    changes = write_files(exports, signer, files, per, seq)
+    changes = write_files(exports, signer, recipients, files, per, seq)
     started = time.perf_counter()
     applied = 0
     while applied < files:
@@ -96,7 +111,7 @@ async def scenario(
     )
 
 
-async def main(log_level: str) -> None:
+async def main(log_level: str, plaintext: bool) -> None:
     name = f"bench_import_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(ADMIN_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -107,6 +122,9 @@ async def main(log_level: str) -> None:
         await asyncio.to_thread(upgrade, "request", url)
         signer = Signer.generate()
         write_key_pair(signer, root / "signing.pem", root / "trusted")
+        identity, recipient = generate_identity()
+        write_identity(root / "decryption", identity, recipient)
+        recipients = None if plaintext else Recipients.of([recipient])
         exports = root / "exports"
         exports.mkdir()
         settings = RequestSettings(
@@ -116,6 +134,8 @@ async def main(log_level: str) -> None:
             exports_dir=exports,
             request_database_url=url,
             trusted_keys_dir=root / "trusted",
+            decryption_keys_dir=root / "decryption",
+            accept_plaintext=plaintext,
             log_level=log_level,
         )
         configure_logging("bench", level=log_level, fmt="json")
@@ -125,10 +145,11 @@ async def main(log_level: str) -> None:
         importer.prepare()
         print(
             f"batches of up to {settings.batch_max_files} files / "
-            f"{settings.batch_max_records} records, log level {log_level}"
+            f"{settings.batch_max_records} records, log level {log_level},"
+            f" {'plaintext (version 1)' if plaintext else 'sealed'} files"
         )
-        await scenario(importer, exports, signer, 10_000, 1, 1)
-        await scenario(importer, exports, signer, 100, 1_000, 10_001)
+        await scenario(importer, exports, signer, recipients, 10_000, 1, 1)
+        await scenario(importer, exports, signer, recipients, 100, 1_000, 10_001)
     finally:
         if engine is not None:
             await engine.dispose()
@@ -144,6 +165,9 @@ if __name__ == "__main__":
         default="WARNING",
         help="INFO logs one line per applied change (to stderr); the default measures without",
     )
+    parser.add_argument(
+        "--plaintext", action="store_true", help="unsealed (version 1) files: the cost of sealing"
+    )
     args = parser.parse_args()
     logging.getLogger().setLevel(args.log_level)
-    asyncio.run(main(args.log_level))
+    asyncio.run(main(args.log_level, args.plaintext))

@@ -34,22 +34,27 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _export(url: str, exports: Path, signer_pem: bytes) -> dict[str, Any]:
+async def _export(url: str, exports: Path, keys: Path, plaintext: bool) -> dict[str, Any]:
     from app.db import make_sessionmaker
     from exchange.signing import Signer
     from jobs.snapshots import export_snapshot
     from netsync.db import make_engine
 
     engine = make_engine(url)
-    signer = Signer.from_pem(signer_pem)
+    from exchange.sealing import Recipients
+
+    signer = Signer.from_pem((keys / "signing.pem").read_bytes())
+    recipients = None if plaintext else Recipients.from_sources(keys / "recipients")
     started = time.perf_counter()
-    done = await export_snapshot(engine, make_sessionmaker(engine), exports, signer, "setting")
+    done = await export_snapshot(
+        engine, make_sessionmaker(engine), exports, signer, "setting", recipients=recipients
+    )
     seconds = time.perf_counter() - started
     await engine.dispose()
     return {"seconds": seconds, "records": done.records, "bytes": done.bytes}
 
 
-async def _import(url: str, exports: Path, trusted: Path) -> dict[str, Any]:
+async def _import(url: str, exports: Path, keys: Path, plaintext: bool) -> dict[str, Any]:
     from exchange.signing import Keyring
     from importer.config import RequestSettings
     from importer.daemon import Importer
@@ -62,10 +67,13 @@ async def _import(url: str, exports: Path, trusted: Path) -> dict[str, Any]:
         state_dir=exports.parent / "state",
         exports_dir=exports,
         request_database_url=url,
-        trusted_keys_dir=trusted,
+        trusted_keys_dir=keys / "trusted",
+        decryption_keys_dir=keys / "decryption",
+        accept_plaintext=plaintext,
     )
     engine = make_engine(url, pool_size=2)
-    importer = Importer(settings, make_sessionmaker(engine), Keyring.from_sources(trusted))
+    keyring = Keyring.from_sources(keys / "trusted")
+    importer = Importer(settings, make_sessionmaker(engine), keyring)
     importer.prepare()
     started = time.perf_counter()
     result = await importer.scan_once()
@@ -108,7 +116,11 @@ async def _admin(admin: str, sql: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--plaintext", action="store_true", help="unsealed (version 1) files: the cost of sealing"
+    )
     args = parser.parse_args()
+    from exchange.sealing import generate_identity, write_identity, write_recipient
     from exchange.signing import Signer, write_key_pair
     from netsync.config import with_database
     from netsync.migrate import upgrade
@@ -126,6 +138,10 @@ def main() -> None:
             exports = root / "exports"
             exports.mkdir()
             write_key_pair(Signer.generate(), root / "signing.pem", root / "trusted")
+            identity, recipient = generate_identity()
+            write_identity(root / "decryption", identity, recipient)
+            write_recipient(root / "recipients", recipient)
+            mode = ["plaintext"] if args.plaintext else ["sealed"]
             resp, req = (
                 with_database(admin, names["response"]),
                 with_database(admin, names["request"]),
@@ -135,12 +151,13 @@ def main() -> None:
             started = time.perf_counter()
             asyncio.run(_fill(resp, args.rows))
             print(f"filled {args.rows:,} settings in {time.perf_counter() - started:.1f} s")
-            out = _side(["--side", "export", resp, str(exports), str(root / "signing.pem")])
+            out = _side(["--side", "export", resp, str(exports), str(root), *mode])
             print(
-                f"export: {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB,"
+                f"export ({mode[0]}): {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB"
+                f" (sealing child {out['child_peak_mb']:.0f} MB),"
                 f" {out['records']:,} records, {out['bytes'] / 1e6:.0f} MB file"
             )
-            out = _side(["--side", "import", req, str(exports), str(root / "trusted")])
+            out = _side(["--side", "import", req, str(exports), str(root), *mode])
             print(
                 f"import: {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB,"
                 f" {out['changes']:,} rows written"
@@ -152,11 +169,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--side":
-        side, url, exports, key = sys.argv[2:6]
-        if side == "export":
-            result = asyncio.run(_export(url, Path(exports), Path(key).read_bytes()))
-        else:
-            result = asyncio.run(_import(url, Path(exports), Path(key)))
-        print(json.dumps({**result, "peak_mb": _peak_mb()}))
+        side, url, exports, keys, mode = sys.argv[2:7]
+        run_side = _export if side == "export" else _import
+        result = asyncio.run(run_side(url, Path(exports), Path(keys), mode == "plaintext"))
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(json.dumps({**result, "peak_mb": _peak_mb(), "child_peak_mb": children}))
     else:
         main()

@@ -1,6 +1,9 @@
-"""File names and the typed shape of an export file's header and records.
+"""File names and the typed shape of an export file's envelope, header and records.
 
-An export file is JSON Lines: one header object, one object per record, and one signature trailer.
+An export file (version 2) is one clear envelope line (what routing needs: stream, sequence,
+the key ids it is sealed to), the age ciphertext of a JSON Lines body (one header object, one
+object per record), and one signature trailer over everything before it. Version 1 files hold
+the same body in clear instead of the envelope and ciphertext.
 Files are immutable once published; a change is never appended to an existing file. Every file
 carries its stream's sequence number, every record its event id and its entity's version, so the
 reader can order files, detect gaps, ignore replays and never let an older value win.
@@ -17,7 +20,11 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 FORMAT_NAME = "netsync-export"
-FORMAT_VERSION = 1
+#: Version 2: the records are sealed (age) to the Request Network; only the envelope is clear.
+FORMAT_VERSION = 2
+#: Version 1: the previous format, records in clear. Read for the upgrade (files in flight), and
+#: in production only where ``NETSYNC_ACCEPT_PLAINTEXT=true`` says so.
+PLAINTEXT_VERSION = 1
 FILE_SUFFIX = ".jsonl"
 SEQ_DIGITS = 12
 STAGING_DIRNAME = ".staging"
@@ -95,8 +102,26 @@ def kind_of_stream(stream: str) -> ExportKind | None:
     return None
 
 
+class Sealing(_Strict):
+    alg: Literal["age-x25519"]
+    #: Key ids of the recipients the body is encrypted to (``exchange.sealing.key_id_of``).
+    recipients: Annotated[
+        list[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]], Field(min_length=1, max_length=16)
+    ]
+
+
+class Envelope(_Strict):
+    """The clear first line of a sealed (version 2) file, covered by the signature."""
+
+    format: Literal["netsync-export"]
+    version: Literal[2]
+    stream: Annotated[str, Field(pattern=r"^[a-z][a-z_]{0,31}$")]
+    seq: Annotated[int, Field(ge=1)]
+    sealed: Sealing
+
+
 class ExportHeader(_Strict):
-    """The first line of every export file."""
+    """The first line of every export body (inside the ciphertext of a sealed file)."""
 
     format: Literal["netsync-export"]
     version: int

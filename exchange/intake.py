@@ -27,7 +27,7 @@ import io
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -67,6 +67,14 @@ class RejectReason(StrEnum):
     LEDGER_CONFLICT = "ledger_conflict"
     #: Not an export file name at all: recorded once, left where it is, never read.
     NOT_AN_EXPORT_NAME = "not_an_export_name"
+    #: Genuine, but sealed to keys this importer does not hold (the detail names them).
+    UNKNOWN_RECIPIENT = "unknown_recipient"
+    #: Genuine, but its ciphertext ends before its last chunk.
+    SEALED_TRUNCATED = "sealed_truncated"
+    #: Genuine, but a chunk or the age header does not authenticate.
+    SEALED_CORRUPT = "sealed_corrupt"
+    #: A version 1 (unsealed) file where plaintext is not accepted (``NETSYNC_ACCEPT_PLAINTEXT``).
+    PLAINTEXT_REFUSED = "plaintext_refused"
 
 
 class RejectedFile(Exception):
@@ -113,6 +121,8 @@ class Taken:
     inode: tuple[int, int]
     _memory: bytes | None = None
     _spool: BinaryIO | None = None
+    #: Files that live as long as this one: the unsealed body's spool (``exchange.reader``).
+    _companions: list[BinaryIO] = field(default_factory=list)
 
     @property
     def in_memory(self) -> bytes | None:
@@ -131,10 +141,17 @@ class Taken:
         """The descriptor of the spooled copy (to link it into the archive), if spooled."""
         return self._spool.fileno() if self._spool is not None else None
 
+    def keep_open(self, companion: BinaryIO) -> None:
+        """Close ``companion`` with this file."""
+        self._companions.append(companion)
+
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
             self._spool = None
+        for companion in self._companions:
+            companion.close()
+        self._companions.clear()
         self._memory = None
 
     def __enter__(self) -> Taken:

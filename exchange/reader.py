@@ -1,7 +1,11 @@
-"""Parsing export files that ``exchange.intake`` has verified: header and records, typed.
+"""Opening and parsing export files that ``exchange.intake`` has verified: header and records.
 
 Nothing here reads the exports directory or sees a byte whose signature was not checked: the
-input is a ``Taken``, the private copy of a verified body. Two shapes share one header check:
+input is a ``Taken``, the private copy of a verified body. Verify, then unseal, then parse:
+``open_body`` reads the clear envelope, checks that this importer holds a key the body is sealed
+to, and decrypts the whole body (into memory, or the importer's spool for a large file) before a
+record is parsed, so a body whose last chunk is missing is refused before anything is applied.
+Two shapes then share one header check:
 
 * ``read_export``: a small file (``changes``) parsed whole into typed records, for batching;
 * ``VerifiedStream``: a large or single file (snapshots, results) handed out a block of record
@@ -13,7 +17,8 @@ A genuine file can still be malformed (a bug on the writing side): every refusal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,18 +28,22 @@ from pydantic import ValidationError
 from exchange.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    PLAINTEXT_VERSION,
     ChangeRecord,
+    Envelope,
     ExportHeader,
     FileName,
     kind_of_stream,
     parse_file_name,
 )
-from exchange.intake import RejectedFile, RejectReason, Taken, take
+from exchange.intake import MAX_TRAILER_BYTES, RejectedFile, RejectReason, Taken, spool_file, take
+from exchange.sealing import Identities, SealError
 from exchange.signing import Keyring
 
 __all__ = [
     "MAX_LINE_BYTES",
     "ExportFile",
+    "Opener",
     "RejectReason",
     "RejectedFile",
     "VerifiedStream",
@@ -47,17 +56,102 @@ MAX_LINE_BYTES = 1 << 20
 _READ_BUFFER = 1 << 20
 
 
-def parse_header(line: bytes, name: FileName) -> ExportHeader:
-    """The header line of a verified file, checked against its name and its stream's kind."""
+@dataclass(frozen=True)
+class Opener:
+    """What opening a verified body takes: the importer's private keys, whether it accepts
+    version 1 (unsealed) files, and where a large body is unsealed to."""
+
+    identities: Identities = field(default_factory=Identities)
+    accept_plaintext: bool = False
+    spool_dir: Path | None = None
+
+
+@dataclass
+class Plain:
+    """The clear body of a verified file: its header line first, then its record lines."""
+
+    version: int
+    memory: bytes | None = None
+    file: BinaryIO | None = None
+
+    def reader(self) -> BinaryIO:
+        if self.memory is not None:
+            return io.BytesIO(self.memory)
+        assert self.file is not None
+        self.file.seek(0)
+        return self.file
+
+
+def _first_line(raw: bytes, what: str) -> dict[str, object]:
     try:
-        raw = orjson.loads(line)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RejectedFile(RejectReason.INVALID_JSON, f"header: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise RejectedFile(RejectReason.UNKNOWN_FORMAT, "the header does not name netsync-export")
-    if raw.get("version") != FORMAT_VERSION:
-        version = str(raw.get("version"))[:20]
-        raise RejectedFile(RejectReason.UNSUPPORTED_VERSION, f"format version {version}")
+        raise RejectedFile(RejectReason.INVALID_JSON, f"{what}: {exc}") from exc
+    if not isinstance(value, dict) or value.get("format") != FORMAT_NAME:
+        raise RejectedFile(RejectReason.UNKNOWN_FORMAT, f"the {what} does not name netsync-export")
+    return value
+
+
+def open_body(taken: Taken, opener: Opener) -> Plain:
+    """The clear body of a verified file: unsealed (version 2) or, where accepted, as it is
+    (version 1). ``RejectedFile`` for an envelope that does not fit its name, a body sealed to
+    keys this importer lacks, a ciphertext that does not authenticate, refused plaintext."""
+    signed = taken.body()
+    line = signed.readline(MAX_TRAILER_BYTES + 1)
+    if not line.endswith(b"\n"):
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, "the first line is too long")
+    raw = _first_line(line, "envelope")
+    version = raw.get("version")
+    if version == PLAINTEXT_VERSION:
+        if not opener.accept_plaintext:
+            raise RejectedFile(
+                RejectReason.PLAINTEXT_REFUSED,
+                "an unsealed (version 1) file; NETSYNC_ACCEPT_PLAINTEXT=true accepts them",
+            )
+        if taken.in_memory is not None:
+            return Plain(PLAINTEXT_VERSION, memory=taken.in_memory)
+        signed.seek(0)
+        return Plain(PLAINTEXT_VERSION, file=signed)
+    if version != FORMAT_VERSION:
+        raise RejectedFile(RejectReason.UNSUPPORTED_VERSION, f"format version {str(version)[:20]}")
+    try:
+        envelope = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise RejectedFile(
+            RejectReason.INVALID_SCHEMA, f"envelope: {exc.errors()[0]['msg']}"
+        ) from exc
+    if (envelope.stream, envelope.seq) != (taken.name.stream, taken.name.seq):
+        raise RejectedFile(
+            RejectReason.NAME_MISMATCH,
+            f"envelope says {envelope.stream}/{envelope.seq}, name {taken.name.name}",
+        )
+    # the body is: envelope line, ciphertext, one separating newline (before the trailer)
+    length = taken.size - len(taken.trailer) - len(line) - 1
+    keys = envelope.sealed.recipients
+    try:
+        if taken.in_memory is not None:
+            return Plain(
+                version, memory=opener.identities.unseal(taken.in_memory[len(line) : -1], keys)
+            )
+        opener.identities.check_recipients(keys)
+        if opener.spool_dir is None:
+            sink: BinaryIO = io.BytesIO()
+        else:
+            sink = open(spool_file(opener.spool_dir), "w+b", closefd=True)  # noqa: SIM115
+        taken.keep_open(sink)
+        opener.identities.unseal_stream(signed, length, sink, keys)
+        return Plain(version, file=sink)
+    except SealError as exc:
+        raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
+
+
+def parse_header(line: bytes, name: FileName, version: int = FORMAT_VERSION) -> ExportHeader:
+    """The header line of a verified body, checked against its name and its stream's kind,
+    and against the version its file was read as (a sealed body cannot claim to be clear)."""
+    raw = _first_line(line, "header")
+    if raw.get("version") != version:
+        found = str(raw.get("version"))[:20]
+        raise RejectedFile(RejectReason.UNSUPPORTED_VERSION, f"format version {found}")
     try:
         header = ExportHeader.model_validate(raw)
     except ValidationError as exc:
@@ -115,14 +209,22 @@ def _change_records(lines: list[bytes]) -> list[ChangeRecord]:
     return records
 
 
-def parse_changes(taken: Taken) -> ExportFile:
-    """Parse a verified ``changes`` file held in memory."""
-    body = taken.in_memory
-    if body is None:
+def parse_changes(taken: Taken, opener: Opener) -> ExportFile:
+    """Unseal and parse a verified ``changes`` file held in memory."""
+    signed = taken.in_memory
+    if signed is None:
         raise RejectedFile(RejectReason.TOO_LARGE, "a changes file is read in memory")
-    lines = body.split(b"\n")[:-1]
+    plain = open_body(taken, opener)
+    body = plain.memory
+    assert body is not None
+    lines = body.split(b"\n")
+    if lines[-1]:
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, "the body does not end with a newline")
+    lines.pop()
+    if not lines:
+        raise RejectedFile(RejectReason.INVALID_SCHEMA, "the body is empty")
     try:
-        header = parse_header(lines[0], taken.name)
+        header = parse_header(lines[0], taken.name, plain.version)
         if header.records != len(lines) - 1:
             raise RejectedFile(
                 RejectReason.INVALID_SCHEMA,
@@ -140,40 +242,43 @@ def parse_changes(taken: Taken) -> ExportFile:
         taken.sha256,
         taken.key_id,
         taken.size,
-        body + taken.trailer,
+        signed + taken.trailer,
         taken.inode,
     )
 
 
-def read_export(directory: Path, name: FileName, keyring: Keyring, max_bytes: int) -> ExportFile:
-    """Take, verify and parse a ``changes`` file; ``RejectedFile`` for anything unsound.
+def read_export(
+    directory: Path, name: FileName, keyring: Keyring, max_bytes: int, opener: Opener
+) -> ExportFile:
+    """Take, verify, unseal and parse a ``changes`` file; ``RejectedFile`` for anything unsound.
 
     ``FileNotFoundError`` propagates unchanged: the file was taken by another importer.
     """
     if parse_file_name(name.name) != name:  # never a path: names come from a directory listing
         raise ValueError(f"not an export file name: {name.name!r}")
     with take(directory, name, keyring, max_bytes=max_bytes, memory_bytes=max_bytes) as taken:
-        return parse_changes(taken)
+        return parse_changes(taken, opener)
 
 
 class VerifiedStream:
     """A verified file's header, then its record lines a block at a time.
 
-    The lines come from the private copy ``exchange.intake`` made while verifying, never from
-    the exports directory, so what is parsed is exactly what was signed.
+    The lines come from the body unsealed from the private copy ``exchange.intake`` made while
+    verifying, never from the exports directory, so what is parsed is exactly what was signed.
     """
 
-    def __init__(self, taken: Taken) -> None:
+    def __init__(self, taken: Taken, opener: Opener) -> None:
         self.taken = taken
         self.name = taken.name
-        self._fh: BinaryIO = taken.body()
+        plain = open_body(taken, opener)
+        self._fh: BinaryIO = plain.reader()
         self._lines: list[bytes] = []
         self._next = 0
         self._tail = b""
         line = self._fh.readline(MAX_LINE_BYTES + 1)
         if not line.endswith(b"\n"):
             raise RejectedFile(RejectReason.INVALID_SCHEMA, "the header line is too long")
-        self.header = parse_header(line, self.name)
+        self.header = parse_header(line, self.name, plain.version)
         self._remaining = self.header.records
 
     def _fill(self) -> bool:

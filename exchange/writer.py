@@ -7,7 +7,14 @@ at any step, a full disk included, removes the staging file and raises: nothing 
 visible under a final name, and the caller still holds the data to try again.
 
 Publishing the same stream and sequence number twice is allowed and harmless: the producer
-regenerates a file from durable state, so a second publication carries the same records.
+regenerates a file from durable state, so a second publication carries the same records under the
+same file id (in new ciphertext: sealing is randomised, so the bytes differ).
+
+Files are sealed to the Request Network's recipients (``exchange.sealing``): the clear envelope
+line is written first, and the body (header and records) goes into the ciphertext, in memory for
+a small file, through a sealing child process once it grows past ``STREAM_ABOVE_BYTES``. Files
+and staging files are created ``0640`` (a group for the transfer agent, nobody else), and the
+directories netsync creates ``0750``.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -31,10 +38,19 @@ from exchange.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     LATEST_DIRNAME,
+    PLAINTEXT_VERSION,
     STAGING_DIRNAME,
     file_name,
 )
+from exchange.sealing import SEAL_ALG, Recipients, SealingStream
 from exchange.signing import SIGNATURE_ALG, Signer
+
+#: Mode of every export and staging file: the owner writes, a transfer agent's group reads.
+FILE_MODE = 0o640
+#: Mode of the directories netsync creates under the exports directory (and the directory itself).
+DIR_MODE = 0o750
+#: A sealed body is kept in memory up to this size, then streamed through the sealing process.
+STREAM_ABOVE_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,27 @@ def _line(obj: Mapping[str, Any]) -> bytes:
     return orjson.dumps(obj) + b"\n"
 
 
+def ensure_dir(path: Path) -> None:
+    """Create ``path`` (and its parents) ``0750`` if missing; an existing one is left as the
+    operator made it."""
+    if path.is_dir():
+        return
+    ensure_dir(path.parent)
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)  # mkdir's mode is narrowed by the umask, never widened
+
+
+def _create(path: Path) -> BinaryIO:
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
+    os.fchmod(fd, FILE_MODE)  # exactly 0640, whatever the umask
+    return os.fdopen(fd, "wb")
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -61,7 +98,9 @@ def fsync_dir(path: Path) -> None:
 class ExportFileWriter:
     """Streams one export file into staging; ``publish()`` makes it visible atomically.
 
-    Records are written as they come, so a snapshot of any size needs memory for one record only.
+    Records are written as they come, so a snapshot of any size needs memory for one block
+    only. ``recipients=None`` writes the previous, unsealed format (version 1): only tests of the
+    upgrade path and a development setup without keys do that.
     """
 
     def __init__(
@@ -69,6 +108,7 @@ class ExportFileWriter:
         exports_dir: Path,
         signer: Signer,
         *,
+        recipients: Recipients | None,
         stream: str,
         seq: int,
         kind: str,
@@ -80,40 +120,82 @@ class ExportFileWriter:
         self.final_name = file_name(stream, seq)
         self.exports_dir = exports_dir
         staging = exports_dir / STAGING_DIRNAME
-        staging.mkdir(parents=True, exist_ok=True)
+        ensure_dir(staging)
         self._staging_path = staging / f"{self.final_name}.{uuid.uuid4().hex}.tmp"
         self._signer = signer
+        self._recipients = recipients
         self._digest = hashlib.sha256()
         self._expected = records
         self._written = 0
-        self._fh = open(self._staging_path, "xb")  # noqa: SIM115 - closed in publish()/abort()
-        self._write(
-            _line(
-                {
-                    "format": FORMAT_NAME,
-                    "version": FORMAT_VERSION,
-                    "stream": stream,
-                    "seq": seq,
-                    "file_id": str(file_id),
-                    "kind": kind,
-                    "created_at": created_at.isoformat(),
-                    "records": records,
-                    **(header or {}),
-                }
-            )
+        self._plain = bytearray()
+        self._stream: SealingStream | None = None
+        self._fh = _create(self._staging_path)
+        body_header = _line(
+            {
+                "format": FORMAT_NAME,
+                "version": PLAINTEXT_VERSION if recipients is None else FORMAT_VERSION,
+                "stream": stream,
+                "seq": seq,
+                "file_id": str(file_id),
+                "kind": kind,
+                "created_at": created_at.isoformat(),
+                "records": records,
+                **(header or {}),
+            }
         )
+        if recipients is None:
+            self._write(body_header)
+            return
+        if not recipients:
+            self.abort()
+            raise ValueError("a sealed file needs at least one recipient")
+        envelope = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "stream": stream,
+            "seq": seq,
+            "sealed": {"alg": SEAL_ALG, "recipients": recipients.key_ids},
+        }
+        self._write(_line(envelope))
+        self._put(body_header)
 
     def _write(self, data: bytes) -> None:
+        """Bytes of the file itself (envelope, ciphertext, or a clear body): hashed, written."""
         self._digest.update(data)
         self._fh.write(data)
 
+    def _put(self, data: bytes) -> None:
+        """Bytes of the body: in clear (version 1), or into the sealing."""
+        if self._recipients is None:
+            self._write(data)
+        elif self._stream is not None:
+            self._stream.write(data)
+        else:
+            self._plain += data
+            if len(self._plain) > STREAM_ABOVE_BYTES:
+                self._stream = self._recipients.stream(self._write)
+                self._stream.write(bytes(self._plain))
+                self._plain = bytearray()
+
+    def _seal_body(self) -> None:
+        """End the ciphertext, and the line it stands on (the trailer starts a line)."""
+        if self._recipients is None:
+            return
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()
+        else:
+            self._write(self._recipients.seal(bytes(self._plain)))
+            self._plain = bytearray()
+        self._write(b"\n")
+
     def write_record(self, record: Mapping[str, Any]) -> None:
-        self._write(_line(record))
+        self._put(_line(record))
         self._written += 1
 
     def write_lines(self, data: bytes, count: int) -> None:
         """Append ``count`` records already serialised as JSON lines (a snapshot's fast path)."""
-        self._write(data)
+        self._put(data)
         self._written += count
 
     def publish(self, *, latest_as: str | None = None) -> PublishedFile:
@@ -131,6 +213,7 @@ class ExportFileWriter:
                 raise ValueError(
                     f"header announced {self._expected} records, wrote {self._written}"
                 )
+            self._seal_body()
             digest = self._digest.digest()
             trailer = {
                 "signature": {
@@ -163,16 +246,20 @@ class ExportFileWriter:
 
     def _link_for_latest(self) -> Path:
         latest = self.exports_dir / LATEST_DIRNAME
-        latest.mkdir(exist_ok=True)
+        ensure_dir(latest)
         temp = latest / f".{self.final_name}.{uuid.uuid4().hex}.tmp"
         try:
             os.link(self._staging_path, temp)
         except OSError:
-            shutil.copyfile(self._staging_path, temp)
+            with open(self._staging_path, "rb") as src, _create(temp) as dst:
+                shutil.copyfileobj(src, dst)
         return temp
 
     def abort(self) -> None:
         """Drop the staging file; nothing becomes visible."""
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.abort()
         with contextlib.suppress(OSError):
             self._fh.close()
         with contextlib.suppress(FileNotFoundError):
@@ -183,6 +270,7 @@ def publish_export(
     exports_dir: Path,
     signer: Signer,
     *,
+    recipients: Recipients | None,
     stream: str,
     seq: int,
     kind: str,
@@ -195,6 +283,7 @@ def publish_export(
     writer = ExportFileWriter(
         exports_dir,
         signer,
+        recipients=recipients,
         stream=stream,
         seq=seq,
         kind=kind,

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from netsync.config import CommonSettings, ConfigurationError, is_placeholder
-from netsync.keys import trusted_dir
+from netsync.keys import decryption_dir, trusted_dir
 
 
 class RequestSettings(CommonSettings):
@@ -19,6 +19,12 @@ class RequestSettings(CommonSettings):
     trusted_keys_dir: Path | None = None
     #: Extra trusted public keys, comma-separated (base64 of the 32 raw bytes, or PEM).
     trusted_keys: str = ""
+    #: Directory of the importer's private keys (``*.age.key``, mode 0600 or 0640) that open
+    #: sealed files; defaults to the development keys in the state dir.
+    decryption_keys_dir: Path | None = None
+    #: Apply version 1 (unsealed) files: unset, only where ``NETSYNC_ENV=development``. Set
+    #: ``true`` elsewhere only for the upgrade, while files of the previous version are in flight.
+    accept_plaintext: bool | None = None
     #: The importer's own files (archive, quarantine, spool): on the Request side, outside the
     #: exports directory, which anyone who can write there could otherwise plant things in.
     importer_state_dir: Path | None = None
@@ -106,6 +112,18 @@ class RequestSettings(CommonSettings):
         if self.trusted_keys_dir is not None:
             return self.trusted_keys_dir
         return trusted_dir(self.state_dir) if self.is_development else None
+
+    @property
+    def decryption_keys_path(self) -> Path | None:
+        if self.decryption_keys_dir is not None:
+            return self.decryption_keys_dir
+        return decryption_dir(self.state_dir) if self.is_development else None
+
+    @property
+    def accepts_plaintext(self) -> bool:
+        if self.accept_plaintext is not None:
+            return self.accept_plaintext
+        return self.env == "development"  # not in production, nor in tests of production paths
 
     @property
     def trusted_keys_list(self) -> list[str]:

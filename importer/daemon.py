@@ -28,8 +28,9 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import text
 from watchfiles import Change, awatch
@@ -42,7 +43,15 @@ from exchange.format import (
     parse_file_name,
 )
 from exchange.intake import MEMORY_COPY_BYTES, SpoolError, Taken, take
-from exchange.reader import ExportFile, RejectedFile, RejectReason, VerifiedStream, parse_changes
+from exchange.reader import (
+    ExportFile,
+    Opener,
+    RejectedFile,
+    RejectReason,
+    VerifiedStream,
+    parse_changes,
+)
+from exchange.sealing import Identities
 from exchange.signing import Keyring
 from importer.apply import ApplyResult, apply_changes
 from importer.config import RequestSettings
@@ -63,6 +72,7 @@ from importer.watch import ForeignNames, GapWatch
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _Read = tuple[FileName, ExportFile | RejectedFile | None]
 
@@ -84,11 +94,21 @@ class ScanResult:
 
 class Importer:
     def __init__(
-        self, settings: RequestSettings, sessions: RequestSessionMaker, keyring: Keyring
+        self,
+        settings: RequestSettings,
+        sessions: RequestSessionMaker,
+        keyring: Keyring,
+        identities: Identities | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.keys = TrustedKeys(settings.trusted_keys_path, settings.trusted_keys_list, keyring)
+        self.keys = TrustedKeys(
+            settings.trusted_keys_path,
+            settings.trusted_keys_list,
+            keyring,
+            identities_dir=settings.decryption_keys_path,
+            identities=identities,
+        )
         self.exports_dir = settings.exports_path
         self.archive_dir = settings.archive_path
         self.quarantine_dir = settings.quarantine_path
@@ -294,8 +314,9 @@ class Importer:
     async def _apply_single(self, taken: Taken, result: ScanResult) -> None:
         name = taken.name
         try:
+            # unsealed whole before a transaction starts: nothing unauthenticated is applied
+            export = await asyncio.to_thread(self._opened, VerifiedStream, taken)
             async with self.sessions() as session, session.begin():
-                export = await asyncio.to_thread(VerifiedStream, taken)
                 outcome = await apply_streamed(session, export)
         except RejectedFile as rejected:  # genuine, but malformed: nothing was committed
             await self._refuse_genuine(name, rejected, taken.inode, taken, result)
@@ -406,6 +427,20 @@ class Importer:
                 return RejectedFile(RejectReason.UNREADABLE, repr(exc)[:200])
         raise AssertionError("unreachable")
 
+    def _opener(self) -> Opener:
+        return Opener(self.keys.identities, self.settings.accepts_plaintext, self.files.spool_dir)
+
+    def _opened(self, parse: Callable[[Taken, Opener], _T], taken: Taken) -> _T:
+        """Unseal and parse a verified file (in a worker thread). A body sealed to a key this
+        importer lacks is tried once more if the keys changed: the new private key may have
+        landed a moment after the file."""
+        try:
+            return parse(taken, self._opener())
+        except RejectedFile as rejected:
+            if rejected.reason is RejectReason.UNKNOWN_RECIPIENT and self.keys.refresh():
+                return parse(taken, self._opener())
+            raise
+
     def _read_one(self, name: FileName) -> ExportFile | RejectedFile | None:
         """A ``changes`` file, verified and parsed (in a worker thread)."""
         taken = self._verified(name)
@@ -413,7 +448,7 @@ class Importer:
             return taken
         with taken:
             try:
-                return parse_changes(taken)
+                return self._opened(parse_changes, taken)
             except RejectedFile as rejected:
                 rejected.inode = taken.inode
                 if taken.in_memory is not None:

@@ -1,9 +1,12 @@
-"""The trusted public keys, re-read while the daemon runs: key rotation needs no restart.
+"""The trusted public keys and the decryption keys, re-read while the daemon runs: rotating
+either needs no restart.
 
 Operators rotate by dropping the new ``<key id>.pub`` into the trusted keys directory before the
-Response Network signs with it (``docs/key-rotation.md``). Looking at a handful of ``stat``
-results costs microseconds, so every scan checks whether the directory changed, and so does a
-file that names a key we do not know (the key may have landed a moment after it); SIGHUP forces a
+Response Network signs with it, and the new ``<key id>.age.key`` into the decryption keys
+directory before the Response Network seals to it (``docs/key-rotation.md``). Looking at a
+handful of ``stat`` results costs microseconds, so every scan checks whether the directories
+changed, and so does a file that names a key we do not know (the key may have landed a moment
+after it); SIGHUP forces a
 reload. A key file that does not load is logged and skipped: the other keys stay trusted.
 """
 
@@ -13,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from exchange.sealing import IDENTITY_SUFFIX, Identities
 from exchange.signing import Keyring
 
 log = logging.getLogger(__name__)
@@ -20,14 +24,14 @@ log = logging.getLogger(__name__)
 _Fingerprint = tuple[tuple[str, int, int, int], ...]
 
 
-def _fingerprint(directory: Path | None) -> _Fingerprint:
+def _fingerprint(directory: Path | None, suffix: str = ".pub") -> _Fingerprint:
     if directory is None:
         return ()
     entries: list[tuple[str, int, int, int]] = []
     try:
         with os.scandir(directory) as it:
             for entry in it:
-                if not entry.name.endswith(".pub"):
+                if not entry.name.endswith(suffix):
                     continue
                 try:
                     st = entry.stat()  # follows symlinks: Kubernetes mounts keys as links
@@ -40,16 +44,32 @@ def _fingerprint(directory: Path | None) -> _Fingerprint:
 
 
 class TrustedKeys:
-    """A ``Keyring`` that follows its sources: inline keys plus the ``*.pub`` files of a dir."""
+    """A ``Keyring`` that follows its sources (inline keys plus the ``*.pub`` files of a dir),
+    and the ``Identities`` of a decryption keys directory."""
 
     def __init__(
-        self, directory: Path | None, inline: list[str], initial: Keyring | None = None
+        self,
+        directory: Path | None,
+        inline: list[str],
+        initial: Keyring | None = None,
+        *,
+        identities_dir: Path | None = None,
+        identities: Identities | None = None,
     ) -> None:
         self.directory = directory
         self.inline = inline
-        self._seen = _fingerprint(directory)
+        self.identities_dir = identities_dir
+        self._seen = self._look()
         self._forced = False
         self.keyring = initial if initial is not None else self._load()
+        self.identities = (
+            identities
+            if identities is not None
+            else Identities.from_directory(identities_dir, strict=False)
+        )
+
+    def _look(self) -> tuple[_Fingerprint, _Fingerprint]:
+        return _fingerprint(self.directory), _fingerprint(self.identities_dir, IDENTITY_SUFFIX)
 
     def _load(self) -> Keyring:
         return Keyring.from_sources(self.directory, self.inline)
@@ -59,22 +79,28 @@ class TrustedKeys:
         self._forced = True
 
     def refresh(self) -> bool:
-        """Re-read the keys if their directory changed; True when the trusted set changed."""
-        seen = _fingerprint(self.directory)
+        """Re-read the keys if their directories changed; True when a set of keys changed."""
+        seen = self._look()
         if seen == self._seen and not self._forced:
             return False
         self._seen, self._forced = seen, False
         before = set(self.keyring.key_ids)
         self.keyring = self._load()
-        after = set(self.keyring.key_ids)
-        if before == after:
-            return False
-        log.info(
-            "trusted keys reloaded",
-            extra={
-                "key_ids": sorted(after),
-                "added": sorted(after - before),
-                "removed": sorted(before - after),
-            },
-        )
-        return True
+        changed = _changed("trusted keys reloaded", before, set(self.keyring.key_ids))
+        before = set(self.identities.key_ids)
+        self.identities = Identities.from_directory(self.identities_dir, strict=False)
+        return _changed("decryption keys reloaded", before, set(self.identities.key_ids)) or changed
+
+
+def _changed(message: str, before: set[str], after: set[str]) -> bool:
+    if before == after:
+        return False
+    log.info(
+        message,
+        extra={
+            "key_ids": sorted(after),
+            "added": sorted(after - before),
+            "removed": sorted(before - after),
+        },
+    )
+    return True

@@ -4,10 +4,13 @@ Every kind of file (changes, snapshots, results) is claimed here and only here, 
 signature held: the ledger's primary key ``(stream, seq)`` makes a second application
 impossible, even by a second importer, which waits on the row and then finds it taken.
 
-A file that finds its place taken is a duplicate only if it is the same file (same ``file_id``,
-same digest): the sweeper republishing an unpublished file, a resend, a second importer. Two
-*different* genuine files claiming one place (a restored Response database reusing sequence
-numbers, a ``file_id`` reused under another sequence number) are a ledger conflict: never
+A file that finds its place taken is a duplicate only if it is the same file: the same
+``file_id``, which the Response side allocates once per file, together with the file's content
+(its rows are fixed at allocation). The sweeper republishing an unpublished file, a resend, a
+second importer: each is the same file, in new ciphertext (sealing is randomised, so its digest
+differs and is not compared). Two *different* genuine files claiming one place (a restored
+Response database reusing sequence numbers, a ``file_id`` reused under another sequence number)
+are a ledger conflict: never
 silently archived, always quarantined with their own reason and alerted on.
 """
 
@@ -77,9 +80,7 @@ async def _conflicts(session: RequestSession, files: Sequence[Claimable]) -> dic
     ids = [f.header.file_id for f in files]
     rows = (
         await session.execute(
-            select(
-                ImportLedger.stream, ImportLedger.seq, ImportLedger.file_id, ImportLedger.sha256
-            ).where(
+            select(ImportLedger.stream, ImportLedger.seq, ImportLedger.file_id).where(
                 or_(
                     tuple_(ImportLedger.stream, ImportLedger.seq).in_(places),
                     ImportLedger.file_id.in_(ids),
@@ -101,10 +102,5 @@ async def _conflicts(session: RequestSession, files: Sequence[Claimable]) -> dic
             conflicts[header.seq] = (
                 f"{header.stream}/{header.seq} is held by file id {held.file_id},"
                 f" this file is {header.file_id}"
-            )
-        elif held.sha256 and held.sha256 != file.sha256:  # "" : a row from before digests
-            conflicts[header.seq] = (
-                f"{header.stream}/{header.seq} is held with digest {held.sha256[:16]}…,"
-                f" this file's is {file.sha256[:16]}…"
             )
     return conflicts

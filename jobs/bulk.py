@@ -23,13 +23,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
+from exchange.writer import ensure_dir
 from jobs import deadletter, serialization, wakeup
 from jobs.observe import observed
 from jobs.periodic import PERIODIC_JOBS, ScheduleSettings, job_function, report_missed
 from jobs.ticks import TOMBSTONE_S, cron_job_name
-from jobs.worker import redis_settings, shutdown
+from jobs.worker import export_keys, redis_settings, shutdown
 from netsync.db import make_engine
-from netsync.keys import load_signer
 from netsync.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     schedule: ScheduleSettings = ctx["schedule"]
     configure_logging("bulk-worker", level=settings.log_level, fmt=settings.log_format)
     engine = make_engine(settings.database_url, application_name="netsync-bulk-worker")
-    settings.exports_path.mkdir(parents=True, exist_ok=True)
+    ensure_dir(settings.exports_path)
     ctx["engine"] = engine
     ctx["sessions"] = make_sessionmaker(engine)
     ctx["exports_dir"] = settings.exports_path
-    ctx["signer"] = load_signer(
-        settings.signing_key_path,
-        state_dir=settings.state_dir,
-        development=settings.is_development,
-    )
+    ctx["signer"], ctx["recipients"] = export_keys(settings)
     wakeup.install()
     ctx["wake_task"] = asyncio.create_task(wakeup.listen(ctx["redis"], settings.bulk_queue))
     try:

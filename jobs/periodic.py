@@ -108,7 +108,12 @@ class ScheduleEntry:
 def _snapshot(entity: str) -> Job:
     async def run(ctx: dict[str, Any]) -> dict[str, Any]:
         done = await snapshots.export_snapshot(
-            ctx["engine"], ctx["sessions"], ctx["exports_dir"], ctx["signer"], entity
+            ctx["engine"],
+            ctx["sessions"],
+            ctx["exports_dir"],
+            ctx["signer"],
+            entity,
+            recipients=ctx["recipients"],
         )
         return done.summary()
 
@@ -122,7 +127,12 @@ def _queues(ctx: dict[str, Any]) -> maintenance.Queues:
 
 async def _export_results(ctx: dict[str, Any]) -> dict[str, Any]:
     return await results.export_results(
-        ctx["redis"], ctx["sessions"], ctx["exports_dir"], ctx["signer"], _queues(ctx).names
+        ctx["redis"],
+        ctx["sessions"],
+        ctx["exports_dir"],
+        ctx["signer"],
+        _queues(ctx).names,
+        recipients=ctx["recipients"],
     )
 
 

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile, ExportStream, OutboxEvent
 from exchange.format import CHANGES_STREAM
+from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import PublishedFile, publish_export
 from netsync.logging import correlation_id
@@ -127,6 +128,7 @@ class OutboxRelay:
         exports_dir: Path,
         signer: Signer,
         *,
+        recipients: Recipients | None,
         batch_size: int = 1000,
         max_file_bytes: int = 4 * 1024 * 1024,
         stream: str = CHANGES_STREAM,
@@ -134,6 +136,7 @@ class OutboxRelay:
         self.sessions = sessions
         self.exports_dir = exports_dir
         self.signer = signer
+        self.recipients = recipients
         self.batch_size = batch_size
         self.max_file_bytes = max_file_bytes
         self.stream = stream
@@ -193,6 +196,7 @@ class OutboxRelay:
             publish_export,
             self.exports_dir,
             self.signer,
+            recipients=self.recipients,
             stream=self.stream,
             seq=seq,
             kind="changes",

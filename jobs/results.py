@@ -25,6 +25,7 @@ from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile, ExportStream
 from app.scheduling.models import ExportedResult
 from exchange.format import RESULTS_STREAM
+from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import publish_export
 from jobs.serialization import deserialize
@@ -149,6 +150,8 @@ async def export_results(
     exports_dir: Path,
     signer: Signer,
     queues: set[str],
+    *,
+    recipients: Recipients | None,
 ) -> dict[str, Any]:
     records = await collect(redis, queues)
     async with sessions() as session, session.begin():
@@ -171,6 +174,7 @@ async def export_results(
             publish_export,
             exports_dir,
             signer,
+            recipients=recipients,
             stream=RESULTS_STREAM,
             seq=seq,
             kind="results",

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile, ExportStream
 from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
+from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import ExportFileWriter
 
@@ -115,6 +116,8 @@ async def export_snapshot(
     exports_dir: Path,
     signer: Signer,
     entity: str,
+    *,
+    recipients: Recipients | None,
 ) -> SnapshotExport:
     """Write, sign and publish one snapshot of ``entity``; return what was published."""
     stream = SNAPSHOT_STREAMS[entity]
@@ -135,6 +138,7 @@ async def export_snapshot(
             writer = ExportFileWriter(
                 exports_dir,
                 signer,
+                recipients=recipients,
                 stream=stream,
                 seq=seq,
                 kind="snapshot",

@@ -22,13 +22,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
+from exchange.sealing import Recipients
+from exchange.signing import Signer
+from exchange.writer import ensure_dir
 from jobs import deadletter, schedule, serialization, wakeup
 from jobs.client import SYNC_JOB
 from jobs.observe import observed
 from jobs.relay import OutboxRelay
 from jobs.shutdown import OutageRetry
 from netsync.db import make_engine
-from netsync.keys import load_signer
+from netsync.keys import load_export_keys
 from netsync.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -49,20 +52,29 @@ def retry_delay(job_try: int) -> float:
     return float(min(60, 2 ** max(0, job_try - 1)))
 
 
+def export_keys(settings: ResponseSettings) -> tuple[Signer, Recipients]:
+    """The signing key and the recipients, from the settings (generated in development)."""
+    return load_export_keys(
+        settings.signing_key_path,
+        settings.export_recipients_path,
+        settings.export_recipients_list,
+        state_dir=settings.state_dir,
+        development=settings.is_development,
+    )
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     settings: ResponseSettings = ctx["settings"]
     configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
     engine = make_engine(settings.database_url, application_name="netsync-worker")
-    settings.exports_path.mkdir(parents=True, exist_ok=True)
+    ensure_dir(settings.exports_path)
     ctx["engine"] = engine
+    signer, recipients = export_keys(settings)
     ctx["relay"] = OutboxRelay(
         make_sessionmaker(engine),
         settings.exports_path,
-        load_signer(
-            settings.signing_key_path,
-            state_dir=settings.state_dir,
-            development=settings.is_development,
-        ),
+        signer,
+        recipients=recipients,
         batch_size=settings.export_batch_size,
         max_file_bytes=settings.export_max_file_bytes,
     )

@@ -27,9 +27,17 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+import orjson
 from arq.worker import Worker
 
 from app.config import ResponseSettings
+from exchange.sealing import (
+    Identities,
+    Recipients,
+    generate_identity,
+    write_identity,
+    write_recipient,
+)
 from exchange.signing import Signer, write_key_pair
 from importer.config import RequestSettings
 from netsync.config import to_libpq_url, with_database
@@ -43,6 +51,12 @@ FLAG = "netsync-test:flag:"
 
 #: Sign-in limits for tests that are not about throttling (they poll a login until it works).
 LENIENT_SIGN_IN = "10000/minute"
+
+#: The Request side's sealing key pair every sandbox of this test session uses: test helpers
+#: seal to it without being handed a sandbox. Tests of rotation make pairs of their own.
+TEST_IDENTITY, TEST_RECIPIENT = generate_identity()
+TEST_RECIPIENTS = Recipients.of([TEST_RECIPIENT])
+TEST_IDENTITIES = Identities.of([TEST_IDENTITY])
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,22 @@ class Sandbox:
     services: Services
     signer: Signer
     queue: str
+
+    @property
+    def recipients(self) -> Recipients:
+        return TEST_RECIPIENTS
+
+    @property
+    def identities(self) -> Identities:
+        return TEST_IDENTITIES
+
+    @property
+    def recipients_dir(self) -> Path:
+        return self.root / "keys" / "recipients"
+
+    @property
+    def decryption_dir(self) -> Path:
+        return self.root / "keys" / "decryption"
 
     @property
     def bulk_queue(self) -> str:
@@ -99,6 +129,8 @@ class Sandbox:
                 "NETSYNC_REDIS_URL": self.services.redis_url,
                 "NETSYNC_SIGNING_KEY_FILE": str(self.root / "keys" / "signing.pem"),
                 "NETSYNC_TRUSTED_KEYS_DIR": str(self.root / "keys" / "trusted"),
+                "NETSYNC_EXPORT_RECIPIENTS_DIR": str(self.recipients_dir),
+                "NETSYNC_DECRYPTION_KEYS_DIR": str(self.decryption_dir),
                 "NETSYNC_SECRET_KEY": "test-secret-" + "x" * 40,
                 "NETSYNC_SYNC_QUEUE": self.queue,
                 "NETSYNC_BULK_QUEUE": self.bulk_queue,
@@ -128,6 +160,7 @@ class Sandbox:
             "response_database_url": self.services.response_url,
             "redis_url": self.services.redis_url,
             "signing_key_file": Path(env["NETSYNC_SIGNING_KEY_FILE"]),
+            "export_recipients_dir": self.recipients_dir,
             "secret_key": env["NETSYNC_SECRET_KEY"],
             "sync_queue": self.queue,
             "bulk_queue": self.bulk_queue,
@@ -149,6 +182,7 @@ class Sandbox:
             "exports_dir": self.exports,
             "request_database_url": self.services.request_url,
             "trusted_keys_dir": Path(env["NETSYNC_TRUSTED_KEYS_DIR"]),
+            "decryption_keys_dir": self.decryption_dir,
             "sign_in_account_limits": LENIENT_SIGN_IN,
             "sign_in_address_limits": LENIENT_SIGN_IN,
             "log_format": "json",
@@ -206,9 +240,25 @@ def provision_services(admin_url: str | None, redis_url: str | None) -> Iterator
         shutil.rmtree(short, ignore_errors=True)
 
 
+def body_lines(data: bytes, identities: Identities = TEST_IDENTITIES) -> list[bytes]:
+    """The clear body lines (header, records) of a sealed export file's bytes: what only a
+    holder of the private key can read."""
+    envelope, rest = data.split(b"\n", 1)
+    recipients = orjson.loads(envelope)["sealed"]["recipients"]
+    ciphertext = rest[: rest.rstrip(b"\n").rfind(b"\n")]  # up to the trailer's line
+    return identities.unseal(ciphertext, recipients).splitlines()
+
+
+def record_lines(data: bytes, identities: Identities = TEST_IDENTITIES) -> list[bytes]:
+    """The clear record lines of a sealed export file's bytes."""
+    return body_lines(data, identities)[1:]
+
+
 def make_sandbox(root: Path, services: Services) -> Sandbox:
     signer = Signer.generate()
     write_key_pair(signer, root / "keys" / "signing.pem", root / "keys" / "trusted")
+    write_identity(root / "keys" / "decryption", TEST_IDENTITY, TEST_RECIPIENT)
+    write_recipient(root / "keys" / "recipients", TEST_RECIPIENT)
     (root / "exports").mkdir(parents=True)
     return Sandbox(root, services, signer, f"netsync-test:{uuid.uuid4().hex[:12]}:sync")
 

@@ -123,12 +123,14 @@ async def test_import_once_applies_a_folder_and_reports_what_it_quarantined(
     users = [uuid.uuid4() for _ in range(5)]
     for seq, uid in enumerate(users, start=1):
         publish_export(
-            folder, sandbox.signer, stream="changes", seq=seq, kind="changes",
+            folder, sandbox.signer, recipients=sandbox.recipients, stream="changes", seq=seq,
+            kind="changes",
             file_id=uuid.uuid4(), created_at=datetime.now(UTC),
             records=[user_record(uid, 1, HASH_V1)],
         )  # fmt: skip
     publish_export(
-        folder, Signer.generate(), stream="changes", seq=6, kind="changes",
+        folder, Signer.generate(), recipients=sandbox.recipients, stream="changes", seq=6,
+        kind="changes",
         file_id=uuid.uuid4(), created_at=datetime.now(UTC), records=[],
     )  # fmt: skip
     result = netsync(sandbox, "import", "once", str(folder), "--json")

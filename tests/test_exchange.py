@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from exchange.format import STAGING_DIRNAME, parse_file_name
-from exchange.reader import RejectedFile, RejectReason, read_export
+from exchange.reader import Opener, RejectedFile, RejectReason, read_export
 from exchange.signing import Keyring, Signer
 from exchange.writer import ExportFileWriter, publish_export
+from tests.support import TEST_IDENTITIES, TEST_RECIPIENTS
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
 
@@ -40,6 +41,7 @@ def publish(directory: Path, signer: Signer, seq: int = 1, records: int = 2) -> 
     published = publish_export(
         directory,
         signer,
+        recipients=TEST_RECIPIENTS,
         stream="changes",
         seq=seq,
         kind="changes",
@@ -53,7 +55,7 @@ def publish(directory: Path, signer: Signer, seq: int = 1, records: int = 2) -> 
 def read(path: Path, keyring: Keyring, max_bytes: int = 1 << 20) -> Any:
     name = parse_file_name(path.name)
     assert name is not None
-    return read_export(path.parent, name, keyring, max_bytes)
+    return read_export(path.parent, name, keyring, max_bytes, Opener(TEST_IDENTITIES))
 
 
 @pytest.fixture
@@ -87,8 +89,8 @@ def test_a_damaged_file_is_refused_before_parsing(
     data = path.read_bytes()
     lines = data.splitlines(keepends=True)
     if damage == "flip_a_byte":
-        i = data.index(b"bob")
-        data = data[:i] + b"eve" + data[i + 3 :]
+        i = data.index(b"\n") + 100  # a byte of the ciphertext
+        data = data[:i] + bytes([data[i] ^ 1]) + data[i + 1 :]
     elif damage == "truncate":
         data = data[: len(data) // 2]
     elif damage == "drop_trailer":
@@ -142,6 +144,7 @@ def test_a_failed_write_publishes_nothing(tmp_path: Path, signer: Signer) -> Non
     writer = ExportFileWriter(
         tmp_path,
         signer,
+        recipients=TEST_RECIPIENTS,
         stream="changes",
         seq=1,
         kind="changes",

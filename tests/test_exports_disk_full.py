@@ -52,7 +52,12 @@ async def test_a_snapshot_on_a_full_disk_fails_at_once_and_the_next_one_publishe
         with pytest.raises(OSError, match="No space left on device") as refused:
             await asyncio.wait_for(
                 export_snapshot(
-                    engine, make_sessionmaker(engine), sandbox.exports, sandbox.signer, "setting"
+                    engine,
+                    make_sessionmaker(engine),
+                    sandbox.exports,
+                    sandbox.signer,
+                    "setting",
+                    recipients=sandbox.recipients,
                 ),
                 timeout=20,
             )
@@ -63,7 +68,12 @@ async def test_a_snapshot_on_a_full_disk_fails_at_once_and_the_next_one_publishe
         filler.unlink()  # space returns: the same pool, the same file number, published whole
         done = await asyncio.wait_for(
             export_snapshot(
-                engine, make_sessionmaker(engine), sandbox.exports, sandbox.signer, "setting"
+                engine,
+                make_sessionmaker(engine),
+                sandbox.exports,
+                sandbox.signer,
+                "setting",
+                recipients=sandbox.recipients,
             ),
             timeout=20,
         )

@@ -111,6 +111,7 @@ async def test_tampered_and_impostor_files_are_quarantined_and_the_daemon_goes_o
     forged = publish_export(
         staged,
         sandbox.signer,
+        recipients=sandbox.recipients,
         stream="changes",
         seq=2,
         kind="changes",
@@ -118,7 +119,9 @@ async def test_tampered_and_impostor_files_are_quarantined_and_the_daemon_goes_o
         created_at=datetime.now(UTC),
         records=[user_record(victim, 2, HASH_V1)],
     )
-    data = forged.path.read_bytes().replace(HASH_V1.encode(), HASH_V2.encode())
+    data = bytearray(forged.path.read_bytes())
+    assert HASH_V1.encode() not in data  # sealed: the hash is nowhere in clear to swap
+    data[data.index(b"\n") + 200] ^= 1  # so a bit of the ciphertext is flipped instead
     (sandbox.exports / forged.name).write_bytes(data)
     impostor = publish(sandbox, 3, user_record(victim, 3, HASH_V2), signer=Signer.generate())
 
@@ -147,6 +150,7 @@ async def test_half_written_files_are_never_applied(sandbox: Sandbox, importer: 
     complete = publish_export(
         sandbox.root,
         sandbox.signer,
+        recipients=sandbox.recipients,
         stream="changes",
         seq=1,
         kind="changes",

@@ -134,6 +134,7 @@ async def test_worker_and_importer_metrics_move_by_the_work_they_did(
         forged = publish_export(
             staged,
             sandbox.signer,
+            recipients=sandbox.recipients,
             stream="changes",
             seq=999,
             kind="changes",
@@ -141,7 +142,8 @@ async def test_worker_and_importer_metrics_move_by_the_work_they_did(
             created_at=datetime.now(UTC),
             records=[],
         )
-        data = forged.path.read_bytes().replace(b'"records":0', b'"records":00')
+        data = bytearray(forged.path.read_bytes())
+        data[data.index(b"\n") + 40] ^= 1  # one bit of the ciphertext
         (sandbox.exports / forged.name).write_bytes(data)
         reason = {"reason": "bad_signature"}
 

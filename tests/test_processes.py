@@ -110,6 +110,7 @@ async def test_an_importer_killed_mid_apply_applies_every_file_exactly_once_afte
         publish_export(
             sandbox.exports,
             sandbox.signer,
+            recipients=sandbox.recipients,
             stream="changes",
             seq=seq,
             kind="changes",

@@ -70,6 +70,7 @@ def _changes_file(sandbox: Sandbox, seq: int, records: list[dict[str, Any]]) -> 
     publish_export(
         sandbox.exports,
         sandbox.signer,
+        recipients=sandbox.recipients,
         stream=CHANGES_STREAM,
         seq=seq,
         kind="changes",
@@ -83,7 +84,12 @@ async def _snapshot(sandbox: Sandbox, entity: str = "setting", signer: Signer | 
     engine = make_engine(sandbox.services.response_url)
     try:
         return await export_snapshot(
-            engine, make_sessionmaker(engine), sandbox.exports, signer or sandbox.signer, entity
+            engine,
+            make_sessionmaker(engine),
+            sandbox.exports,
+            signer or sandbox.signer,
+            entity,
+            recipients=sandbox.recipients,
         )
     finally:
         await engine.dispose()
@@ -192,7 +198,10 @@ async def test_a_tampered_snapshot_is_quarantined_and_nothing_of_it_is_applied(
         await _setting(sandbox, f"bulk.key_{i}", i, 1)
     snapshot = await _snapshot(sandbox)
     path = sandbox.exports / snapshot.file
-    path.write_bytes(path.read_bytes().replace(b'"bulk.key_7"', b'"bulk.key_8"'))
+    data = bytearray(path.read_bytes())
+    assert b'"bulk.key_7"' not in data  # sealed: nothing to edit in clear, so flip a bit
+    data[data.index(b"\n") + 500] ^= 1
+    path.write_bytes(bytes(data))
     # and one signed by a key the Request Network does not trust
     await fetch(sandbox.services.response_url, "DELETE FROM settings WHERE key = 'bulk.key_1'")
     impostor = await _snapshot(sandbox, signer=Signer.generate())
@@ -323,6 +332,7 @@ async def test_a_genuine_snapshot_with_a_record_outside_the_contract_is_refused_
     writer = ExportFileWriter(
         sandbox.exports,
         sandbox.signer,
+        recipients=sandbox.recipients,
         stream="snapshot_settings",
         seq=1,
         kind="snapshot",

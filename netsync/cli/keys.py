@@ -1,9 +1,11 @@
-"""``netsync keys generate|rotate``: Ed25519 key pairs for signing export files.
+"""``netsync keys generate|rotate``: the key pairs of the exchange.
 
-A private key is written with mode 0600 and never printed; its public half is written as
-``<key id>.pub``, the name the importers' trusted directory expects. Rotation is two deployments
-in a fixed order, because a file signed with a key the importers do not trust yet is quarantined:
-first every importer trusts the new public key, then the workers sign with the new private key.
+Signing keys (Ed25519, the default): the Response side signs with the private key, importers
+trust ``<key id>.pub``. Encryption keys (``--encryption``, age X25519): the Request side holds
+the private key ``<key id>.age.key``, the Response side seals every file to ``<key id>.age.pub``.
+A private key is written with mode 0600 and never printed. Rotation is deployments in a fixed
+order, because a file the importers cannot verify or open is quarantined: see
+``docs/key-rotation.md``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import typer
 
 from app.config import ResponseSettings
+from exchange.sealing import generate_identity, key_id_of, write_identity, write_recipient
 from exchange.signing import Signer, write_key_pair
 from netsync.cli.output import JsonOption, out, print_json
 from netsync.config import ConfigurationError
@@ -26,6 +29,27 @@ PublicDirOption = typer.Option(
     None, "--public-dir", help="Directory for <key id>.pub (default: next to the private key)."
 )
 ForceOption = typer.Option(False, "--force", help="Overwrite an existing private key file.")
+EncryptionOption = typer.Option(
+    False,
+    "--encryption",
+    help="An age key pair that seals export files to the Request Network, instead of a "
+    "signing key: <key id>.age.key (private, for the importer) and <key id>.age.pub.",
+)
+PrivateDirOption = typer.Option(
+    None, "--private-dir", help="--encryption: directory for <key id>.age.key (default: .)."
+)
+
+
+def _generate_encryption(private_dir: Path | None, public_dir: Path | None) -> dict[str, str]:
+    identity, recipient = generate_identity()
+    private_path = write_identity(private_dir or Path(), identity, recipient)
+    public_path = write_recipient(public_dir or private_path.parent, recipient)
+    return {
+        "key_id": key_id_of(recipient),
+        "private_key": str(private_path.resolve()),
+        "public_key": str(public_path.resolve()),
+        "recipient": recipient,
+    }
 
 
 def _generate(
@@ -49,9 +73,25 @@ def generate(
     private_key: Path | None = PrivateOption,
     public_dir: Path | None = PublicDirOption,
     force: bool = ForceOption,
+    encryption: bool = EncryptionOption,
+    private_dir: Path | None = PrivateDirOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Write a new key pair: the private key (mode 0600) and <key id>.pub."""
+    """Write a new key pair: the private key (mode 0600) and its public half."""
+    if encryption:
+        written = _generate_encryption(private_dir, public_dir)
+        if as_json:
+            print_json(written)
+            return
+        out.print(f"key id       {written['key_id']}")
+        out.print(
+            f"private key  {written['private_key']}  (mode 0600; the importer's "
+            "NETSYNC_DECRYPTION_KEYS_DIR only)"
+        )
+        out.print(
+            f"public key   {written['public_key']}  (the workers' NETSYNC_EXPORT_RECIPIENTS_DIR)"
+        )
+        return
     written = _generate(private_key, public_dir, force)
     if as_json:
         print_json(written)
@@ -99,6 +139,40 @@ def rotate(
     out.print(
         "\n[bold]Next steps, in this order[/bold] (a file signed with a key the importers do "
         "not trust yet is quarantined):"
+    )
+    for number, step in enumerate(steps, start=1):
+        out.print(f"  {number}. {step}")
+
+
+@app.command("rotate-encryption")
+def rotate_encryption(
+    private_dir: Path | None = PrivateDirOption,
+    public_dir: Path | None = PublicDirOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Generate the Request side's next age key pair and print the steps to switch to it
+    without losing a file in flight."""
+    written = _generate_encryption(private_dir, public_dir)
+    steps = [
+        f"Give every importer the new private key: copy {written['private_key']} into its "
+        "NETSYNC_DECRYPTION_KEYS_DIR (mode 0600) next to the old one. Importers notice on their "
+        "next scan (or on SIGHUP); they now open files sealed to either key.",
+        f"Seal to both: add {written['public_key']} to every worker's "
+        "NETSYNC_EXPORT_RECIPIENTS_DIR (or append the recipient to NETSYNC_EXPORT_RECIPIENTS) "
+        "and restart the workers. Every new file opens with the old key or the new one.",
+        "Remove the old public key from the workers and restart them: new files are sealed to "
+        "the new key only.",
+        "Once no file sealed to the old key only is left to import (the exports directory "
+        "holds none from before step 3), remove the old private key from the importers.",
+    ]
+    if as_json:
+        print_json({**written, "next_steps": steps})
+        return
+    out.print(f"new key id   {written['key_id']}")
+    out.print(f"private key  {written['private_key']}  (mode 0600)")
+    out.print(f"public key   {written['public_key']}")
+    out.print(
+        "\n[bold]Next steps, in this order[/bold] (a file no importer can open is quarantined):"
     )
     for number, step in enumerate(steps, start=1):
         out.print(f"  {number}. {step}")

@@ -36,6 +36,7 @@ from tests.support import (
     database_refusing,
     free_port,
     importer,
+    record_lines,
     request_api,
     response_api,
     wait_http,
@@ -333,7 +334,7 @@ def _events_in_more_than_one_file(sandbox: Sandbox) -> int:
     owners: dict[str, str] = {}
     twice = 0
     for path in sorted(archive.glob("changes-*.jsonl")):  # duplicates carry a suffix: skipped
-        for line in path.read_bytes().splitlines()[1:-1]:
+        for line in record_lines(path.read_bytes()):
             event = line.split(b'"event_id":"', 1)[1][:36].decode()
             if event in owners and owners[event] != path.name:
                 twice += 1

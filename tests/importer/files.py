@@ -12,10 +12,12 @@ from typing import Any
 import asyncpg
 import orjson
 
+from exchange.format import FORMAT_VERSION
+from exchange.sealing import SEAL_ALG, Recipients
 from exchange.signing import SIGNATURE_ALG, Signer
 from exchange.writer import PublishedFile, publish_export
 from tests.queries import fetch
-from tests.support import Sandbox
+from tests.support import TEST_RECIPIENTS, Sandbox
 
 ARGON = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$djEtaGFzaC1oYXNoLWhhc2g"
 
@@ -61,11 +63,17 @@ def setting_record(key: str, value: Any, version: int = 1, **extra: Any) -> dict
 
 
 def publish(
-    directory: Path, signer: Signer, seq: int, *records: dict[str, Any], stream: str = "changes"
+    directory: Path,
+    signer: Signer,
+    seq: int,
+    *records: dict[str, Any],
+    stream: str = "changes",
+    recipients: Recipients | None = TEST_RECIPIENTS,
 ) -> PublishedFile:
     return publish_export(
         directory,
         signer,
+        recipients=recipients,
         stream=stream,
         seq=seq,
         kind="changes",
@@ -112,10 +120,30 @@ def signed(signer: Signer, body: bytes) -> bytes:
     return body + orjson.dumps(trailer) + b"\n"
 
 
+def sealed(
+    body: bytes, seq: int, stream: str = "changes", recipients: Recipients = TEST_RECIPIENTS
+) -> bytes:
+    """A body sealed as the writer seals it: clear envelope, ciphertext, newline (unsigned)."""
+    envelope = {
+        "format": "netsync-export",
+        "version": FORMAT_VERSION,
+        "stream": stream,
+        "seq": seq,
+        "sealed": {"alg": SEAL_ALG, "recipients": recipients.key_ids},
+    }
+    return orjson.dumps(envelope) + b"\n" + recipients.seal(body) + b"\n"
+
+
+def genuine(signer: Signer, body: bytes, seq: int, stream: str = "changes") -> bytes:
+    """Any body, sealed and signed: what a trusted but faulty producer could write."""
+    return signed(signer, sealed(body, seq, stream))
+
+
 def header(seq: int, records: int = 1, **overrides: Any) -> bytes:
+    """A body's header line (what the ciphertext of a sealed file starts with)."""
     value = {
         "format": "netsync-export",
-        "version": 1,
+        "version": FORMAT_VERSION,
         "stream": "changes",
         "seq": seq,
         "file_id": str(uuid.uuid4()),

@@ -37,7 +37,7 @@ from tests.importer.files import (
     user_record,
     user_version,
 )
-from tests.support import Sandbox, database_refusing
+from tests.support import Sandbox, body_lines, database_refusing
 
 
 def forged_trailer(signer: Signer) -> bytes:
@@ -292,7 +292,7 @@ async def test_a_forged_file_reusing_a_genuine_file_id_is_refused_not_archived_a
     importer = make_importer()
     uid = uuid.uuid4()
     genuine = publish(sandbox.exports, sandbox.signer, 1, user_record(uid, 1))
-    file_id = orjson.loads(genuine.path.read_bytes().split(b"\n")[0])["file_id"]
+    file_id = orjson.loads(body_lines(genuine.path.read_bytes())[0])["file_id"]
     assert (await importer.scan_once()).applied == 1
 
     # the same file id under another number, and under the same number, signed by nobody
@@ -341,8 +341,11 @@ async def test_a_genuine_file_cut_at_any_record_boundary_is_never_applied(
     users = [uuid.uuid4() for _ in range(12)]
     good = publish(elsewhere, sandbox.signer, 1, *(user_record(u, 1) for u in users))
     data = good.path.read_bytes()
+    # after every newline (the envelope's, the ciphertext's own, the separator), and inside
+    # each 64 KiB chunk of the ciphertext
     cuts = [i + 1 for i, byte in enumerate(data[:-1]) if byte == ord("\n")]
-    assert len(cuts) == 13  # after the header and after each record
+    cuts += list(range(data.index(b"\n") + 200, len(data) - 200, 1500))
+    assert len(cuts) > 3
     for seq, cut in enumerate(cuts, start=100):
         body = data[:cut].replace(b'"seq":1,', f'"seq":{seq},'.encode(), 1)
         (sandbox.exports / FileName("changes", seq).name).write_bytes(body)
@@ -495,6 +498,7 @@ async def test_a_missing_spool_keeps_a_genuine_snapshot_and_leaks_nothing(
     writer = ExportFileWriter(
         sandbox.exports,
         sandbox.signer,
+        recipients=sandbox.recipients,
         stream="snapshot_settings",
         seq=1,
         kind="snapshot",

@@ -13,7 +13,7 @@ import orjson
 from exchange.format import FileName
 from importer.daemon import Importer
 from tests.importer.conftest import MakeImporter
-from tests.importer.files import count, export_names, header, query, signed, user_record
+from tests.importer.files import count, export_names, genuine, header, query, user_record
 from tests.support import Sandbox, eventually
 
 USERS = [uuid.uuid5(uuid.NAMESPACE_DNS, f"burst-{i}.example") for i in range(200)]
@@ -27,7 +27,7 @@ def drop_burst(sandbox: Sandbox, files: int, first_seq: int = 1) -> None:
     for seq in range(first_seq, first_seq + files):
         record = user_record(USERS[seq % len(USERS)], seq)
         path = aside / FileName("changes", seq).name
-        path.write_bytes(signed(sandbox.signer, header(seq) + orjson.dumps(record) + b"\n"))
+        path.write_bytes(genuine(sandbox.signer, header(seq) + orjson.dumps(record) + b"\n", seq))
         paths.append(path)
     for path in paths:
         os.rename(path, sandbox.exports / path.name)

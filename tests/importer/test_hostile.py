@@ -18,6 +18,7 @@ from tests.importer.conftest import MakeImporter
 from tests.importer.files import (
     count,
     export_names,
+    genuine,
     header,
     publish,
     quarantined,
@@ -47,22 +48,36 @@ def hostile_files(sandbox: Sandbox, victim: uuid.UUID) -> dict[str, str]:
         expected[name(seq)] = reason.value
 
     put(101, good[: len(good) // 2], RejectReason.TRUNCATED)
-    put(102, good.replace(b'"version":9', b'"version":8'), RejectReason.BAD_SIGNATURE)
+    altered = bytearray(good)
+    altered[altered.index(b"\n") + 60] ^= 1  # one bit of the ciphertext
+    put(102, bytes(altered), RejectReason.BAD_SIGNATURE)
     put(103, b"".join(good.splitlines(keepends=True)[:-1]), RejectReason.UNSIGNED)
-    put(104, signed(signer, header(104) + b'{"entity": "user", oops\n'), RejectReason.INVALID_JSON)
-    put(105, signed(signer, header(105, version=2) + record), RejectReason.UNSUPPORTED_VERSION)
-    put(106, signed(signer, header(106, format="other") + record), RejectReason.UNKNOWN_FORMAT)
+    put(
+        104,
+        genuine(signer, header(104) + b'{"entity": "user", oops\n', 104),
+        RejectReason.INVALID_JSON,
+    )
+    put(
+        105, genuine(signer, header(105, version=3) + record, 105), RejectReason.UNSUPPORTED_VERSION
+    )
+    put(
+        106, genuine(signer, header(106, format="other") + record, 106), RejectReason.UNKNOWN_FORMAT
+    )
     put(
         107,
-        signed(signer, header(107, records=1, kind="delta") + record),
+        genuine(signer, header(107, records=1, kind="delta") + record, 107),
         RejectReason.INVALID_SCHEMA,
     )
     wrong = orjson.dumps({**user_record(victim, 9), "entity": "setting"}) + b"\n"
-    put(108, signed(signer, header(108) + wrong), RejectReason.INVALID_SCHEMA)
-    put(109, signed(signer, header(109, records=3) + record), RejectReason.INVALID_SCHEMA)
-    put(110, signed(signer, header(999) + record), RejectReason.NAME_MISMATCH)
-    put(111, signed(Signer.generate(), header(111) + record), RejectReason.UNKNOWN_KEY)
-    put(112, signed(signer, header(112, stream="../../etc") + record), RejectReason.INVALID_SCHEMA)
+    put(108, genuine(signer, header(108) + wrong, 108), RejectReason.INVALID_SCHEMA)
+    put(109, genuine(signer, header(109, records=3) + record, 109), RejectReason.INVALID_SCHEMA)
+    put(110, genuine(signer, header(999) + record, 110), RejectReason.NAME_MISMATCH)
+    put(111, genuine(Signer.generate(), header(111) + record, 111), RejectReason.UNKNOWN_KEY)
+    put(
+        112,
+        genuine(signer, header(112, stream="../../etc") + record, 112),
+        RejectReason.INVALID_SCHEMA,
+    )
     put(113, good.replace(b"changes-", b"changes-") + b"x" * 5000, RejectReason.TOO_LARGE)
     put(114, b"", RejectReason.TRUNCATED)
     # a symlink to a genuine file elsewhere, and one pointing out of the directory

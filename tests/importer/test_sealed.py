@@ -1,0 +1,334 @@
+"""Sealed export files: nobody without the Request Network's private key reads a hash or a
+setting, and every way a sealed body can be wrong is its own, named refusal.
+
+The attacker's view first: whoever reads the exports directory (or the medium it travels on),
+the archive or the quarantine sees ciphertext only. Then a faulty or hostile producer that holds
+the signing key: a body sealed to the wrong key, a re-encrypted body under an old signature, a
+ciphertext cut short, two chunks swapped. Then the operator's view: the ``age`` CLI opens a body
+for forensics, a key rotation with files in flight loses nothing (a real importer process), a
+production importer refuses plaintext and refuses a private key others can read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from exchange.format import FileName
+from exchange.sealing import (
+    Identities,
+    Recipients,
+    generate_identity,
+    key_id_of,
+    write_identity,
+)
+from exchange.writer import ExportFileWriter
+from tests.importer.conftest import MakeImporter
+from tests.importer.files import (
+    count,
+    header,
+    publish,
+    quarantined,
+    sealed,
+    setting_record,
+    signed,
+    user_record,
+    user_version,
+)
+from tests.support import (
+    TEST_RECIPIENT,
+    TEST_RECIPIENTS,
+    Process,
+    Sandbox,
+    eventually,
+    importer,
+    record_lines,
+)
+
+HASH = "$argon2id$v=19$m=65536,t=3,p=1$c2VjcmV0c2FsdA$Q0xFQVJURVhUSEFTSA"
+SECRET = "smtp-password-9f1c2e7b"
+CHUNK = 64 * 1024 + 16  # an age payload chunk: 64 KiB and its Poly1305 tag
+
+
+def _secret_records(uid: uuid.UUID) -> list[dict[str, object]]:
+    return [
+        user_record(uid, 1, username="grace", password_hash=HASH),
+        setting_record("mail.smtp_password", SECRET),
+    ]
+
+
+def _assert_opaque(data: bytes) -> None:
+    for clear in (HASH.encode(), SECRET.encode(), b"grace", b"mail.smtp_password"):
+        assert clear not in data
+
+
+async def test_no_hash_or_setting_is_readable_without_the_private_key_anywhere_it_is_kept(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    uid = uuid.uuid4()
+    applied = publish(sandbox.exports, sandbox.signer, 1, *_secret_records(uid))
+    # sealed to a key this importer lacks: a genuine file kept whole in the quarantine
+    refused = publish(
+        sandbox.exports,
+        sandbox.signer,
+        2,
+        *_secret_records(uid),
+        recipients=Recipients.of([generate_identity()[1]]),
+    )
+    on_the_way = {p: p.read_bytes() for p in (applied.path, refused.path)}
+    for path, data in on_the_way.items():
+        _assert_opaque(data)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640  # a transfer agent's group, nobody else
+    assert stat.S_IMODE((sandbox.exports / ".staging").stat().st_mode) == 0o750
+    # ... and what the private key opens is every record, hash and value included
+    opened = [orjson.loads(line) for line in record_lines(on_the_way[applied.path])]
+    assert opened[0]["data"]["password_hash"] == HASH
+    assert opened[1]["data"]["value"] == SECRET
+
+    importer = make_importer()
+    result = await importer.scan_once()
+    assert (result.applied, result.quarantined) == (1, 1)
+    assert await user_version(sandbox, uid) == 1
+    kept = [p for d in (importer.archive_dir, importer.quarantine_dir) for p in d.iterdir()]
+    assert {p.name for p in kept} >= {applied.name, refused.name, f"{refused.name}.reason.json"}
+    for path in kept:
+        _assert_opaque(path.read_bytes())
+    assert (importer.archive_dir / applied.name).read_bytes() == on_the_way[applied.path]
+
+
+def test_the_latest_copy_of_a_snapshot_is_sealed_too(sandbox: Sandbox) -> None:
+    writer = ExportFileWriter(
+        sandbox.exports,
+        sandbox.signer,
+        recipients=sandbox.recipients,
+        stream="snapshot_settings",
+        seq=1,
+        kind="snapshot",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=1,
+        header={"entity": "setting", "changes_seq": 0},
+    )
+    writer.write_record(setting_record("mail.smtp_password", SECRET))
+    writer.publish(latest_as="snapshot_settings")
+    latest = sandbox.exports / "latest" / "snapshot_settings.jsonl"
+    _assert_opaque(latest.read_bytes())
+    assert stat.S_IMODE(latest.stat().st_mode) == 0o640
+    assert stat.S_IMODE(latest.parent.stat().st_mode) == 0o750
+
+
+def test_a_large_body_streams_through_the_sealing_process_and_opens_whole(
+    sandbox: Sandbox,
+) -> None:
+    rows = 400
+    writer = ExportFileWriter(
+        sandbox.exports,
+        sandbox.signer,
+        recipients=sandbox.recipients,
+        stream="snapshot_settings",
+        seq=1,
+        kind="snapshot",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=rows,
+        header={"entity": "setting", "changes_seq": 0},
+    )
+    for i in range(rows):  # ~24 MB: past the in-memory bound, so the child process seals it
+        writer.write_record(setting_record(f"big.key_{i}", f"{SECRET}-{i}-" + "x" * 60_000))
+    published = writer.publish()
+    data = published.path.read_bytes()
+    _assert_opaque(data)
+    lines = record_lines(data)
+    assert len(lines) == rows
+    assert orjson.loads(lines[-1])["data"]["value"].startswith(f"{SECRET}-{rows - 1}-")
+
+
+def test_the_age_cli_opens_a_body_for_forensics(sandbox: Sandbox) -> None:
+    if shutil.which("age") is None:
+        pytest.skip("the age CLI is not installed: apt-get install -y age")
+    published = publish(sandbox.exports, sandbox.signer, 1, *_secret_records(uuid.uuid4()))
+    identity = next(sandbox.decryption_dir.glob("*.age.key"))
+    # the command docs/exchange-format.md gives: drop the envelope line and the trailer line,
+    # and the newline that separates the ciphertext from the trailer
+    opened = subprocess.run(  # noqa: S602 - the pipeline an operator types, on our own file
+        f"head -n -1 '{published.path}' | tail -n +2 | head -c -1 | age -d -i '{identity}'",
+        shell=True,
+        check=True,
+        capture_output=True,
+    )
+    lines = opened.stdout.splitlines()
+    assert orjson.loads(lines[0])["stream"] == "changes"
+    assert HASH.encode() in lines[1]
+    assert SECRET.encode() in lines[2]
+
+
+def _age_parts(ciphertext: bytes) -> tuple[bytes, list[bytes]]:
+    """The age header (with the payload nonce) and the payload's chunks."""
+    mac = ciphertext.index(b"\n--- ")
+    start = ciphertext.index(b"\n", mac + 1) + 1 + 16
+    payload = ciphertext[start:]
+    return ciphertext[:start], [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)]
+
+
+def _envelope_and_ciphertext(data: bytes) -> tuple[bytes, bytes]:
+    envelope, rest = data.split(b"\n", 1)
+    return envelope + b"\n", rest[: rest.rstrip(b"\n").rfind(b"\n")]
+
+
+async def test_each_way_a_sealed_body_can_be_wrong_is_quarantined_with_its_own_reason(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    uid = uuid.uuid4()
+    big = [setting_record(f"bulk.key_{i}", "v" * 50_000) for i in range(4)]  # 4 chunks
+    body = header(0, records=len(big)) + b"".join(orjson.dumps(r) + b"\n" for r in big)
+    signer, elsewhere = sandbox.signer, sandbox.root / "elsewhere"
+    elsewhere.mkdir()
+
+    def body_for(seq: int) -> bytes:
+        return body.replace(b'"seq":0', f'"seq":{seq}'.encode(), 1)
+
+    def put(seq: int, data: bytes) -> str:
+        name = FileName("changes", seq).name
+        (sandbox.exports / name).write_bytes(data)
+        return name
+
+    # signed properly, but sealed to a key the Request Network never had
+    stranger = Recipients.of([generate_identity()[1]])
+    wrong_key = put(1, signed(signer, sealed(body_for(1), 1, recipients=stranger)))
+    # a genuine file whose ciphertext was replaced by a fresh sealing of other records (the
+    # recipient is public): the old signature does not cover the new ciphertext
+    genuine = signed(signer, sealed(body_for(2), 2))
+    other = header(2) + orjson.dumps(user_record(uid, 99, password_hash=HASH)) + b"\n"
+    envelope, _ = _envelope_and_ciphertext(genuine)
+    trailer = genuine[genuine.rstrip(b"\n").rfind(b"\n") + 1 :]
+    re_encrypted = put(2, envelope + TEST_RECIPIENTS.seal(other) + b"\n" + trailer)
+    # a producer that signed a ciphertext cut after its third chunk
+    envelope, ciphertext = _envelope_and_ciphertext(signed(signer, sealed(body_for(3), 3)))
+    age_header, chunks = _age_parts(ciphertext)
+    assert len(chunks) == 4
+    truncated = put(3, signed(signer, envelope + age_header + b"".join(chunks[:3]) + b"\n"))
+    # ... and one that signed a ciphertext with two chunks swapped
+    envelope, ciphertext = _envelope_and_ciphertext(signed(signer, sealed(body_for(4), 4)))
+    age_header, chunks = _age_parts(ciphertext)
+    chunks[0], chunks[1] = chunks[1], chunks[0]
+    swapped = put(4, signed(signer, envelope + age_header + b"".join(chunks) + b"\n"))
+    # the control: the same body, sealed and signed as it should be, applies
+    control = put(5, signed(signer, sealed(body_for(5), 5)))
+
+    importer = make_importer()
+    result = await importer.scan_once()
+    assert (result.applied, result.quarantined) == (1, 4)
+    found = await quarantined(sandbox)
+    assert found == {
+        wrong_key: "unknown_recipient",
+        re_encrypted: "bad_signature",
+        truncated: "sealed_truncated",
+        swapped: "sealed_corrupt",
+    }
+    assert control not in found
+    assert await count(sandbox, "synced_settings") == len(big)
+    assert await user_version(sandbox, uid) is None
+    # the daemon names the key it would need
+    sidecar = orjson.loads((importer.quarantine_dir / f"{wrong_key}.reason.json").read_bytes())
+    assert stranger.key_ids[0] in sidecar["detail"]
+    assert TEST_RECIPIENTS.key_ids[0] in sidecar["detail"]  # and the one it holds
+
+
+async def test_a_production_importer_refuses_plaintext_unless_told_to_accept_it(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    uid = uuid.uuid4()
+    old = publish(sandbox.exports, sandbox.signer, 1, user_record(uid, 1), recipients=None)
+    assert HASH.encode() not in old.path.read_bytes()  # (the default hash of user_record)
+    assert b'"version":1' in old.path.read_bytes()  # the previous format, in clear
+
+    strict = make_importer()  # env "test": not development, so plaintext is not accepted
+    assert (await strict.scan_once()).quarantined == 1
+    assert (await quarantined(sandbox)) == {old.name: "plaintext_refused"}
+    assert await user_version(sandbox, uid) is None
+
+    # the upgrade: files of the previous version still in flight, accepted on purpose
+    publish(sandbox.exports, sandbox.signer, 2, user_record(uid, 2), recipients=None)
+    publish(sandbox.exports, sandbox.signer, 3, user_record(uid, 3))
+    upgrading = make_importer(accept_plaintext=True)
+    assert (await upgrading.scan_once()).applied == 2
+    assert await user_version(sandbox, uid) == 3
+
+
+def _run_importer_once(sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "importer", "--once"],
+        env=sandbox.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_importer_refuses_to_start_with_a_private_key_others_can_read(
+    sandbox: Sandbox,
+) -> None:
+    key = next(sandbox.decryption_dir.glob("*.age.key"))
+    key.chmod(0o644)
+    refused = _run_importer_once(sandbox)
+    assert refused.returncode == 2, refused.stderr
+    assert "refusing to start" in refused.stderr
+    assert key.name in refused.stderr
+    key.chmod(0o640)  # group-readable for a key-holding group is allowed
+    started = _run_importer_once(sandbox)
+    assert started.returncode == 0, started.stderr
+
+
+@pytest.mark.slow
+async def test_rotating_the_request_key_with_files_in_flight_loses_nothing(
+    sandbox: Sandbox,
+) -> None:
+    users = [uuid.uuid4() for _ in range(5)]
+    new_identity, new_recipient = generate_identity()
+    old_only = Recipients.of([TEST_RECIPIENT])
+    both = Recipients.of([TEST_RECIPIENT, new_recipient])
+    new_only = Recipients.of([new_recipient])
+    old_key = next(sandbox.decryption_dir.glob("*.age.key"))
+
+    # in flight before the rotation starts: sealed to the old key only
+    publish(sandbox.exports, sandbox.signer, 1, user_record(users[0], 1), recipients=old_only)
+    # 1. the importers get the new private key, next to the old one
+    write_identity(sandbox.decryption_dir, new_identity, new_recipient)
+    # 2. the workers seal to both
+    publish(sandbox.exports, sandbox.signer, 2, user_record(users[1], 1), recipients=both)
+    proc: Process = importer(sandbox).start()
+    try:
+        await eventually(lambda: not list(sandbox.exports.glob("*.jsonl")), timeout=20)
+        # 3. the workers seal to the new key only
+        publish(sandbox.exports, sandbox.signer, 3, user_record(users[2], 1), recipients=new_only)
+        await eventually(lambda: not list(sandbox.exports.glob("*.jsonl")), timeout=20)
+        # 4. no old-only file is left: the old private key goes (the daemon notices by itself)
+        old_key.unlink()
+        publish(sandbox.exports, sandbox.signer, 4, user_record(users[3], 1), recipients=new_only)
+        await eventually(lambda: not list(sandbox.exports.glob("*.jsonl")), timeout=20)
+        # a straggler sealed to the old key only, after the old key is gone: refused, named
+        late = publish(
+            sandbox.exports, sandbox.signer, 5, user_record(users[4], 1), recipients=old_only
+        )
+
+        async def refused() -> bool:
+            return (await quarantined(sandbox)).get(late.name) == "unknown_recipient"
+
+        await eventually(refused, timeout=20)
+    finally:
+        proc.stop()
+    for uid in users[:4]:
+        assert await user_version(sandbox, uid) == 1
+    assert await user_version(sandbox, users[4]) is None
+    log = proc.output()
+    assert "decryption keys reloaded" in log
+    assert key_id_of(TEST_RECIPIENT) in log  # the key the straggler needs is named
+    assert Identities.of([new_identity]).key_ids[0] in log
