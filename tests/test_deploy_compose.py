@@ -149,3 +149,11 @@ def test_compose_workers_and_importer_share_the_exports(compose: dict[str, Any])
     assert users == ["worker", "bulk-worker"]
     trusted = services["importer"]["environment"]["NETSYNC_TRUSTED_KEYS_DIR"]
     assert volume_mounts(services["importer"])[trusted] == ("./keys/trusted", True)
+    # sealing: the workers hold whom to seal to, only the importer the key that opens
+    for name in ("worker", "bulk-worker"):
+        recipients = services[name]["environment"]["NETSYNC_EXPORT_RECIPIENTS_DIR"]
+        assert volume_mounts(services[name])[recipients] == ("./keys/recipients", True), name
+    opening = services["importer"]["environment"]["NETSYNC_DECRYPTION_KEYS_DIR"]
+    assert volume_mounts(services["importer"])[opening] == ("./keys/decryption", True)
+    holders = [n for n, s in services.items() if "./keys/decryption" in str(s.get("volumes"))]
+    assert holders == ["importer"]

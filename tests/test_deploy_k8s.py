@@ -192,8 +192,14 @@ def test_each_network_migrates_its_own_database(rendered: list[Resource]) -> Non
 
 def test_each_network_reads_only_its_own_secrets_and_settings(rendered: list[Resource]) -> None:
     allowed = {
-        "response": ({"netsync-response", "netsync-signing-key"}, {"netsync-response-config"}),
-        "request": ({"netsync-request", "netsync-trusted-keys"}, {"netsync-request-config"}),
+        "response": (
+            {"netsync-response", "netsync-signing-key", "netsync-export-recipients"},
+            {"netsync-response-config"},
+        ),
+        "request": (
+            {"netsync-request", "netsync-trusted-keys", "netsync-decryption-keys"},
+            {"netsync-request-config"},
+        ),
     }
     request_secret_readers = set()
     for name, pod_containers, spec in pods(rendered):
@@ -287,3 +293,6 @@ def test_private_key_on_the_signing_side_public_keys_on_the_importing_side(
 ) -> None:
     assert volume_users(rendered, "netsync-signing-key") == {"worker", "bulk-worker"}
     assert volume_users(rendered, "netsync-trusted-keys") == {"importer"}
+    # sealing: whom to seal to on the writing side, the key that opens on the reading side
+    assert volume_users(rendered, "netsync-export-recipients") == {"worker", "bulk-worker"}
+    assert volume_users(rendered, "netsync-decryption-keys") == {"importer"}
