@@ -23,12 +23,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -98,6 +98,24 @@ class Allocation:
 
     def holds(self, event_id: uuid.UUID) -> bool:
         return any(e.event_id == event_id for e in self.events)
+
+
+@dataclass
+class Resent:
+    files: list[PublishedFile] = field(default_factory=list)
+    #: Numbers never allocated on this stream (beyond its last file, or a typo).
+    unknown: list[int] = field(default_factory=list)
+
+
+class ResendIncomplete(Exception):
+    """A file's rows are no longer all in the outbox: resending it would lose changes."""
+
+    def __init__(self, seq: int, expected: int, found: int) -> None:
+        super().__init__(
+            f"file {seq} held {expected} changes, the outbox keeps {found} of them: "
+            "resend refused (a snapshot export carries the current state instead)"
+        )
+        self.seq = seq
 
 
 @dataclass(frozen=True)
@@ -265,6 +283,28 @@ class OutboxRelay:
             if file is None or file.published_at is not None:
                 return None
             return await self._publish(session, file)
+
+    async def resend(self, first: int, last: int) -> Resent:
+        """Publish files ``first`` to ``last`` again, from the rows that fixed their content:
+        the same file id and records (in new ciphertext), for files the carrier lost. The
+        importer applies the ones it lacks and archives the rest as duplicates. A number never
+        allocated, or whose rows are gone, is reported, not invented."""
+        resent = Resent()
+        for seq in range(first, last + 1):
+            async with self.sessions() as session, session.begin():
+                file = await session.get(ExportFile, (self.stream, seq), with_for_update=True)
+                if file is None:
+                    resent.unknown.append(seq)
+                    continue
+                kept = await session.scalar(
+                    select(func.count())
+                    .select_from(OutboxEvent)
+                    .where(OutboxEvent.export_stream == self.stream, OutboxEvent.export_seq == seq)
+                )
+                if kept != file.records:  # rows pruned since: never publish less under its id
+                    raise ResendIncomplete(seq, file.records, int(kept or 0))
+                resent.files.append(await self._publish(session, file))
+        return resent
 
     async def run(self) -> RelayResult:
         """The sweeper: publish leftovers, then allocate and publish until nothing is pending."""

@@ -4,6 +4,7 @@ but never published."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import httpx
@@ -11,11 +12,16 @@ from arq.worker import Worker, create_worker
 
 from app.db import make_sessionmaker
 from app.outbox.models import ExportFile
+from exchange.signing import Keyring
+from importer.daemon import Importer
+from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.relay import OutboxRelay
 from jobs.worker import worker_settings
 from netsync.db import make_engine
 from tests.factories import admin_headers, create_user
+from tests.queries import fetch
 from tests.support import Sandbox, eventually, record_lines, running
+from tests.test_cli import netsync
 
 
 async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_poll(
@@ -137,3 +143,53 @@ async def test_a_backlog_of_large_settings_leaves_in_files_capped_by_bytes(
     assert result.events == 41  # the 40 settings and the administrator created at start
     assert len(sizes) >= 3, sizes
     assert max(sizes) <= 1_000_000 + 61_000, sizes  # the cap, give or take one record
+
+
+async def test_files_lost_in_transit_are_resent_and_only_the_lost_ones_apply(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    settings = sandbox.response_settings()
+    admin = await admin_headers(api, settings)
+    engine = make_engine(settings.database_url, pool_size=1)
+    relay = OutboxRelay(
+        make_sessionmaker(engine), sandbox.exports, sandbox.signer, recipients=sandbox.recipients
+    )
+    request = sandbox.request_settings()
+    request_engine = make_engine(request.database_url, pool_size=2)
+    importer = Importer(
+        request,
+        request_sessionmaker(request_engine),
+        Keyring.from_sources(request.trusted_keys_path),
+    )
+    importer.prepare()
+    try:
+        names: list[str] = []
+        for i in range(4):  # one file each (no worker runs: the relay is run by hand)
+            await create_user(api, admin, f"carried{i}")
+            names += [f.name for f in (await relay.run()).files]
+        assert len(names) == 4
+        for name in names[1:3]:  # the carrier between the networks drops two files
+            (sandbox.exports / name).unlink()
+        assert (await importer.scan_once()).applied == 2
+        gaps = await fetch(
+            sandbox.services.request_url, "SELECT first_seq, last_seq FROM sync_gaps"
+        )
+        assert [(g["first_seq"], g["last_seq"]) for g in gaps] == [(2, 3)]  # reported
+
+        # the operator resends the range, as the runbook says (a real CLI process)
+        first, last = int(names[0][8:20]), int(names[-1][8:20])
+        resent = netsync(sandbox, "export", "resend", "changes", "--from-seq", str(first),
+                         "--to-seq", str(last + 5), "--json")  # fmt: skip
+        assert resent.returncode == 0, resent.stderr
+        answer = json.loads(resent.stdout)
+        assert answer["files"] == names
+        assert answer["unknown"] == list(range(last + 1, last + 6))  # never allocated
+        result = await importer.scan_once()
+        assert (result.applied, result.duplicates, result.quarantined) == (2, 2, 0)
+        assert await fetch(sandbox.services.request_url, "SELECT 1 FROM sync_gaps") == []
+        users = await fetch(sandbox.services.response_url, "SELECT count(*) AS n FROM users")
+        synced = await fetch(sandbox.services.request_url, "SELECT count(*) AS n FROM synced_users")
+        assert synced[0]["n"] == users[0]["n"]
+    finally:
+        await engine.dispose()
+        await request_engine.dispose()

@@ -1,4 +1,5 @@
-"""``netsync export run NAME``: run an export now instead of waiting for its schedule.
+"""``netsync export run NAME``: run an export now instead of waiting for its schedule;
+``netsync export resend changes --from-seq A --to-seq B``: publish lost files again.
 
 ``changes`` runs the outbox sweeper on the sync queue at once (whatever is pending leaves now);
 any other name enqueues ``export_<name>`` on the bulk queue, where the bulk worker runs snapshot
@@ -17,8 +18,13 @@ from typing import Any
 import typer
 
 from app.config import ResponseSettings
+from app.db import make_sessionmaker
+from exchange.format import CHANGES_STREAM
 from jobs.client import JobInfo, JobQueue, export_job, redis_pool
+from jobs.relay import OutboxRelay, ResendIncomplete
+from jobs.worker import export_keys
 from netsync.cli.output import JsonOption, err, out, print_json, run
+from netsync.db import make_engine
 
 app = typer.Typer(help="Run exports now.", no_args_is_help=True)
 
@@ -80,3 +86,52 @@ def run_export(
         err.print(f"{job['function']} on {job['queue']}: {job['state']}")
     if job["state"] == "failed":
         raise typer.Exit(1)
+
+
+@app.command("resend")
+def resend(
+    stream: str = typer.Argument(..., help="The stream: changes."),
+    from_seq: int = typer.Option(..., "--from-seq", min=1, help="First file number."),
+    to_seq: int = typer.Option(..., "--to-seq", min=1, help="Last file number."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Publish files again from what the Response database keeps (files the carrier lost):
+    the same file ids and records, sealed and signed anew. Run it where a worker runs: it signs
+    with the worker's key. The importer applies what it lacks and takes the rest as duplicates."""
+    if stream != CHANGES_STREAM:
+        err.print("[red]only the changes stream is resent[/red]; snapshots: netsync export run")
+        raise typer.Exit(2)
+    if to_seq < from_seq or to_seq - from_seq >= MAX_RESEND:
+        err.print(f"[red]give a range of 1 to {MAX_RESEND} files[/red] (--from-seq ≤ --to-seq)")
+        raise typer.Exit(2)
+    try:
+        done = run(_resend(from_seq, to_seq))
+    except ResendIncomplete as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if as_json:
+        print_json(done)
+        return
+    for name in done["files"]:
+        out.print(name)
+    err.print(f"{len(done['files'])} file(s) published again")
+    if done["unknown"]:
+        err.print(f"[yellow]never allocated:[/yellow] {done['unknown']}")
+
+
+#: One command resends at most this many files (a wider loss calls for a snapshot).
+MAX_RESEND = 100_000
+
+
+async def _resend(first: int, last: int) -> dict[str, Any]:
+    settings = ResponseSettings()
+    signer, recipients = export_keys(settings)
+    engine = make_engine(settings.database_url, pool_size=1, application_name="netsync-cli")
+    try:
+        relay = OutboxRelay(
+            make_sessionmaker(engine), settings.exports_path, signer, recipients=recipients
+        )
+        done = await relay.resend(first, last)
+    finally:
+        await engine.dispose()
+    return {"files": [f.name for f in done.files], "unknown": done.unknown}
