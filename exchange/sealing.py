@@ -53,6 +53,12 @@ IDENTITY_SUFFIX = ".age.key"
 FORBIDDEN_IDENTITY_BITS = 0o037
 
 
+#: An age header holds one stanza per recipient (~120 bytes for X25519) and a MAC line: one
+#: longer than this, or with more stanzas than a file may name recipients, is not ours.
+MAX_AGE_HEADER_BYTES = 8 * 1024
+MAX_STANZAS = 16
+
+
 class SealReason(StrEnum):
     """Why a genuine (signed) sealed body could not be opened."""
 
@@ -90,6 +96,17 @@ def _decrypt_error(exc: Exception) -> SealError:
     if "truncated" in message.lower():
         return SealError(SealReason.TRUNCATED, message[:200])
     return SealError(SealReason.CORRUPT, message[:200] or type(exc).__name__)
+
+
+def check_header(head: bytes) -> None:
+    """Refuse an age header that is larger or has more stanzas than netsync ever writes, before
+    ``rage`` parses it: a signed file only can get here, but a buggy or compromised producer
+    must not make the importer spend minutes on a header of a million stanzas."""
+    end = head.find(b"\n--- ", 0, MAX_AGE_HEADER_BYTES)
+    if not head.startswith(b"age-encryption.org/v1\n") or end < 0:
+        raise SealError(SealReason.CORRUPT, f"no age header within {MAX_AGE_HEADER_BYTES} bytes")
+    if head.count(b"\n-> ", 0, end + 1) > MAX_STANZAS:
+        raise SealError(SealReason.CORRUPT, f"more than {MAX_STANZAS} recipient stanzas")
 
 
 def _key_lines(data: bytes) -> list[str]:
@@ -335,8 +352,10 @@ class Identities:
         return [self.by_key_id[k] for k in key_ids if k in self.by_key_id]
 
     def unseal(self, ciphertext: bytes, key_ids: Iterable[str]) -> bytes:
+        identities = self._for(key_ids)
+        check_header(ciphertext[:MAX_AGE_HEADER_BYTES])
         try:
-            return bytes(pyrage.decrypt(ciphertext, self._for(key_ids)))
+            return bytes(pyrage.decrypt(ciphertext, identities))
         except pyrage.DecryptError as exc:
             raise _decrypt_error(exc) from exc
 
@@ -344,8 +363,12 @@ class Identities:
         self, source: BinaryIO, length: int, sink: IO[bytes], key_ids: Iterable[str]
     ) -> None:
         """Decrypt ``length`` bytes of ``source`` into ``sink`` in 64 KiB chunks."""
+        identities = self._for(key_ids)
+        start = source.tell()
+        check_header(source.read(min(length, MAX_AGE_HEADER_BYTES)))
+        source.seek(start)
         try:
-            pyrage.decrypt_io(_Slice(source, length), sink, self._for(key_ids))
+            pyrage.decrypt_io(_Slice(source, length), sink, identities)
         except pyrage.DecryptError as exc:
             raise _decrypt_error(exc) from exc
 

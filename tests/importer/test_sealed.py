@@ -25,6 +25,8 @@ from exchange.format import FileName
 from exchange.sealing import (
     Identities,
     Recipients,
+    SealError,
+    SealReason,
     generate_identity,
     key_id_of,
     write_identity,
@@ -43,6 +45,7 @@ from tests.importer.files import (
     user_version,
 )
 from tests.support import (
+    TEST_IDENTITIES,
     TEST_RECIPIENT,
     TEST_RECIPIENTS,
     Process,
@@ -332,3 +335,18 @@ async def test_rotating_the_request_key_with_files_in_flight_loses_nothing(
     assert "decryption keys reloaded" in log
     assert key_id_of(TEST_RECIPIENT) in log  # the key the straggler needs is named
     assert Identities.of([new_identity]).key_ids[0] in log
+
+
+def test_an_age_header_of_many_stanzas_is_refused_before_it_is_parsed() -> None:
+    """Only a holder of the signing key gets a file this far, but a buggy producer must not make
+    the importer spend minutes trying a million recipient stanzas."""
+    stanza = b"-> X25519 " + b"A" * 43 + b"\n" + b"A" * 43 + b"\n"
+    for header_bytes in (
+        b"age-encryption.org/v1\n" + stanza * 17 + b"--- " + b"A" * 43 + b"\n",
+        b"age-encryption.org/v1\n" + stanza * 100_000,  # no end of header in reach
+    ):
+        with pytest.raises(SealError) as refused:
+            TEST_IDENTITIES.unseal(header_bytes + b"\0" * 64, TEST_RECIPIENTS.key_ids)
+        # refused by netsync's own bound: rage, given these, would try every stanza in turn
+        assert refused.value.reason is SealReason.CORRUPT
+        assert "stanzas" in refused.value.detail or "no age header" in refused.value.detail
