@@ -106,7 +106,7 @@ class Sealing(_Strict):
     alg: Literal["age-x25519"]
     #: Key ids of the recipients the body is encrypted to (``exchange.sealing.key_id_of``).
     recipients: Annotated[
-        list[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]], Field(min_length=1, max_length=16)
+        list[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]], Field(min_length=1, max_length=64)
     ]
 
 

@@ -62,8 +62,8 @@ class RejectReason(StrEnum):
     UNREADABLE = "unreadable"
     #: Verified and parsed, but the database refused its content (the importer's verdict).
     APPLY_FAILED = "apply_failed"
-    #: Genuine, but its stream and sequence number are already held with another file id or
-    #: digest: two different files claim one place (see ``docs/operations.md``).
+    #: Genuine, but its stream and sequence number are already held by another file id (or its
+    #: file id by another place): two different files claim one place (``docs/operations.md``).
     LEDGER_CONFLICT = "ledger_conflict"
     #: Not an export file name at all: recorded once, left where it is, never read.
     NOT_AN_EXPORT_NAME = "not_an_export_name"
@@ -138,8 +138,18 @@ class Taken:
         return self._spool
 
     def spool_fd(self) -> int | None:
-        """The descriptor of the spooled copy (to link it into the archive), if spooled."""
-        return self._spool.fileno() if self._spool is not None else None
+        """The descriptor of the spooled copy, made the whole file as it arrived (the signed
+        body, then its trailer), to link it into the archive or the quarantine; ``None`` if the
+        file was not spooled. Call it once parsing is over: the trailer is appended here."""
+        if self._spool is None:
+            return None
+        fd = self._spool.fileno()
+        body = self.size - len(self.trailer)
+        if os.fstat(fd).st_size == body:
+            view = memoryview(self.trailer)
+            while view:
+                view = view[os.pwrite(fd, view, body + len(self.trailer) - len(view)) :]
+        return fd
 
     def keep_open(self, companion: BinaryIO) -> None:
         """Close ``companion`` with this file."""

@@ -36,9 +36,18 @@ from exchange.format import (
     kind_of_stream,
     parse_file_name,
 )
-from exchange.intake import MAX_TRAILER_BYTES, RejectedFile, RejectReason, Taken, spool_file, take
+from exchange.intake import (
+    MAX_TRAILER_BYTES,
+    RejectedFile,
+    RejectReason,
+    SpoolError,
+    Taken,
+    spool_file,
+    take,
+)
 from exchange.sealing import Identities, SealError
 from exchange.signing import Keyring
+from exchange.window import Window
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -68,18 +77,20 @@ class Opener:
 
 @dataclass
 class Plain:
-    """The clear body of a verified file: its header line first, then its record lines."""
+    """The clear body of a verified file: its header line first, then its record lines (in
+    memory, or the first ``length`` bytes of a file)."""
 
     version: int
     memory: bytes | None = None
     file: BinaryIO | None = None
+    length: int = 0
 
-    def reader(self) -> BinaryIO:
+    def reader(self) -> BinaryIO | Window:
         if self.memory is not None:
             return io.BytesIO(self.memory)
         assert self.file is not None
         self.file.seek(0)
-        return self.file
+        return Window(self.file, self.length)
 
 
 def _first_line(raw: bytes, what: str) -> dict[str, object]:
@@ -110,8 +121,7 @@ def open_body(taken: Taken, opener: Opener) -> Plain:
             )
         if taken.in_memory is not None:
             return Plain(PLAINTEXT_VERSION, memory=taken.in_memory)
-        signed.seek(0)
-        return Plain(PLAINTEXT_VERSION, file=signed)
+        return Plain(PLAINTEXT_VERSION, file=signed, length=taken.size - len(taken.trailer))
     if version != FORMAT_VERSION:
         raise RejectedFile(RejectReason.UNSUPPORTED_VERSION, f"format version {str(version)[:20]}")
     try:
@@ -134,13 +144,16 @@ def open_body(taken: Taken, opener: Opener) -> Plain:
                 version, memory=opener.identities.unseal(taken.in_memory[len(line) : -1], keys)
             )
         opener.identities.check_recipients(keys)
-        if opener.spool_dir is None:
-            sink: BinaryIO = io.BytesIO()
-        else:
-            sink = open(spool_file(opener.spool_dir), "w+b", closefd=True)  # noqa: SIM115
-        taken.keep_open(sink)
-        opener.identities.unseal_stream(signed, length, sink, keys)
-        return Plain(version, file=sink)
+        try:
+            if opener.spool_dir is None:
+                sink: BinaryIO = io.BytesIO()
+            else:
+                sink = open(spool_file(opener.spool_dir), "w+b", closefd=True)  # noqa: SIM115
+            taken.keep_open(sink)
+            opener.identities.unseal_stream(signed, length, sink, keys)
+        except OSError as exc:  # the importer's own spool (full, read-only): no verdict
+            raise SpoolError(f"cannot unseal into the spool: {exc}") from exc
+        return Plain(version, file=sink, length=sink.tell())
     except SealError as exc:
         raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
 
@@ -271,7 +284,7 @@ class VerifiedStream:
         self.taken = taken
         self.name = taken.name
         plain = open_body(taken, opener)
-        self._fh: BinaryIO = plain.reader()
+        self._fh: BinaryIO | Window = plain.reader()
         self._lines: list[bytes] = []
         self._next = 0
         self._tail = b""

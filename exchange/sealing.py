@@ -38,6 +38,8 @@ from typing import IO, Any, BinaryIO
 import pyrage
 from pyrage import x25519
 
+from exchange.window import Window
+
 log = logging.getLogger(__name__)
 
 #: The envelope's name for the sealing: age with X25519 recipients.
@@ -55,8 +57,11 @@ FORBIDDEN_IDENTITY_BITS = 0o037
 
 #: An age header holds one stanza per recipient (~120 bytes for X25519) and a MAC line: one
 #: longer than this, or with more stanzas than a file may name recipients, is not ours.
-MAX_AGE_HEADER_BYTES = 8 * 1024
-MAX_STANZAS = 16
+MAX_RECIPIENTS = 64
+MAX_AGE_HEADER_BYTES = 16 * 1024
+#: rage adds a random "grease" stanza to some headers (the age spec lets any implementation):
+#: a header may hold that many more stanzas than the envelope names recipients.
+_GREASE = 2
 
 
 class SealReason(StrEnum):
@@ -98,15 +103,18 @@ def _decrypt_error(exc: Exception) -> SealError:
     return SealError(SealReason.CORRUPT, message[:200] or type(exc).__name__)
 
 
-def check_header(head: bytes) -> None:
+def check_header(head: bytes, stanzas: int) -> None:
     """Refuse an age header that is larger or has more stanzas than netsync ever writes, before
     ``rage`` parses it: a signed file only can get here, but a buggy or compromised producer
     must not make the importer spend minutes on a header of a million stanzas."""
     end = head.find(b"\n--- ", 0, MAX_AGE_HEADER_BYTES)
     if not head.startswith(b"age-encryption.org/v1\n") or end < 0:
         raise SealError(SealReason.CORRUPT, f"no age header within {MAX_AGE_HEADER_BYTES} bytes")
-    if head.count(b"\n-> ", 0, end + 1) > MAX_STANZAS:
-        raise SealError(SealReason.CORRUPT, f"more than {MAX_STANZAS} recipient stanzas")
+    found = head.count(b"\n-> ", 0, end + 1)
+    if found > stanzas + _GREASE:
+        raise SealError(
+            SealReason.CORRUPT, f"{found} recipient stanzas, the envelope names {stanzas}"
+        )
 
 
 def _key_lines(data: bytes) -> list[str]:
@@ -151,15 +159,24 @@ class Recipients:
 
     @classmethod
     def of(cls, recipients: Iterable[str]) -> Recipients:
-        """Parse ``age1…`` strings (duplicates dropped); ``KeyFileError`` for one that is not."""
-        unique = sorted({r.strip() for r in recipients if r.strip()})
-        parsed = []
-        for item in unique:
+        """Parse ``age1…`` strings into their canonical form (bech32 is case-insensitive: the
+        key id is taken of the form the importer computes), duplicates dropped; ``KeyFileError``
+        for one that is not a recipient (the input is never echoed: it may be a private key)."""
+        canonical: dict[str, Any] = {}
+        for item in (r.strip() for r in recipients):
+            if not item:
+                continue
+            if item.upper().startswith("AGE-SECRET-KEY-"):
+                raise KeyFileError("a private key where a recipient (age1…) belongs: remove it")
             try:
-                parsed.append(x25519.Recipient.from_str(item))
+                parsed = x25519.Recipient.from_str(item)
             except Exception as exc:  # pyrage.RecipientError, ValueError
-                raise KeyFileError(f"not an age X25519 recipient: {item[:24]!r}") from exc
-        return cls(tuple(unique), tuple(parsed))
+                raise KeyFileError("not an age X25519 recipient (age1…)") from exc
+            canonical[str(parsed)] = parsed
+        if len(canonical) > MAX_RECIPIENTS:
+            raise KeyFileError(f"{len(canonical)} recipients: at most {MAX_RECIPIENTS}")
+        keys = sorted(canonical)
+        return cls(tuple(keys), tuple(canonical[k] for k in keys))
 
     @classmethod
     def from_sources(cls, directory: Path | None, inline: Iterable[str] = ()) -> Recipients:
@@ -217,7 +234,7 @@ class SealingStream:
         self._sink = sink
         self._error: BaseException | None = None
         self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, our code, public keys
-            [sys.executable, "-c", _CHILD, *recipients],
+            [sys.executable, "-I", "-c", _CHILD, *recipients],  # -I: no cwd, no PYTHONPATH
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -248,8 +265,13 @@ class SealingStream:
         try:
             stdin.write(data)
         except (BrokenPipeError, ValueError) as exc:
-            self.abort()
-            raise self._failed() from exc
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._thread.join()
+            failure = self._failed()  # the child's stderr, read before the pipes close
+            self._close_pipes()
+            raise failure from exc
 
     def close(self) -> None:
         stdin = self._proc.stdin
@@ -277,23 +299,6 @@ class SealingStream:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
-
-
-class _Slice:
-    """``length`` bytes of a file from where it stands: the ciphertext between the envelope
-    line and the separator, handed to ``rage`` without a copy."""
-
-    def __init__(self, fh: BinaryIO, length: int) -> None:
-        self._fh = fh
-        self._left = length
-
-    def read(self, size: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        want = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._fh.read(want)
-        self._left -= len(data)
-        return data
 
 
 @dataclass(frozen=True)
@@ -352,8 +357,9 @@ class Identities:
         return [self.by_key_id[k] for k in key_ids if k in self.by_key_id]
 
     def unseal(self, ciphertext: bytes, key_ids: Iterable[str]) -> bytes:
-        identities = self._for(key_ids)
-        check_header(ciphertext[:MAX_AGE_HEADER_BYTES])
+        wanted = list(key_ids)
+        identities = self._for(wanted)
+        check_header(ciphertext[:MAX_AGE_HEADER_BYTES], len(wanted))
         try:
             return bytes(pyrage.decrypt(ciphertext, identities))
         except pyrage.DecryptError as exc:
@@ -363,12 +369,13 @@ class Identities:
         self, source: BinaryIO, length: int, sink: IO[bytes], key_ids: Iterable[str]
     ) -> None:
         """Decrypt ``length`` bytes of ``source`` into ``sink`` in 64 KiB chunks."""
-        identities = self._for(key_ids)
+        wanted = list(key_ids)
+        identities = self._for(wanted)
         start = source.tell()
-        check_header(source.read(min(length, MAX_AGE_HEADER_BYTES)))
+        check_header(source.read(min(length, MAX_AGE_HEADER_BYTES)), len(wanted))
         source.seek(start)
         try:
-            pyrage.decrypt_io(_Slice(source, length), sink, identities)
+            pyrage.decrypt_io(Window(source, length), sink, identities)
         except pyrage.DecryptError as exc:
             raise _decrypt_error(exc) from exc
 

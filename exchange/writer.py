@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -76,7 +77,9 @@ def ensure_dir(path: Path) -> None:
         path.mkdir(mode=DIR_MODE)
     except FileExistsError:
         return
-    os.chmod(path, DIR_MODE)  # mkdir's mode is narrowed by the umask, never widened
+    # mkdir's mode is narrowed by the umask, never widened; a setgid bit inherited from the
+    # parent (a shared transfer group) is kept, so files in it stay that group's
+    os.chmod(path, DIR_MODE | (os.stat(path).st_mode & stat.S_ISGID))
 
 
 def _create(path: Path) -> BinaryIO:
@@ -251,8 +254,13 @@ class ExportFileWriter:
         try:
             os.link(self._staging_path, temp)
         except OSError:
-            with open(self._staging_path, "rb") as src, _create(temp) as dst:
-                shutil.copyfileobj(src, dst)
+            try:
+                with open(self._staging_path, "rb") as src, _create(temp) as dst:
+                    shutil.copyfileobj(src, dst)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    temp.unlink()
+                raise
         return temp
 
     def abort(self) -> None:

@@ -13,15 +13,15 @@ import asyncio
 import logging
 import signal
 
-from exchange.sealing import Identities, KeyFileError
+from exchange.sealing import KeyFileError
 from exchange.signing import Keyring
 from importer.config import RequestSettings
 from importer.daemon import Importer
 from importer.db import make_sessionmaker
+from importer.keys import load_identities
 from importer.probes import importer_probes
 from netsync.config import ConfigurationError
 from netsync.db import make_engine
-from netsync.keys import ensure_dev_sealing_pair
 from netsync.logging import configure_logging
 from netsync.probes import start_probes
 
@@ -30,23 +30,6 @@ log = logging.getLogger("importer")
 
 def load_keyring(settings: RequestSettings) -> Keyring:
     return Keyring.from_sources(settings.trusted_keys_path, settings.trusted_keys_list)
-
-
-def load_identities(settings: RequestSettings) -> Identities:
-    """The private keys that open sealed files, strictly: a private key others may read, or
-    one that does not load, stops the importer before it starts. None at all is allowed only
-    where unsealed files are (development, or the upgrade): otherwise nothing could be read."""
-    if settings.is_development:
-        ensure_dev_sealing_pair(settings.state_dir)
-    identities = Identities.from_directory(settings.decryption_keys_path, strict=True)
-    if identities:
-        log.info("decryption keys loaded", extra={"key_ids": identities.key_ids})
-    elif not settings.accepts_plaintext:
-        raise ConfigurationError(
-            "no decryption keys: put this importer's private key (<key id>.age.key, from "
-            "`netsync keys generate --encryption`) in NETSYNC_DECRYPTION_KEYS_DIR"
-        )
-    return identities
 
 
 async def main(once: bool = False) -> int:

@@ -321,6 +321,8 @@ class Importer:
         except RejectedFile as rejected:  # genuine, but malformed: nothing was committed
             await self._refuse_genuine(name, rejected, taken.inode, taken, result)
             return
+        except SpoolError as exc:  # our own disk, not the file nor the database
+            raise LocalFault(str(exc)) from exc
         except RetryLater:
             raise
         except Exception as exc:

@@ -176,6 +176,11 @@ class FileMover:
         try:
             if data is not None:
                 _write_all(fd, data)
+            elif spool is not None:  # the whole file: body and trailer
+                offset = 0
+                while block := os.pread(spool, 1 << 20, offset):
+                    _write_all(fd, block)
+                    offset += len(block)
             elif taken is not None:
                 body = taken.body()
                 while block := body.read(1 << 20):

@@ -18,16 +18,19 @@ from pathlib import Path
 
 from exchange.sealing import IDENTITY_SUFFIX, Identities
 from exchange.signing import Keyring
+from importer.config import RequestSettings
+from netsync.config import ConfigurationError
+from netsync.keys import decryption_dir, ensure_dev_sealing_pair
 
 log = logging.getLogger(__name__)
 
-_Fingerprint = tuple[tuple[str, int, int, int], ...]
+_Fingerprint = tuple[tuple[str, int, int, int, int, int], ...]
 
 
 def _fingerprint(directory: Path | None, suffix: str = ".pub") -> _Fingerprint:
     if directory is None:
         return ()
-    entries: list[tuple[str, int, int, int]] = []
+    entries: list[tuple[str, int, int, int, int, int]] = []
     try:
         with os.scandir(directory) as it:
             for entry in it:
@@ -37,10 +40,36 @@ def _fingerprint(directory: Path | None, suffix: str = ".pub") -> _Fingerprint:
                     st = entry.stat()  # follows symlinks: Kubernetes mounts keys as links
                 except OSError:
                     continue
-                entries.append((entry.name, st.st_ino, st.st_mtime_ns, st.st_size))
+                # the mode and ctime too: a key fixed with chmod must be looked at again
+                entries.append(
+                    (entry.name, st.st_ino, st.st_mtime_ns, st.st_size, st.st_mode, st.st_ctime_ns)
+                )
     except OSError:
         return ()
     return tuple(sorted(entries))
+
+
+def load_identities(settings: RequestSettings) -> Identities:
+    """The private keys that open sealed files, strictly: a private key others may read, or
+    one that does not load, stops the importer before it starts. None at all is allowed only
+    where unsealed files are (development, or the upgrade): otherwise nothing could be read."""
+    directory = settings.decryption_keys_path
+    if settings.is_development and directory == decryption_dir(settings.state_dir):
+        ensure_dev_sealing_pair(settings.state_dir)
+    identities = Identities.from_directory(directory, strict=True)
+    if settings.accepts_plaintext and settings.env != "development":
+        log.warning(
+            "unsealed (version 1) files are accepted: NETSYNC_ACCEPT_PLAINTEXT is for the upgrade"
+            " only; unset it once no file of the previous version is in flight"
+        )
+    if identities:
+        log.info("decryption keys loaded", extra={"key_ids": identities.key_ids})
+    elif not settings.accepts_plaintext:
+        raise ConfigurationError(
+            "no decryption keys: put this importer's private key (<key id>.age.key, from "
+            "`netsync keys generate --encryption`) in NETSYNC_DECRYPTION_KEYS_DIR"
+        )
+    return identities
 
 
 class TrustedKeys:
@@ -88,8 +117,17 @@ class TrustedKeys:
         self.keyring = self._load()
         changed = _changed("trusted keys reloaded", before, set(self.keyring.key_ids))
         before = set(self.identities.key_ids)
-        self.identities = Identities.from_directory(self.identities_dir, strict=False)
-        return _changed("decryption keys reloaded", before, set(self.identities.key_ids)) or changed
+        loaded = Identities.from_directory(self.identities_dir, strict=False)
+        if not loaded and self.identities:
+            # an unreadable or emptied directory (a remount, a botched copy) would quarantine
+            # every file from now on: keep the keys that worked, and say so
+            log.error(
+                "no decryption key loads any more; keeping the previous ones",
+                extra={"dir": str(self.identities_dir), "key_ids": self.identities.key_ids},
+            )
+            return changed
+        self.identities = loaded
+        return _changed("decryption keys reloaded", before, set(loaded.key_ids)) or changed
 
 
 def _changed(message: str, before: set[str], after: set[str]) -> bool:

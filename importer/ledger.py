@@ -5,12 +5,13 @@ signature held: the ledger's primary key ``(stream, seq)`` makes a second applic
 impossible, even by a second importer, which waits on the row and then finds it taken.
 
 A file that finds its place taken is a duplicate only if it is the same file: the same
-``file_id``, which the Response side allocates once per file, together with the file's content
-(its rows are fixed at allocation). The sweeper republishing an unpublished file, a resend, a
-second importer: each is the same file, in new ciphertext (sealing is randomised, so its digest
-differs and is not compared). Two *different* genuine files claiming one place (a restored
-Response database reusing sequence numbers, a ``file_id`` reused under another sequence number)
-are a ledger conflict: never
+``file_id``, which the Response side allocates once per file (a ``changes`` file's rows are
+fixed at allocation; a snapshot republished under its number after a crash may be read afresh:
+that second reading is taken as a duplicate, and the next snapshot carries what it held). The
+sweeper republishing an unpublished file, a resend, a second importer: each is the same file,
+in new ciphertext (sealing is randomised, so its digest differs and is not compared). Two
+*different* genuine files claiming one place (a restored Response database reusing sequence
+numbers, a ``file_id`` reused under another sequence number) are a ledger conflict: never
 silently archived, always quarantined with their own reason and alerted on.
 """
 

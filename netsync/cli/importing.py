@@ -16,12 +16,15 @@ from typing import Any
 import typer
 
 from exchange.format import FileName, parse_file_name
+from exchange.sealing import KeyFileError
 from exchange.signing import Keyring
 from importer.config import RequestSettings
 from importer.daemon import Importer, ScanResult
 from importer.db import make_sessionmaker
 from importer.failures import DatabaseUnavailable
+from importer.keys import load_identities
 from netsync.cli.output import JsonOption, err, print_json, print_table, progress, run
+from netsync.config import ConfigurationError
 from netsync.db import make_engine
 from netsync.logging import configure_logging
 
@@ -40,8 +43,13 @@ async def _import(directory: Path, quiet: bool) -> dict[str, Any]:
     if not keyring.key_ids:
         err.print("[red]no trusted public keys:[/red] set NETSYNC_TRUSTED_KEYS_DIR or _KEYS")
         raise typer.Exit(2)
+    try:
+        identities = load_identities(settings)
+    except (KeyFileError, ConfigurationError) as exc:
+        err.print(f"[red]refusing to import:[/red] {exc}")
+        raise typer.Exit(2) from exc
     engine = make_engine(settings.database_url, pool_size=2, application_name="netsync-cli")
-    importer = Importer(settings, make_sessionmaker(engine), keyring)
+    importer = Importer(settings, make_sessionmaker(engine), keyring, identities)
     result = ScanResult()
     names = _pending(directory)
     start = time.perf_counter()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -24,6 +25,7 @@ import pytest
 from exchange.format import FileName
 from exchange.sealing import (
     Identities,
+    KeyFileError,
     Recipients,
     SealError,
     SealReason,
@@ -350,3 +352,66 @@ def test_an_age_header_of_many_stanzas_is_refused_before_it_is_parsed() -> None:
         # refused by netsync's own bound: rage, given these, would try every stanza in turn
         assert refused.value.reason is SealReason.CORRUPT
         assert "stanzas" in refused.value.detail or "no age header" in refused.value.detail
+
+
+async def test_a_large_file_is_archived_whole_and_opens_with_the_age_pipeline(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    rows = 200  # ~12 MB: spooled by the importer, not held in memory
+    writer = ExportFileWriter(
+        sandbox.exports,
+        sandbox.signer,
+        recipients=sandbox.recipients,
+        stream="snapshot_settings",
+        seq=1,
+        kind="snapshot",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=rows,
+        header={"entity": "setting", "changes_seq": 0},
+    )
+    for i in range(rows):
+        writer.write_record(setting_record(f"big.key_{i}", "x" * 60_000))
+    published = writer.publish()
+    sent = published.path.read_bytes()
+    importer = make_importer()
+    assert (await importer.scan_once()).applied == 1
+    # the archive keeps the file as it arrived, trailer included: it verifies and opens again
+    assert (importer.archive_dir / published.name).read_bytes() == sent
+    assert len(record_lines(sent)) == rows
+
+
+def test_a_key_fixed_with_chmod_is_picked_up_and_an_emptied_directory_keeps_the_keys(
+    tmp_path: Path,
+) -> None:
+    from importer.keys import TrustedKeys
+
+    keys = tmp_path / "decryption"
+    identity, recipient = generate_identity()
+    first = write_identity(keys, identity, recipient)
+    trusted = TrustedKeys(None, [], identities_dir=keys)
+    assert trusted.identities.key_ids == [key_id_of(recipient)]
+
+    second_identity, second = generate_identity()
+    added = write_identity(keys, second_identity, second)
+    added.chmod(0o644)  # copied in too open: skipped, with a log line
+    trusted.refresh()
+    assert key_id_of(second) not in trusted.identities.key_ids
+    added.chmod(0o600)  # fixed: only the mode changed, and that is seen
+    assert trusted.refresh()
+    assert set(trusted.identities.key_ids) == {key_id_of(recipient), key_id_of(second)}
+
+    for path in (first, added):  # a remount that shows an empty directory for a moment
+        path.rename(tmp_path / path.name)
+    trusted.refresh()
+    assert set(trusted.identities.key_ids) == {key_id_of(recipient), key_id_of(second)}
+
+
+def test_recipients_are_taken_in_canonical_form_and_a_private_key_is_never_echoed() -> None:
+    identity, recipient = generate_identity()
+    upper = Recipients.of([recipient.upper()])  # bech32 is case-insensitive
+    assert upper.key_ids == Identities.of([identity]).key_ids
+    with pytest.raises(KeyFileError) as refused:
+        Recipients.of([identity])
+    assert identity[15:] not in str(refused.value)
+    assert "private key" in str(refused.value)
