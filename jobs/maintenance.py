@@ -17,7 +17,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from app.db import ResponseSessionMaker
@@ -211,10 +211,63 @@ def _remove_old_files(exports_dir: Path, archive_dir: Path, cutoff: float) -> di
     return removed
 
 
+#: Outbox rows (and their files' rows) are deleted this many at a time, each batch its own short
+#: transaction: a prune of millions of rows never holds a lock for long or blocks the relay.
+PRUNE_BATCH = 5000
+
+#: One batch of published outbox rows whose file was published before the cutoff. The newest
+#: file of the stream keeps its rows, whatever its age (the latest state of a quiet stream).
+_PRUNE_OUTBOX = text(
+    """
+    DELETE FROM outbox_events WHERE id IN (
+        SELECT o.id FROM outbox_events AS o
+        JOIN export_files AS f ON f.stream = o.export_stream AND f.seq = o.export_seq
+        WHERE f.published_at < :cutoff
+          AND f.seq < (SELECT last_seq FROM export_streams AS s WHERE s.stream = f.stream)
+        ORDER BY o.id
+        LIMIT :batch
+    )
+    """
+)
+#: Then the rows of those files, once no outbox row refers to them.
+_PRUNE_FILES = text(
+    """
+    DELETE FROM export_files WHERE (stream, seq) IN (
+        SELECT f.stream, f.seq FROM export_files AS f
+        WHERE f.stream = 'changes' AND f.published_at < :cutoff
+          AND f.seq < (SELECT last_seq FROM export_streams AS s WHERE s.stream = f.stream)
+          AND NOT EXISTS (
+              SELECT 1 FROM outbox_events AS o
+              WHERE o.export_stream = f.stream AND o.export_seq = f.seq
+          )
+        LIMIT :batch
+    )
+    """
+)
+
+
+async def prune_outbox(
+    sessions: ResponseSessionMaker, cutoff: datetime, batch: int = PRUNE_BATCH
+) -> dict[str, int]:
+    """Delete what a resend could still need only once it is older than the retention: the
+    published outbox rows and their ``changes`` files' rows. Pending rows are never touched."""
+    removed = {"outbox_events": 0, "export_files": 0}
+    for table, statement in (("outbox_events", _PRUNE_OUTBOX), ("export_files", _PRUNE_FILES)):
+        while True:
+            async with sessions() as session, session.begin():
+                result = await session.execute(statement, {"cutoff": cutoff, "batch": batch})
+            count = int(result.rowcount)  # type: ignore[attr-defined]
+            removed[table] += count
+            if count < batch:
+                break
+    return removed
+
+
 async def retention_cleanup(
     sessions: ResponseSessionMaker, exports_dir: Path, archive_dir: Path, days: int
 ) -> dict[str, int]:
-    """Delete archived files, stale staging files and old snapshots, and old bookkeeping rows."""
+    """Delete archived files, stale staging files and old snapshots, old bookkeeping rows, and
+    the outbox rows a resend can no longer be asked for (``netsync export resend``)."""
     cutoff = datetime.now(UTC) - timedelta(days=days)
     removed = await asyncio.to_thread(
         _remove_old_files, exports_dir, archive_dir, time.time() - days * 86_400
@@ -235,4 +288,5 @@ async def retention_cleanup(
             )
         )
         removed["exported_results"] = int(result.rowcount)  # type: ignore[attr-defined]
+    removed.update(await prune_outbox(sessions, cutoff))
     return removed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from arq.worker import Worker, create_worker
@@ -15,6 +16,7 @@ from app.outbox.models import ExportFile
 from exchange.signing import Keyring
 from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
+from jobs.maintenance import prune_outbox
 from jobs.relay import OutboxRelay
 from jobs.worker import worker_settings
 from netsync.db import make_engine
@@ -193,3 +195,37 @@ async def test_files_lost_in_transit_are_resent_and_only_the_lost_ones_apply(
     finally:
         await engine.dispose()
         await request_engine.dispose()
+
+
+async def test_published_outbox_rows_are_pruned_after_the_retention_in_short_batches(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    settings = sandbox.response_settings()
+    admin = await admin_headers(api, settings)
+    engine = make_engine(settings.database_url, pool_size=1)
+    sessions = make_sessionmaker(engine)
+    relay = OutboxRelay(sessions, sandbox.exports, sandbox.signer, recipients=sandbox.recipients)
+    url = sandbox.services.response_url
+    try:
+        names: list[str] = []
+        for i in range(4):
+            await create_user(api, admin, f"old{i}")
+            names += [f.name for f in (await relay.run()).files]
+        await create_user(api, admin, "pending")  # in the outbox, not exported yet
+        await fetch(url, "UPDATE export_files SET published_at = now() - interval '8 days'")
+        seqs = [int(n[8:20]) for n in names]
+
+        removed = await prune_outbox(sessions, datetime.now(UTC) - timedelta(days=7), batch=1)
+        # every old file's rows go, but the newest file's (a quiet stream keeps its last state)
+        # and the pending row, which has no file yet
+        kept = await fetch(url, "SELECT export_seq FROM outbox_events ORDER BY id")
+        assert [r["export_seq"] for r in kept] == [seqs[-1], None]
+        files = await fetch(url, "SELECT seq FROM export_files WHERE stream = 'changes'")
+        assert [r["seq"] for r in files] == [seqs[-1]]
+        assert removed["export_files"] == len(seqs) - 1
+        # a resend of what retention removed is refused by number, the newest still goes
+        resent = await relay.resend(seqs[0], seqs[-1])
+        assert resent.unknown == seqs[:-1]
+        assert [f.name for f in resent.files] == [names[-1]]
+    finally:
+        await engine.dispose()
