@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import orjson
 
@@ -97,6 +97,10 @@ class RejectedFile(Exception):
         self.evidence: bytes | Taken | None = None
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
 class SpoolError(Exception):
     """The importer's own spool directory failed (missing, full, read-only): no verdict on the
     file, which stays where it is until the spool works again."""
@@ -122,7 +126,7 @@ class Taken:
     _memory: bytes | None = None
     _spool: BinaryIO | None = None
     #: Files that live as long as this one: the unsealed body's spool (``exchange.reader``).
-    _companions: list[BinaryIO] = field(default_factory=list)
+    _companions: list[Closeable] = field(default_factory=list)
 
     @property
     def in_memory(self) -> bytes | None:
@@ -151,7 +155,7 @@ class Taken:
                 view = view[os.pwrite(fd, view, body + len(self.trailer) - len(view)) :]
         return fd
 
-    def keep_open(self, companion: BinaryIO) -> None:
+    def keep_open(self, companion: Closeable) -> None:
         """Close ``companion`` with this file."""
         self._companions.append(companion)
 

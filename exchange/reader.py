@@ -42,10 +42,9 @@ from exchange.intake import (
     RejectReason,
     SpoolError,
     Taken,
-    spool_file,
     take,
 )
-from exchange.sealing import Identities, SealError
+from exchange.sealing import Identities, SealError, UnsealingStream
 from exchange.signing import Keyring
 from exchange.window import Window
 
@@ -84,13 +83,36 @@ class Plain:
     memory: bytes | None = None
     file: BinaryIO | None = None
     length: int = 0
+    #: A large sealed body, decrypted while it is read (read once, from its first byte).
+    stream: UnsealingStream | None = None
 
-    def reader(self) -> BinaryIO | Window:
+    def reader(self) -> BinaryIO | Window | _Opening:
         if self.memory is not None:
             return io.BytesIO(self.memory)
+        if self.stream is not None:
+            return _Opening(self.stream)
         assert self.file is not None
         self.file.seek(0)
         return Window(self.file, self.length)
+
+
+class _Opening:
+    """An ``UnsealingStream`` whose failure (at its end) is a refusal of the file."""
+
+    def __init__(self, stream: UnsealingStream) -> None:
+        self._stream = stream
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except SealError as exc:
+            raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
+
+    def readline(self, size: int | None = -1) -> bytes:
+        try:
+            return self._stream.readline(size)
+        except SealError as exc:
+            raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
 
 
 def _first_line(raw: bytes, what: str) -> dict[str, object]:
@@ -143,17 +165,12 @@ def open_body(taken: Taken, opener: Opener) -> Plain:
             return Plain(
                 version, memory=opener.identities.unseal(taken.in_memory[len(line) : -1], keys)
             )
-        opener.identities.check_recipients(keys)
         try:
-            if opener.spool_dir is None:
-                sink: BinaryIO = io.BytesIO()
-            else:
-                sink = open(spool_file(opener.spool_dir), "w+b", closefd=True)  # noqa: SIM115
-            taken.keep_open(sink)
-            opener.identities.unseal_stream(signed, length, sink, keys)
-        except OSError as exc:  # the importer's own spool (full, read-only): no verdict
-            raise SpoolError(f"cannot unseal into the spool: {exc}") from exc
-        return Plain(version, file=sink, length=sink.tell())
+            stream = opener.identities.unseal_streaming(signed, length, keys)
+        except OSError as exc:  # cannot start the child, read the spool: no verdict on the file
+            raise SpoolError(f"cannot unseal from the spool: {exc}") from exc
+        taken.keep_open(stream)
+        return Plain(version, stream=stream)
     except SealError as exc:
         raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
 
@@ -284,7 +301,7 @@ class VerifiedStream:
         self.taken = taken
         self.name = taken.name
         plain = open_body(taken, opener)
-        self._fh: BinaryIO | Window = plain.reader()
+        self._fh: BinaryIO | Window | _Opening = plain.reader()
         self._lines: list[bytes] = []
         self._next = 0
         self._tail = b""

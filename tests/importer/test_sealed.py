@@ -415,3 +415,35 @@ def test_recipients_are_taken_in_canonical_form_and_a_private_key_is_never_echoe
         Recipients.of([identity])
     assert identity[15:] not in str(refused.value)
     assert "private key" in str(refused.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "swap"])
+async def test_a_large_body_cut_or_reordered_is_refused_and_nothing_of_it_is_applied(
+    sandbox: Sandbox, make_importer: MakeImporter, damage: str
+) -> None:
+    """A large body is decrypted while it is copied into the database: its end (the last
+    chunk's flag) is checked before the merge, so a cut body applies no row."""
+    rows = 200  # ~12 MB: spooled, and unsealed by the child process while it is read
+    body = header(0, records=rows, kind="snapshot", stream="snapshot_settings")
+    body = body.replace(b'"seq":0', b'"seq":1', 1)
+    body = body.replace(b'"records"', b'"entity":"setting","changes_seq":0,"records"', 1)
+    lines = [
+        orjson.dumps(setting_record(f"big.key_{i}", "x" * 60_000)) + b"\n" for i in range(rows)
+    ]
+    envelope, ciphertext = _envelope_and_ciphertext(
+        signed(sandbox.signer, sealed(body + b"".join(lines), 1, "snapshot_settings"))
+    )
+    age_header, chunks = _age_parts(ciphertext)
+    if damage == "truncate":
+        chunks = chunks[:-3]
+    else:
+        chunks[-3], chunks[-2] = chunks[-2], chunks[-3]
+    name = FileName("snapshot_settings", 1).name
+    damaged = envelope + age_header + b"".join(chunks) + b"\n"
+    (sandbox.exports / name).write_bytes(signed(sandbox.signer, damaged))
+    importer = make_importer()
+    assert (await importer.scan_once()).quarantined == 1
+    reason = "sealed_truncated" if damage == "truncate" else "sealed_corrupt"
+    assert await quarantined(sandbox) == {name: reason}
+    assert await count(sandbox, "synced_settings") == 0
+    assert await count(sandbox, "import_ledger") == 0
