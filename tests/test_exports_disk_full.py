@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import pytest
 
 from app.db import make_sessionmaker
-from jobs.snapshots import export_snapshot
+from jobs.snapshots import SnapshotExport, export_snapshot
 from netsync.db import make_engine
 from tests.chaos.disk import fill, mount_tmpfs, unmount
 from tests.queries import fetch
@@ -44,6 +45,17 @@ async def test_a_snapshot_on_a_full_disk_fails_at_once_and_the_next_one_publishe
         settings,
     )
     engine = make_engine(sandbox.services.response_url, pool_size=1)
+
+    def export() -> Coroutine[Any, Any, SnapshotExport]:
+        return export_snapshot(
+            engine,
+            make_sessionmaker(engine),
+            sandbox.exports,
+            sandbox.signer,
+            "setting",
+            recipients=sandbox.recipients,
+        )
+
     try:
         (sandbox.exports / ".staging").mkdir(exist_ok=True)
         filler = sandbox.exports / ".filler"
@@ -51,14 +63,7 @@ async def test_a_snapshot_on_a_full_disk_fails_at_once_and_the_next_one_publishe
 
         with pytest.raises(OSError, match="No space left on device") as refused:
             await asyncio.wait_for(
-                export_snapshot(
-                    engine,
-                    make_sessionmaker(engine),
-                    sandbox.exports,
-                    sandbox.signer,
-                    "setting",
-                    recipients=sandbox.recipients,
-                ),
+                export(),
                 timeout=20,
             )
         assert refused.value.errno == errno.ENOSPC
@@ -67,14 +72,7 @@ async def test_a_snapshot_on_a_full_disk_fails_at_once_and_the_next_one_publishe
 
         filler.unlink()  # space returns: the same pool, the same file number, published whole
         done = await asyncio.wait_for(
-            export_snapshot(
-                engine,
-                make_sessionmaker(engine),
-                sandbox.exports,
-                sandbox.signer,
-                "setting",
-                recipients=sandbox.recipients,
-            ),
+            export(),
             timeout=20,
         )
         assert (done.seq, done.records) == (1, settings)

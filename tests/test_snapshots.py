@@ -17,7 +17,7 @@ from arq.worker import create_worker
 from app.db import make_sessionmaker
 from exchange.format import CHANGES_STREAM
 from exchange.signing import Keyring, Signer
-from exchange.writer import ExportFileWriter, publish_export
+from exchange.writer import publish_export
 from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.bulk import bulk_worker_settings
@@ -25,7 +25,7 @@ from jobs.client import redis_pool
 from jobs.periodic import ScheduleSettings
 from jobs.snapshots import export_snapshot
 from netsync.db import make_engine
-from tests.importer.files import user_record
+from tests.importer.files import publish_settings_snapshot, user_record
 from tests.queries import fetch
 from tests.support import Sandbox, eventually
 
@@ -329,21 +329,7 @@ async def test_a_genuine_snapshot_with_a_record_outside_the_contract_is_refused_
 ) -> None:
     records = [_change(uuid.uuid4(), f"ok.key_{i}", i, 1) for i in range(30)]
     records[17]["data"]["key"] = "Not A Key"
-    writer = ExportFileWriter(
-        sandbox.exports,
-        sandbox.signer,
-        recipients=sandbox.recipients,
-        stream="snapshot_settings",
-        seq=1,
-        kind="snapshot",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=len(records),
-        header={"entity": "setting", "changes_seq": 0},
-    )
-    for record in records:
-        writer.write_record(record)
-    writer.publish()
+    publish_settings_snapshot(sandbox, records)
 
     settings = sandbox.request_settings()
     engine = make_engine(settings.database_url, pool_size=2)

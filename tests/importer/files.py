@@ -15,7 +15,7 @@ import orjson
 from exchange.format import FORMAT_VERSION
 from exchange.sealing import SEAL_ALG, Recipients
 from exchange.signing import SIGNATURE_ALG, Signer
-from exchange.writer import PublishedFile, publish_export
+from exchange.writer import ExportFileWriter, PublishedFile, publish_export
 from tests.queries import fetch
 from tests.support import TEST_RECIPIENTS, Sandbox
 
@@ -100,6 +100,27 @@ async def user_version(sandbox: Sandbox, user_id: uuid.UUID) -> int | None:
 async def quarantined(sandbox: Sandbox) -> dict[str, str]:
     rows = await query(sandbox, "SELECT file_name, reason FROM quarantined_files")
     return {r["file_name"]: r["reason"] for r in rows}
+
+
+def publish_settings_snapshot(
+    sandbox: Sandbox, records: list[dict[str, Any]], seq: int = 1, *, latest: bool = False
+) -> PublishedFile:
+    """A ``snapshot_settings`` file of ``records``, sealed and signed as the bulk worker does."""
+    writer = ExportFileWriter(
+        sandbox.exports,
+        sandbox.signer,
+        recipients=sandbox.recipients,
+        stream="snapshot_settings",
+        seq=seq,
+        kind="snapshot",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=len(records),
+        header={"entity": "setting", "changes_seq": 0},
+    )
+    for record in records:
+        writer.write_record(record)
+    return writer.publish(latest_as="snapshot_settings" if latest else None)
 
 
 def export_names(directory: Path) -> list[str]:

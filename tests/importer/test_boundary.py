@@ -31,6 +31,7 @@ from tests.importer.files import (
     count,
     header,
     publish,
+    publish_settings_snapshot,
     quarantined,
     query,
     setting_record,
@@ -492,24 +493,15 @@ async def test_a_missing_spool_keeps_a_genuine_snapshot_and_leaks_nothing(
     sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
     from exchange.intake import MEMORY_COPY_BYTES
-    from exchange.writer import ExportFileWriter
 
     importer = make_importer()
-    writer = ExportFileWriter(
-        sandbox.exports,
-        sandbox.signer,
-        recipients=sandbox.recipients,
-        stream="snapshot_settings",
-        seq=1,
-        kind="snapshot",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=MEMORY_COPY_BYTES // 60_000 + 10,
-        header={"entity": "setting", "changes_seq": 0},
+    published = publish_settings_snapshot(
+        sandbox,
+        [
+            setting_record(f"big.key_{i}", "x" * 60_000)
+            for i in range(MEMORY_COPY_BYTES // 60_000 + 10)
+        ],
     )
-    for i in range(MEMORY_COPY_BYTES // 60_000 + 10):
-        writer.write_record(setting_record(f"big.key_{i}", "x" * 60_000))
-    published = writer.publish()
     shutil.rmtree(importer.files.spool_dir)
     fds = len(os.listdir("/proc/self/fd"))
     for _ in range(5):

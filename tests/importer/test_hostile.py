@@ -47,7 +47,10 @@ def hostile_files(sandbox: Sandbox, victim: uuid.UUID) -> dict[str, str]:
         (exports / name(seq)).write_bytes(data)
         expected[name(seq)] = reason.value
 
-    put(101, good[: len(good) // 2], RejectReason.TRUNCATED)
+    half = len(good) // 2
+    while good[half - 1] == ord("\n"):  # the ciphertext is random: cut it mid-line
+        half -= 1
+    put(101, good[:half], RejectReason.TRUNCATED)
     altered = bytearray(good)
     altered[altered.index(b"\n") + 60] ^= 1  # one bit of the ciphertext
     put(102, bytes(altered), RejectReason.BAD_SIGNATURE)

@@ -16,7 +16,6 @@ import stat
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -33,12 +32,12 @@ from exchange.sealing import (
     key_id_of,
     write_identity,
 )
-from exchange.writer import ExportFileWriter
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import (
     count,
     header,
     publish,
+    publish_settings_snapshot,
     quarantined,
     sealed,
     setting_record,
@@ -109,20 +108,7 @@ async def test_no_hash_or_setting_is_readable_without_the_private_key_anywhere_i
 
 
 def test_the_latest_copy_of_a_snapshot_is_sealed_too(sandbox: Sandbox) -> None:
-    writer = ExportFileWriter(
-        sandbox.exports,
-        sandbox.signer,
-        recipients=sandbox.recipients,
-        stream="snapshot_settings",
-        seq=1,
-        kind="snapshot",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=1,
-        header={"entity": "setting", "changes_seq": 0},
-    )
-    writer.write_record(setting_record("mail.smtp_password", SECRET))
-    writer.publish(latest_as="snapshot_settings")
+    publish_settings_snapshot(sandbox, [setting_record("mail.smtp_password", SECRET)], latest=True)
     latest = sandbox.exports / "latest" / "snapshot_settings.jsonl"
     _assert_opaque(latest.read_bytes())
     assert stat.S_IMODE(latest.stat().st_mode) == 0o640
@@ -133,21 +119,10 @@ def test_a_large_body_streams_through_the_sealing_process_and_opens_whole(
     sandbox: Sandbox,
 ) -> None:
     rows = 400
-    writer = ExportFileWriter(
-        sandbox.exports,
-        sandbox.signer,
-        recipients=sandbox.recipients,
-        stream="snapshot_settings",
-        seq=1,
-        kind="snapshot",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=rows,
-        header={"entity": "setting", "changes_seq": 0},
+    published = publish_settings_snapshot(  # ~24 MB: past the in-memory bound: the child seals it
+        sandbox,
+        [setting_record(f"big.key_{i}", f"{SECRET}-{i}-" + "x" * 60_000) for i in range(rows)],
     )
-    for i in range(rows):  # ~24 MB: past the in-memory bound, so the child process seals it
-        writer.write_record(setting_record(f"big.key_{i}", f"{SECRET}-{i}-" + "x" * 60_000))
-    published = writer.publish()
     data = published.path.read_bytes()
     _assert_opaque(data)
     lines = record_lines(data)
@@ -358,21 +333,9 @@ async def test_a_large_file_is_archived_whole_and_opens_with_the_age_pipeline(
     sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
     rows = 200  # ~12 MB: spooled by the importer, not held in memory
-    writer = ExportFileWriter(
-        sandbox.exports,
-        sandbox.signer,
-        recipients=sandbox.recipients,
-        stream="snapshot_settings",
-        seq=1,
-        kind="snapshot",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=rows,
-        header={"entity": "setting", "changes_seq": 0},
+    published = publish_settings_snapshot(
+        sandbox, [setting_record(f"big.key_{i}", "x" * 60_000) for i in range(rows)]
     )
-    for i in range(rows):
-        writer.write_record(setting_record(f"big.key_{i}", "x" * 60_000))
-    published = writer.publish()
     sent = published.path.read_bytes()
     importer = make_importer()
     assert (await importer.scan_once()).applied == 1
