@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from exchange.signing import Keyring
+from importer.config import RequestSettings
 from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.client import JobQueue, redis_pool
@@ -30,6 +31,8 @@ from tests.support import (
     running,
     truncate_all,
 )
+
+MakeImporter = Callable[..., Importer]
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +65,25 @@ async def worker(sandbox: Sandbox) -> AsyncIterator[Worker]:
     w = create_worker(worker_settings(sandbox.response_settings()), handle_signals=False)
     async with running(w):
         yield w
+
+
+@pytest.fixture
+async def make_importer(sandbox: Sandbox) -> AsyncIterator[MakeImporter]:
+    """Importers on this sandbox (not running): settings overrides as keyword arguments."""
+    engines = []
+
+    def make(**overrides: object) -> Importer:
+        settings: RequestSettings = sandbox.request_settings(**overrides)
+        engine = make_engine(settings.database_url, pool_size=2)
+        engines.append(engine)
+        keyring = Keyring.from_sources(settings.trusted_keys_path)
+        importer = Importer(settings, request_sessionmaker(engine), keyring)
+        importer.prepare()
+        return importer
+
+    yield make
+    for engine in engines:
+        await engine.dispose()
 
 
 @pytest.fixture

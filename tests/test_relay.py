@@ -13,13 +13,11 @@ from arq.worker import Worker, create_worker
 
 from app.db import make_sessionmaker
 from app.outbox.models import ExportFile
-from exchange.signing import Keyring
-from importer.daemon import Importer
-from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.maintenance import prune_outbox
 from jobs.relay import OutboxRelay
 from jobs.worker import worker_settings
 from netsync.db import make_engine
+from tests.conftest import MakeImporter
 from tests.factories import admin_headers, create_user
 from tests.queries import fetch
 from tests.support import Sandbox, eventually, record_lines, running
@@ -148,7 +146,7 @@ async def test_a_backlog_of_large_settings_leaves_in_files_capped_by_bytes(
 
 
 async def test_files_lost_in_transit_are_resent_and_only_the_lost_ones_apply(
-    api: httpx.AsyncClient, sandbox: Sandbox
+    api: httpx.AsyncClient, sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
     settings = sandbox.response_settings()
     admin = await admin_headers(api, settings)
@@ -156,14 +154,7 @@ async def test_files_lost_in_transit_are_resent_and_only_the_lost_ones_apply(
     relay = OutboxRelay(
         make_sessionmaker(engine), sandbox.exports, sandbox.signer, recipients=sandbox.recipients
     )
-    request = sandbox.request_settings()
-    request_engine = make_engine(request.database_url, pool_size=2)
-    importer = Importer(
-        request,
-        request_sessionmaker(request_engine),
-        Keyring.from_sources(request.trusted_keys_path),
-    )
-    importer.prepare()
+    importer = make_importer()
     try:
         names: list[str] = []
         for i in range(4):  # one file each (no worker runs: the relay is run by hand)
@@ -194,7 +185,6 @@ async def test_files_lost_in_transit_are_resent_and_only_the_lost_ones_apply(
         assert synced[0]["n"] == users[0]["n"]
     finally:
         await engine.dispose()
-        await request_engine.dispose()
 
 
 async def test_published_outbox_rows_are_pruned_after_the_retention_in_short_batches(

@@ -4,37 +4,14 @@ and again with polling (NFS, Docker Desktop mounts), so neither can silently sto
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
-from exchange.signing import Keyring
-from importer.config import RequestSettings
 from importer.daemon import Importer
-from importer.db import make_sessionmaker
-from netsync.db import make_engine
-from tests.support import Sandbox
+from tests.conftest import MakeImporter
 
-MakeImporter = Callable[..., Importer]
-
-
-@pytest.fixture
-async def make_importer(sandbox: Sandbox) -> AsyncIterator[MakeImporter]:
-    """Importers on this sandbox (not running): settings overrides as keyword arguments."""
-    engines = []
-
-    def make(**overrides: object) -> Importer:
-        settings: RequestSettings = sandbox.request_settings(**overrides)
-        engine = make_engine(settings.database_url, pool_size=2)
-        engines.append(engine)
-        keyring = Keyring.from_sources(settings.trusted_keys_path)
-        importer = Importer(settings, make_sessionmaker(engine), keyring)
-        importer.prepare()
-        return importer
-
-    yield make
-    for engine in engines:
-        await engine.dispose()
+__all__ = ["MakeImporter"]
 
 
 @pytest.fixture(params=["events", "polling"])
