@@ -19,6 +19,7 @@ import httpx
 import pytest
 from arq.worker import Worker
 
+from exchange.sealing import Identities, Recipients
 from exchange.signing import Keyring, Signer
 from exchange.writer import publish_export
 from importer.daemon import Importer
@@ -98,6 +99,31 @@ def test_keys_generate_writes_a_private_key_only_its_owner_reads_and_a_trusted_p
     again = netsync(sandbox, "keys", "generate", "--private-key", str(private))
     assert again.returncode == 1
     assert Signer.from_pem(private.read_bytes()).key_id == signer.key_id
+
+
+def test_keys_generate_encryption_makes_a_pair_the_workers_seal_to_and_the_importer_opens(
+    sandbox: Sandbox,
+) -> None:
+    private_dir, public_dir = sandbox.root / "decryption", sandbox.root / "recipients"
+    result = netsync(
+        sandbox, "keys", "generate", "--encryption", "--private-dir", str(private_dir),
+        "--public-dir", str(public_dir), "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = as_json(result)
+    private = Path(written["private_key"])
+    assert private.name == f"{written['key_id']}.age.key"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert "AGE-SECRET-KEY-" not in result.stdout + result.stderr  # never printed
+    recipients = Recipients.from_sources(public_dir)
+    identities = Identities.from_directory(private_dir, strict=True)
+    assert recipients.key_ids == identities.key_ids == [written["key_id"]]
+    assert identities.unseal(recipients.seal(b"body"), recipients.key_ids) == b"body"
+    steps = netsync(sandbox, "keys", "rotate-encryption", "--private-dir", str(private_dir))
+    assert steps.returncode == 0, steps.stderr
+    assert "next to the old one" in steps.stdout
+    assert "Seal to both" in steps.stdout
+    assert len(list(private_dir.glob("*.age.key"))) == 2
 
 
 def test_keys_rotate_makes_a_new_key_and_says_to_trust_it_before_signing_with_it(
