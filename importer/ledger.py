@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select, tuple_
+from sqlalchemy import case, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import ExportHeader, FileName
 from importer.db import RequestSession
-from importer.models import ImportLedger
+from importer.models import ImportLedger, SyncStreamStats
 
 
 class Claimable(Protocol):
@@ -70,8 +70,38 @@ async def claim(
     stmt = insert(ImportLedger).on_conflict_do_nothing().returning(ImportLedger.seq)
     conn = await session.connection()
     claimed = set((await conn.execute(stmt, [_row(f, now) for f in files])).scalars().all())
+    if claimed:
+        await _count(session, [f for f in files if f.header.seq in claimed], now)
     others = [f for f in files if f.header.seq not in claimed]
     return claimed, await _conflicts(session, others)
+
+
+async def _count(session: RequestSession, files: Sequence[Claimable], now: datetime) -> None:
+    """Keep the stream's counters in the claiming transaction: the sync status reads them, never
+    the ledger (constant time however long the ledger grows)."""
+    last = max(files, key=lambda f: f.header.seq).header
+    stmt = insert(SyncStreamStats).values(
+        stream=last.stream,
+        files_applied=len(files),
+        last_seq=last.seq,
+        last_exported_at=last.created_at,
+        last_applied_at=now,
+    )
+    old = SyncStreamStats.__table__.c
+    newer = stmt.excluded.last_seq > old.last_seq
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[old.stream],
+            set_={
+                "files_applied": old.files_applied + stmt.excluded.files_applied,
+                "last_applied_at": stmt.excluded.last_applied_at,
+                "last_exported_at": case(
+                    (newer, stmt.excluded.last_exported_at), else_=old.last_exported_at
+                ),
+                "last_seq": func.greatest(old.last_seq, stmt.excluded.last_seq),
+            },
+        )
+    )
 
 
 async def _conflicts(session: RequestSession, files: Sequence[Claimable]) -> dict[int, str]:

@@ -75,6 +75,19 @@ class ImportLedger(RequestBase):
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class SyncStreamStats(RequestBase):
+    """Per stream: files applied, the last one and when; updated by the claim that applies them
+    (``importer.ledger.claim``), so the sync status never scans the ledger."""
+
+    __tablename__ = "sync_stream_stats"
+
+    stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    files_applied: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    last_exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class QuarantinedFile(RequestBase):
     """A file the importer refused (moved to the quarantine directory, with a sidecar), or a name
     that is not an export name (left where it is, recorded once per name: ``stored_as`` NULL)."""
@@ -167,6 +180,7 @@ __all__ = [
     "SnapshotMark",
     "SyncGap",
     "SyncStream",
+    "SyncStreamStats",
     "SyncedJobResult",
     "SyncedProfileType",
     "SyncedSetting",
