@@ -134,7 +134,8 @@ class Taken:
         return self._memory
 
     def body(self) -> BinaryIO:
-        """The signed body from its first byte (the private copy; never the exports entry)."""
+        """The signed body from its first byte (the private copy; never the exports entry). A
+        spooled copy goes on with the trailer: read ``size - len(trailer)`` bytes of it."""
         if self._memory is not None:
             return io.BytesIO(self._memory)
         assert self._spool is not None
@@ -142,18 +143,9 @@ class Taken:
         return self._spool
 
     def spool_fd(self) -> int | None:
-        """The descriptor of the spooled copy, made the whole file as it arrived (the signed
-        body, then its trailer), to link it into the archive or the quarantine; ``None`` if the
-        file was not spooled. Call it once parsing is over: the trailer is appended here."""
-        if self._spool is None:
-            return None
-        fd = self._spool.fileno()
-        body = self.size - len(self.trailer)
-        if os.fstat(fd).st_size == body:
-            view = memoryview(self.trailer)
-            while view:
-                view = view[os.pwrite(fd, view, body + len(self.trailer) - len(view)) :]
-        return fd
+        """The descriptor of the spooled copy (the whole file as it arrived, trailer included),
+        to link it into the archive or the quarantine; ``None`` if the file was not spooled."""
+        return self._spool.fileno() if self._spool is not None else None
 
     def keep_open(self, companion: Closeable) -> None:
         """Close ``companion`` with this file."""
@@ -303,6 +295,7 @@ def take(
             again = _hash_and_copy(fd, copy, st.st_size)
             if again != (digest, trailer, total):
                 raise RejectedFile(RejectReason.BAD_SIGNATURE, "the file changed while it was read")
+            copy.write(trailer)  # the spool is the whole file: the archive links it as it is
     except RejectedFile as rejected:
         if copy is not None:
             copy.discard()

@@ -18,6 +18,7 @@ A genuine file can still be malformed (a bug on the writing side): every refusal
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -44,7 +45,8 @@ from exchange.intake import (
     Taken,
     take,
 )
-from exchange.sealing import Identities, SealError, UnsealingStream
+from exchange.seal_streams import StreamFailed, UnsealingStream
+from exchange.sealing import Identities, SealError, decrypt_error
 from exchange.signing import Keyring
 from exchange.window import Window
 
@@ -96,6 +98,15 @@ class Plain:
         return Window(self.file, self.length)
 
 
+def _refusal(exc: SealError) -> RejectedFile:
+    return RejectedFile(RejectReason(exc.reason.value), exc.detail)
+
+
+def _schema_error(what: str, exc: ValidationError) -> RejectedFile:
+    """A refusal naming the first thing pydantic found wrong (never the input itself)."""
+    return RejectedFile(RejectReason.INVALID_SCHEMA, f"{what}: {exc.errors()[0]['msg']}")
+
+
 class _Opening:
     """An ``UnsealingStream`` whose failure (at its end) is a refusal of the file."""
 
@@ -103,16 +114,17 @@ class _Opening:
         self._stream = stream
 
     def read(self, size: int | None = -1) -> bytes:
-        try:
-            return self._stream.read(size)
-        except SealError as exc:
-            raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
+        return self._guarded(self._stream.read, size)
 
     def readline(self, size: int | None = -1) -> bytes:
+        return self._guarded(self._stream.readline, size)
+
+    @staticmethod
+    def _guarded(read: Callable[[int | None], bytes], size: int | None) -> bytes:
         try:
-            return self._stream.readline(size)
-        except SealError as exc:
-            raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
+            return read(size)
+        except StreamFailed as exc:
+            raise _refusal(decrypt_error(exc)) from exc
 
 
 def _first_line(raw: bytes, what: str) -> dict[str, object]:
@@ -149,9 +161,7 @@ def open_body(taken: Taken, opener: Opener) -> Plain:
     try:
         envelope = Envelope.model_validate(raw)
     except ValidationError as exc:
-        raise RejectedFile(
-            RejectReason.INVALID_SCHEMA, f"envelope: {exc.errors()[0]['msg']}"
-        ) from exc
+        raise _schema_error("envelope", exc) from exc
     if (envelope.stream, envelope.seq) != (taken.name.stream, taken.name.seq):
         raise RejectedFile(
             RejectReason.NAME_MISMATCH,
@@ -172,7 +182,7 @@ def open_body(taken: Taken, opener: Opener) -> Plain:
         taken.keep_open(stream)
         return Plain(version, stream=stream)
     except SealError as exc:
-        raise RejectedFile(RejectReason(exc.reason.value), exc.detail) from exc
+        raise _refusal(exc) from exc
 
 
 def parse_header(line: bytes, name: FileName, version: int = FORMAT_VERSION) -> ExportHeader:
@@ -185,9 +195,7 @@ def parse_header(line: bytes, name: FileName, version: int = FORMAT_VERSION) -> 
     try:
         header = ExportHeader.model_validate(raw)
     except ValidationError as exc:
-        raise RejectedFile(
-            RejectReason.INVALID_SCHEMA, f"header: {exc.errors()[0]['msg']}"
-        ) from exc
+        raise _schema_error("header", exc) from exc
     if (header.stream, header.seq) != (name.stream, name.seq):
         raise RejectedFile(
             RejectReason.NAME_MISMATCH,

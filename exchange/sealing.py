@@ -20,14 +20,10 @@ the signature held, into memory or the importer's own spool.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import stat
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +33,8 @@ from typing import Any, BinaryIO
 
 import pyrage
 from pyrage import x25519
+
+from exchange.seal_streams import SealingStream, UnsealingStream
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ def key_id_of(recipient: str) -> str:
     return hashlib.sha256(recipient.strip().encode()).hexdigest()[:16]
 
 
-def _decrypt_error(exc: Exception) -> SealError:
+def decrypt_error(exc: Exception) -> SealError:
     """Name what ``rage`` refused. Its messages are the only distinction it offers: "No matching
     keys found", "age file is truncated", else a chunk or header that did not authenticate."""
     message = str(exc)
@@ -148,6 +146,24 @@ def read_key_file(path: Path, *, private: bool) -> bytes:
     return data
 
 
+def _parse_recipients(recipients: Iterable[str]) -> dict[str, Any]:
+    """``age1…`` strings by their canonical form (bech32 is case-insensitive: the key id is
+    taken of the form the importer computes); ``KeyFileError`` for one that is not a recipient
+    (the input is never echoed: it may be a private key put in the wrong place)."""
+    canonical: dict[str, Any] = {}
+    for item in (r.strip() for r in recipients):
+        if not item:
+            continue
+        if item.upper().startswith("AGE-SECRET-KEY-"):
+            raise KeyFileError("a private key where a recipient (age1…) belongs: remove it")
+        try:
+            parsed = x25519.Recipient.from_str(item)
+        except Exception as exc:  # pyrage.RecipientError, ValueError
+            raise KeyFileError("not an age X25519 recipient (age1…)") from exc
+        canonical[str(parsed)] = parsed
+    return canonical
+
+
 @dataclass(frozen=True)
 class Recipients:
     """The public keys every export file is sealed to (the Response side's view)."""
@@ -157,20 +173,12 @@ class Recipients:
 
     @classmethod
     def of(cls, recipients: Iterable[str]) -> Recipients:
-        """Parse ``age1…`` strings into their canonical form (bech32 is case-insensitive: the
-        key id is taken of the form the importer computes), duplicates dropped; ``KeyFileError``
-        for one that is not a recipient (the input is never echoed: it may be a private key)."""
-        canonical: dict[str, Any] = {}
-        for item in (r.strip() for r in recipients):
-            if not item:
-                continue
-            if item.upper().startswith("AGE-SECRET-KEY-"):
-                raise KeyFileError("a private key where a recipient (age1…) belongs: remove it")
-            try:
-                parsed = x25519.Recipient.from_str(item)
-            except Exception as exc:  # pyrage.RecipientError, ValueError
-                raise KeyFileError("not an age X25519 recipient (age1…)") from exc
-            canonical[str(parsed)] = parsed
+        """Parse ``age1…`` strings (``_parse_recipients``), duplicates dropped, at most
+        ``MAX_RECIPIENTS``."""
+        return cls._of_parsed(_parse_recipients(recipients))
+
+    @classmethod
+    def _of_parsed(cls, canonical: dict[str, Any]) -> Recipients:
         if len(canonical) > MAX_RECIPIENTS:
             raise KeyFileError(f"{len(canonical)} recipients: at most {MAX_RECIPIENTS}")
         keys = sorted(canonical)
@@ -180,17 +188,14 @@ class Recipients:
     def from_sources(cls, directory: Path | None, inline: Iterable[str] = ()) -> Recipients:
         """Every ``*.age.pub`` of ``directory`` plus inline recipients. A file that does not
         load is logged and skipped (the others still seal), like the trusted keys."""
-        found = [item for item in inline if item.strip()]
+        found = _parse_recipients(inline)
         if directory is not None and directory.is_dir():
             for path in sorted(directory.glob(f"*{RECIPIENT_SUFFIX}")):
                 try:
-                    lines = _key_lines(read_key_file(path, private=False))
-                    cls.of(lines)
+                    found.update(_parse_recipients(_key_lines(read_key_file(path, private=False))))
                 except KeyFileError as exc:
                     log.error("ignoring a recipient file", extra={"error": str(exc)[:300]})
-                    continue
-                found.extend(lines)
-        return cls.of(found)
+        return cls._of_parsed(found)
 
     @property
     def key_ids(self) -> list[str]:
@@ -206,178 +211,6 @@ class Recipients:
     def stream(self, sink: Callable[[bytes], None]) -> SealingStream:
         """Encrypt a body written piecewise; ciphertext goes to ``sink`` as it is made."""
         return SealingStream(self.keys, sink)
-
-
-#: The child that encrypts a stream: plaintext on stdin, ciphertext on stdout, recipients (public
-#: keys, nothing secret) as arguments. It needs pyrage and nothing of netsync.
-_CHILD = (
-    "import sys, pyrage\n"
-    "from pyrage import x25519\n"
-    "keys = [x25519.Recipient.from_str(r) for r in sys.argv[1:]]\n"
-    "pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, keys)\n"
-    "sys.stdout.buffer.flush()\n"
-)
-_PIPE_BLOCK = 1 << 20
-
-
-class SealingStream:
-    """A streaming age encryption in a child process, on the other core.
-
-    ``write`` hands plaintext to the child (blocking while its pipe is full, so memory stays
-    bounded); a thread hands the child's ciphertext to ``sink``. ``close`` ends the stream and
-    raises if anything failed on the way; ``abort`` kills the child.
-    """
-
-    def __init__(self, recipients: Iterable[str], sink: Callable[[bytes], None]) -> None:
-        self._sink = sink
-        self._error: BaseException | None = None
-        self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, our code, public keys
-            [sys.executable, "-I", "-c", _CHILD, *recipients],  # -I: no cwd, no PYTHONPATH
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-        )
-        self._thread = threading.Thread(target=self._drain, name="seal-drain", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        out = self._proc.stdout
-        assert out is not None
-        try:
-            while chunk := out.read(_PIPE_BLOCK):
-                self._sink(chunk)
-        except BaseException as exc:  # a full disk: stop the child, tell the writer
-            self._error = exc
-            self._proc.kill()
-
-    def _failed(self) -> BaseException:
-        if self._error is not None:
-            return self._error
-        stderr = self._proc.stderr.read()[-400:] if self._proc.stderr else b""
-        return OSError(f"the sealing process failed: {stderr.decode(errors='replace').strip()}")
-
-    def write(self, data: bytes) -> None:
-        stdin = self._proc.stdin
-        assert stdin is not None
-        try:
-            stdin.write(data)
-        except (BrokenPipeError, ValueError) as exc:
-            if self._proc.poll() is None:
-                self._proc.kill()
-            self._proc.wait()
-            self._thread.join()
-            failure = self._failed()  # the child's stderr, read before the pipes close
-            self._close_pipes()
-            raise failure from exc
-
-    def close(self) -> None:
-        stdin = self._proc.stdin
-        assert stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            stdin.close()
-        self._thread.join()
-        code = self._proc.wait()
-        if self._error is not None or code != 0:
-            failure = self._failed()
-            self._close_pipes()
-            raise failure
-        self._close_pipes()
-
-    def abort(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join()
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
-
-
-#: The child that decrypts a large body: the private keys on stdin (never in argv or the
-#: environment), the ciphertext read with ``pread`` from an inherited descriptor (the importer's
-#: private, verified copy), the plaintext on stdout. Errors: rage's message on stderr, exit 3.
-_UNSEAL_CHILD = (
-    "import os, sys, pyrage\n"
-    "from pyrage import x25519\n"
-    "keys = [x25519.Identity.from_str(s) for s in sys.stdin.read().split()]\n"
-    "fd, offset, length = (int(a) for a in sys.argv[1:4])\n"
-    "class Source:\n"
-    "    def __init__(self):\n"
-    "        self.at, self.end = offset, offset + length\n"
-    "    def read(self, size=-1):\n"
-    "        want = self.end - self.at if size is None or size < 0 else size\n"
-    "        data = os.pread(fd, max(0, min(want, self.end - self.at)), self.at)\n"
-    "        self.at += len(data)\n"
-    "        return data\n"
-    "try:\n"
-    "    pyrage.decrypt_io(Source(), sys.stdout.buffer, keys)\n"
-    "    sys.stdout.buffer.flush()\n"
-    "except pyrage.DecryptError as exc:\n"
-    "    sys.stderr.write(str(exc)[:400])\n"
-    "    sys.exit(3)\n"
-)
-
-
-class UnsealingStream:
-    """A large body decrypted by a child process on the other core while this process parses
-    and copies what it already gave. ``rage`` authenticates each 64 KiB chunk before it hands it
-    out; a body cut short or altered is found when the stream ends (``read`` or ``readline``
-    returning nothing raises ``SealError``), before whoever reads it commits anything."""
-
-    def __init__(self, fd: int, offset: int, length: int, identities: list[Any]) -> None:
-        self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, our code; no secret in argv
-            [sys.executable, "-I", "-c", _UNSEAL_CHILD, str(fd), str(offset), str(length)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(fd,),
-        )
-        assert self._proc.stdin is not None
-        assert self._proc.stdout is not None
-        self._out = self._proc.stdout
-        try:
-            self._proc.stdin.write("\n".join(str(i) for i in identities).encode())
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass  # the child died at once: its exit status says why, at the end
-        self._done = False
-
-    def _finish(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        code = self._proc.wait()
-        if code != 0:
-            assert self._proc.stderr is not None
-            message = self._proc.stderr.read(400).decode(errors="replace")
-            raise _decrypt_error(Exception(message or f"the unsealing process exited {code}"))
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = self._out.read(-1 if size is None else size)
-        if not data:
-            self._finish()
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        data = self._out.readline(-1 if size is None else size)
-        if not data:
-            self._finish()
-        return data
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait()
-        for pipe in (self._proc.stdout, self._proc.stderr):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
 
 
 @dataclass(frozen=True)
@@ -435,24 +268,28 @@ class Identities:
         self.check_recipients(key_ids)
         return [self.by_key_id[k] for k in key_ids if k in self.by_key_id]
 
-    def unseal(self, ciphertext: bytes, key_ids: Iterable[str]) -> bytes:
+    def _for_header(self, key_ids: Iterable[str], head: bytes) -> list[Any]:
+        """The identities to open a body sealed to ``key_ids`` with, once its age header (the
+        first bytes, ``head``) is within what netsync writes."""
         wanted = list(key_ids)
         identities = self._for(wanted)
-        check_header(ciphertext[:MAX_AGE_HEADER_BYTES], len(wanted))
+        check_header(head, len(wanted))
+        return identities
+
+    def unseal(self, ciphertext: bytes, key_ids: Iterable[str]) -> bytes:
+        identities = self._for_header(key_ids, ciphertext[:MAX_AGE_HEADER_BYTES])
         try:
             return bytes(pyrage.decrypt(ciphertext, identities))
         except pyrage.DecryptError as exc:
-            raise _decrypt_error(exc) from exc
+            raise decrypt_error(exc) from exc
 
     def unseal_streaming(
         self, source: BinaryIO, length: int, key_ids: Iterable[str]
     ) -> UnsealingStream:
         """Decrypt ``length`` bytes of ``source`` (a real file, from where it stands) in a
         child process, handing the plaintext out as it comes."""
-        wanted = list(key_ids)
-        identities = self._for(wanted)
         start = source.tell()
-        check_header(source.read(min(length, MAX_AGE_HEADER_BYTES)), len(wanted))
+        identities = self._for_header(key_ids, source.read(min(length, MAX_AGE_HEADER_BYTES)))
         source.seek(start)
         return UnsealingStream(source.fileno(), start, length, identities)
 

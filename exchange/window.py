@@ -7,6 +7,7 @@ window that ends where the body ends, so that nothing past it can be mistaken fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import BinaryIO
 
 
@@ -18,17 +19,15 @@ class Window:
         self._left = max(0, length)
 
     def read(self, size: int | None = -1) -> bytes:
-        want = self._left if size is None or size < 0 else min(size, self._left)
-        if want <= 0:
-            return b""
-        data = self._fh.read(want)
-        self._left -= len(data)
-        return data
+        return self._take(self._fh.read, size)
 
     def readline(self, size: int | None = -1) -> bytes:
+        return self._take(self._fh.readline, size)
+
+    def _take(self, read: Callable[[int], bytes], size: int | None) -> bytes:
         want = self._left if size is None or size < 0 else min(size, self._left)
         if want <= 0:
             return b""
-        data = self._fh.readline(want)
+        data = read(want)
         self._left -= len(data)
         return data

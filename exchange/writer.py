@@ -43,7 +43,8 @@ from exchange.format import (
     STAGING_DIRNAME,
     file_name,
 )
-from exchange.sealing import SEAL_ALG, Recipients, SealingStream
+from exchange.seal_streams import SealingStream
+from exchange.sealing import SEAL_ALG, Recipients
 from exchange.signing import SIGNATURE_ALG, Signer
 
 #: Mode of every export and staging file: the owner writes, a transfer agent's group reads.

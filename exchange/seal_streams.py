@@ -1,0 +1,193 @@
+"""The two child processes of sealing: encryption and decryption of large bodies off this
+process's GIL (``pyrage`` holds it while it works), on the other core.
+
+Both children are ``python -I -c`` (no current directory, no ``PYTHONPATH``) running a few lines
+of ``pyrage`` and nothing of netsync. Nothing secret is ever in argv or the environment: the
+sealing child gets public keys as arguments; the unsealing child gets the private keys on stdin
+and reads the ciphertext with ``pread`` from a descriptor it inherits (the importer's private,
+verified copy). ``exchange.sealing`` decides what a failure means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+
+class StreamFailed(Exception):
+    """The unsealing child refused the body; the message is rage's."""
+
+
+#: The child that encrypts a stream: plaintext on stdin, ciphertext on stdout, recipients (public
+#: keys, nothing secret) as arguments. It needs pyrage and nothing of netsync.
+_CHILD = (
+    "import sys, pyrage\n"
+    "from pyrage import x25519\n"
+    "keys = [x25519.Recipient.from_str(r) for r in sys.argv[1:]]\n"
+    "pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, keys)\n"
+    "sys.stdout.buffer.flush()\n"
+)
+_PIPE_BLOCK = 1 << 20
+
+
+class SealingStream:
+    """A streaming age encryption in a child process, on the other core.
+
+    ``write`` hands plaintext to the child (blocking while its pipe is full, so memory stays
+    bounded); a thread hands the child's ciphertext to ``sink``. ``close`` ends the stream and
+    raises if anything failed on the way; ``abort`` kills the child.
+    """
+
+    def __init__(self, recipients: Iterable[str], sink: Callable[[bytes], None]) -> None:
+        self._sink = sink
+        self._error: BaseException | None = None
+        self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, our code, public keys
+            [sys.executable, "-I", "-c", _CHILD, *recipients],  # -I: no cwd, no PYTHONPATH
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+        )
+        self._thread = threading.Thread(target=self._drain, name="seal-drain", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        out = self._proc.stdout
+        assert out is not None
+        try:
+            while chunk := out.read(_PIPE_BLOCK):
+                self._sink(chunk)
+        except BaseException as exc:  # a full disk: stop the child, tell the writer
+            self._error = exc
+            self._proc.kill()
+
+    def _failed(self) -> BaseException:
+        if self._error is not None:
+            return self._error
+        stderr = self._proc.stderr.read()[-400:] if self._proc.stderr else b""
+        return OSError(f"the sealing process failed: {stderr.decode(errors='replace').strip()}")
+
+    def write(self, data: bytes) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(data)
+        except (BrokenPipeError, ValueError) as exc:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._thread.join()
+            failure = self._failed()  # the child's stderr, read before the pipes close
+            self._close_pipes()
+            raise failure from exc
+
+    def close(self) -> None:
+        stdin = self._proc.stdin
+        assert stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            stdin.close()
+        self._thread.join()
+        code = self._proc.wait()
+        if self._error is not None or code != 0:
+            failure = self._failed()
+            self._close_pipes()
+            raise failure
+        self._close_pipes()
+
+    def abort(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+
+#: The child that decrypts a large body: the private keys on stdin (never in argv or the
+#: environment), the ciphertext read with ``pread`` from an inherited descriptor (the importer's
+#: private, verified copy), the plaintext on stdout. Errors: rage's message on stderr, exit 3.
+_UNSEAL_CHILD = (
+    "import os, sys, pyrage\n"
+    "from pyrage import x25519\n"
+    "keys = [x25519.Identity.from_str(s) for s in sys.stdin.read().split()]\n"
+    "fd, offset, length = (int(a) for a in sys.argv[1:4])\n"
+    "class Source:\n"
+    "    def __init__(self):\n"
+    "        self.at, self.end = offset, offset + length\n"
+    "    def read(self, size=-1):\n"
+    "        want = self.end - self.at if size is None or size < 0 else size\n"
+    "        data = os.pread(fd, max(0, min(want, self.end - self.at)), self.at)\n"
+    "        self.at += len(data)\n"
+    "        return data\n"
+    "try:\n"
+    "    pyrage.decrypt_io(Source(), sys.stdout.buffer, keys)\n"
+    "    sys.stdout.buffer.flush()\n"
+    "except pyrage.DecryptError as exc:\n"
+    "    sys.stderr.write(str(exc)[:400])\n"
+    "    sys.exit(3)\n"
+)
+
+
+class UnsealingStream:
+    """A large body decrypted by a child process on the other core while this process parses
+    and copies what it already gave. ``rage`` authenticates each 64 KiB chunk before it hands it
+    out; a body cut short or altered is found when the stream ends (``read`` or ``readline``
+    returning nothing raises ``SealError``), before whoever reads it commits anything."""
+
+    def __init__(self, fd: int, offset: int, length: int, identities: list[Any]) -> None:
+        self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, our code; no secret in argv
+            [sys.executable, "-I", "-c", _UNSEAL_CHILD, str(fd), str(offset), str(length)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(fd,),
+        )
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        self._out = self._proc.stdout
+        try:
+            self._proc.stdin.write("\n".join(str(i) for i in identities).encode())
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died at once: its exit status says why, at the end
+        self._done = False
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        code = self._proc.wait()
+        if code != 0:
+            assert self._proc.stderr is not None
+            message = self._proc.stderr.read(400).decode(errors="replace")
+            raise StreamFailed(message or f"the unsealing process exited {code}")
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._ended_if_empty(self._out.read(-1 if size is None else size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._ended_if_empty(self._out.readline(-1 if size is None else size))
+
+    def _ended_if_empty(self, data: bytes) -> bytes:
+        if not data:
+            self._finish()
+        return data
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for pipe in (self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
