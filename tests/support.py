@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
-import orjson
 from arq.worker import Worker
 
 from app.config import ResponseSettings
@@ -238,20 +237,6 @@ def provision_services(admin_url: str | None, redis_url: str | None) -> Iterator
         for server in reversed(stoppers):
             server.stop()
         shutil.rmtree(short, ignore_errors=True)
-
-
-def body_lines(data: bytes, identities: Identities = TEST_IDENTITIES) -> list[bytes]:
-    """The clear body lines (header, records) of a sealed export file's bytes: what only a
-    holder of the private key can read."""
-    envelope, rest = data.split(b"\n", 1)
-    recipients = orjson.loads(envelope)["sealed"]["recipients"]
-    ciphertext = rest[: rest.rstrip(b"\n").rfind(b"\n")]  # up to the trailer's line
-    return identities.unseal(ciphertext, recipients).splitlines()
-
-
-def record_lines(data: bytes, identities: Identities = TEST_IDENTITIES) -> list[bytes]:
-    """The clear record lines of a sealed export file's bytes."""
-    return body_lines(data, identities)[1:]
 
 
 def make_sandbox(root: Path, services: Services) -> Sandbox:

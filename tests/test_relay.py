@@ -19,8 +19,9 @@ from jobs.worker import worker_settings
 from netsync.db import make_engine
 from tests.conftest import MakeImporter
 from tests.factories import admin_headers, create_user
+from tests.importer.files import record_lines
 from tests.queries import fetch
-from tests.support import Sandbox, eventually, record_lines, running
+from tests.support import Sandbox, eventually, running
 from tests.test_cli import netsync
 
 

@@ -29,6 +29,7 @@ from netsync.config import to_libpq_url
 from netsync.embedded import EmbeddedRedis
 from tests.chaos.disk import fill
 from tests.chaos.plan import Plan, Report
+from tests.importer.files import record_lines
 from tests.support import (
     Process,
     Sandbox,
@@ -36,7 +37,6 @@ from tests.support import (
     database_refusing,
     free_port,
     importer,
-    record_lines,
     request_api,
     response_api,
     wait_http,

@@ -13,11 +13,11 @@ import asyncpg
 import orjson
 
 from exchange.format import FORMAT_VERSION
-from exchange.sealing import SEAL_ALG, Recipients
+from exchange.sealing import SEAL_ALG, Identities, Recipients
 from exchange.signing import SIGNATURE_ALG, Signer
 from exchange.writer import ExportFileWriter, PublishedFile, publish_export
 from tests.queries import fetch
-from tests.support import TEST_RECIPIENTS, Sandbox
+from tests.support import TEST_IDENTITIES, TEST_RECIPIENTS, Sandbox
 
 ARGON = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$djEtaGFzaC1oYXNoLWhhc2g"
 
@@ -153,6 +153,20 @@ def sealed(
         "sealed": {"alg": SEAL_ALG, "recipients": recipients.key_ids},
     }
     return orjson.dumps(envelope) + b"\n" + recipients.seal(body) + b"\n"
+
+
+def body_lines(data: bytes, identities: Identities = TEST_IDENTITIES) -> list[bytes]:
+    """The clear body lines (header, records) of a sealed export file's bytes: what only a
+    holder of the private key can read."""
+    envelope, rest = data.split(b"\n", 1)
+    recipients = orjson.loads(envelope)["sealed"]["recipients"]
+    ciphertext = rest[: rest.rstrip(b"\n").rfind(b"\n")]  # up to the trailer's line
+    return identities.unseal(ciphertext, recipients).splitlines()
+
+
+def record_lines(data: bytes, identities: Identities = TEST_IDENTITIES) -> list[bytes]:
+    """The clear record lines of a sealed export file's bytes."""
+    return body_lines(data, identities)[1:]
 
 
 def genuine(signer: Signer, body: bytes, seq: int, stream: str = "changes") -> bytes:

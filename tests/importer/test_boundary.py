@@ -28,6 +28,7 @@ from importer.config import RequestSettings
 from importer.failures import LocalFault
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import (
+    body_lines,
     count,
     header,
     publish,
@@ -38,7 +39,7 @@ from tests.importer.files import (
     user_record,
     user_version,
 )
-from tests.support import Sandbox, body_lines, database_refusing
+from tests.support import Sandbox, database_refusing
 
 
 def forged_trailer(signer: Signer) -> bytes:

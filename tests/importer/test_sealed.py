@@ -5,8 +5,8 @@ The attacker's view first: whoever reads the exports directory (or the medium it
 the archive or the quarantine sees ciphertext only. Then a faulty or hostile producer that holds
 the signing key: a body sealed to the wrong key, a re-encrypted body under an old signature, a
 ciphertext cut short, two chunks swapped. Then the operator's view: the ``age`` CLI opens a body
-for forensics, a key rotation with files in flight loses nothing (a real importer process), a
-production importer refuses plaintext and refuses a private key others can read.
+for forensics, and a production importer refuses plaintext. The keys themselves (rotation,
+permissions, reloads) are ``test_sealing_keys.py``'s.
 """
 
 from __future__ import annotations
@@ -14,23 +14,17 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
 
 from exchange.format import FileName
 from exchange.sealing import (
-    Identities,
-    KeyFileError,
     Recipients,
     SealError,
     SealReason,
     generate_identity,
-    key_id_of,
-    write_identity,
 )
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import (
@@ -39,6 +33,7 @@ from tests.importer.files import (
     publish,
     publish_settings_snapshot,
     quarantined,
+    record_lines,
     sealed,
     setting_record,
     signed,
@@ -47,13 +42,8 @@ from tests.importer.files import (
 )
 from tests.support import (
     TEST_IDENTITIES,
-    TEST_RECIPIENT,
     TEST_RECIPIENTS,
-    Process,
     Sandbox,
-    eventually,
-    importer,
-    record_lines,
 )
 
 HASH = "$argon2id$v=19$m=65536,t=3,p=1$c2VjcmV0c2FsdA$Q0xFQVJURVhUSEFTSA"
@@ -242,78 +232,6 @@ async def test_a_production_importer_refuses_plaintext_unless_told_to_accept_it(
     assert await user_version(sandbox, uid) == 3
 
 
-def _run_importer_once(sandbox: Sandbox) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "importer", "--once"],
-        env=sandbox.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_the_importer_refuses_to_start_with_a_private_key_others_can_read(
-    sandbox: Sandbox,
-) -> None:
-    key = next(sandbox.decryption_dir.glob("*.age.key"))
-    key.chmod(0o644)
-    refused = _run_importer_once(sandbox)
-    assert refused.returncode == 2, refused.stderr
-    assert "refusing to start" in refused.stderr
-    assert key.name in refused.stderr
-    key.chmod(0o640)  # group-readable for a key-holding group is allowed
-    started = _run_importer_once(sandbox)
-    assert started.returncode == 0, started.stderr
-
-
-@pytest.mark.slow
-async def test_rotating_the_request_key_with_files_in_flight_loses_nothing(
-    sandbox: Sandbox,
-) -> None:
-    users = [uuid.uuid4() for _ in range(5)]
-    new_identity, new_recipient = generate_identity()
-    old_only = Recipients.of([TEST_RECIPIENT])
-    both = Recipients.of([TEST_RECIPIENT, new_recipient])
-    new_only = Recipients.of([new_recipient])
-    old_key = next(sandbox.decryption_dir.glob("*.age.key"))
-
-    # in flight before the rotation starts: sealed to the old key only
-    publish(sandbox.exports, sandbox.signer, 1, user_record(users[0], 1), recipients=old_only)
-    # 1. the importers get the new private key, next to the old one
-    write_identity(sandbox.decryption_dir, new_identity, new_recipient)
-    # 2. the workers seal to both
-    publish(sandbox.exports, sandbox.signer, 2, user_record(users[1], 1), recipients=both)
-    proc: Process = importer(sandbox).start()
-    try:
-        await eventually(lambda: not list(sandbox.exports.glob("*.jsonl")), timeout=20)
-        # 3. the workers seal to the new key only
-        publish(sandbox.exports, sandbox.signer, 3, user_record(users[2], 1), recipients=new_only)
-        await eventually(lambda: not list(sandbox.exports.glob("*.jsonl")), timeout=20)
-        # 4. no old-only file is left: the old private key goes (the daemon notices by itself)
-        old_key.unlink()
-        publish(sandbox.exports, sandbox.signer, 4, user_record(users[3], 1), recipients=new_only)
-        await eventually(lambda: not list(sandbox.exports.glob("*.jsonl")), timeout=20)
-        # a straggler sealed to the old key only, after the old key is gone: refused, named
-        late = publish(
-            sandbox.exports, sandbox.signer, 5, user_record(users[4], 1), recipients=old_only
-        )
-
-        async def refused() -> bool:
-            return (await quarantined(sandbox)).get(late.name) == "unknown_recipient"
-
-        await eventually(refused, timeout=20)
-    finally:
-        proc.stop()
-    for uid in users[:4]:
-        assert await user_version(sandbox, uid) == 1
-    assert await user_version(sandbox, users[4]) is None
-    log = proc.output()
-    assert "decryption keys reloaded" in log
-    assert key_id_of(TEST_RECIPIENT) in log  # the key the straggler needs is named
-    assert Identities.of([new_identity]).key_ids[0] in log
-
-
 def test_an_age_header_of_many_stanzas_is_refused_before_it_is_parsed() -> None:
     """Only a holder of the signing key gets a file this far, but a buggy producer must not make
     the importer spend minutes trying a million recipient stanzas."""
@@ -342,42 +260,6 @@ async def test_a_large_file_is_archived_whole_and_opens_with_the_age_pipeline(
     # the archive keeps the file as it arrived, trailer included: it verifies and opens again
     assert (importer.archive_dir / published.name).read_bytes() == sent
     assert len(record_lines(sent)) == rows
-
-
-def test_a_key_fixed_with_chmod_is_picked_up_and_an_emptied_directory_keeps_the_keys(
-    tmp_path: Path,
-) -> None:
-    from importer.keys import TrustedKeys
-
-    keys = tmp_path / "decryption"
-    identity, recipient = generate_identity()
-    first = write_identity(keys, identity, recipient)
-    trusted = TrustedKeys(None, [], identities_dir=keys)
-    assert trusted.identities.key_ids == [key_id_of(recipient)]
-
-    second_identity, second = generate_identity()
-    added = write_identity(keys, second_identity, second)
-    added.chmod(0o644)  # copied in too open: skipped, with a log line
-    trusted.refresh()
-    assert key_id_of(second) not in trusted.identities.key_ids
-    added.chmod(0o600)  # fixed: only the mode changed, and that is seen
-    assert trusted.refresh()
-    assert set(trusted.identities.key_ids) == {key_id_of(recipient), key_id_of(second)}
-
-    for path in (first, added):  # a remount that shows an empty directory for a moment
-        path.rename(tmp_path / path.name)
-    trusted.refresh()
-    assert set(trusted.identities.key_ids) == {key_id_of(recipient), key_id_of(second)}
-
-
-def test_recipients_are_taken_in_canonical_form_and_a_private_key_is_never_echoed() -> None:
-    identity, recipient = generate_identity()
-    upper = Recipients.of([recipient.upper()])  # bech32 is case-insensitive
-    assert upper.key_ids == Identities.of([identity]).key_ids
-    with pytest.raises(KeyFileError) as refused:
-        Recipients.of([identity])
-    assert identity[15:] not in str(refused.value)
-    assert "private key" in str(refused.value)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "swap"])
