@@ -125,7 +125,7 @@ class Taken:
     inode: tuple[int, int]
     _memory: bytes | None = None
     _spool: BinaryIO | None = None
-    #: Files that live as long as this one: the unsealed body's spool (``exchange.reader``).
+    #: What lives as long as this copy: the unsealing child of a large body (``exchange.reader``).
     _companions: list[Closeable] = field(default_factory=list)
 
     @property

@@ -68,12 +68,11 @@ _READ_BUFFER = 1 << 20
 
 @dataclass(frozen=True)
 class Opener:
-    """What opening a verified body takes: the importer's private keys, whether it accepts
-    version 1 (unsealed) files, and where a large body is unsealed to."""
+    """What opening a verified body takes: the importer's private keys, and whether it accepts
+    version 1 (unsealed) files."""
 
     identities: Identities = field(default_factory=Identities)
     accept_plaintext: bool = False
-    spool_dir: Path | None = None
 
 
 @dataclass

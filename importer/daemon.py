@@ -430,7 +430,7 @@ class Importer:
         raise AssertionError("unreachable")
 
     def _opener(self) -> Opener:
-        return Opener(self.keys.identities, self.settings.accepts_plaintext, self.files.spool_dir)
+        return Opener(self.keys.identities, self.settings.accepts_plaintext)
 
     def _opened(self, parse: Callable[[Taken, Opener], _T], taken: Taken) -> _T:
         """Unseal and parse a verified file (in a worker thread). A body sealed to a key this
