@@ -45,7 +45,7 @@ from exchange.intake import (
     Taken,
     take,
 )
-from exchange.seal_streams import StreamFailed, UnsealingStream
+from exchange.seal_streams import ChildLost, StreamFailed, UnsealingStream
 from exchange.sealing import Identities, SealError, decrypt_error
 from exchange.signing import Keyring
 from exchange.window import Window
@@ -124,6 +124,8 @@ class _Opening:
             return read(size)
         except StreamFailed as exc:
             raise _refusal(decrypt_error(exc)) from exc
+        except ChildLost as exc:  # killed, out of memory: the file stays for the next pass
+            raise SpoolError(str(exc)) from exc
 
 
 def _first_line(raw: bytes, what: str) -> dict[str, object]:

@@ -22,6 +22,10 @@ class StreamFailed(Exception):
     """The unsealing child refused the body; the message is rage's."""
 
 
+class ChildLost(OSError):
+    """The unsealing child failed for a reason that is not the body's: no verdict on the file."""
+
+
 #: The child that encrypts a stream: plaintext on stdin, ciphertext on stdout, recipients (public
 #: keys, nothing secret) as arguments. It needs pyrage and nothing of netsync.
 _CHILD = (
@@ -51,6 +55,7 @@ class SealingStream:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             close_fds=True,
+            start_new_session=True,  # a Ctrl-C is the worker's to handle, not the child's
         )
         self._thread = threading.Thread(target=self._drain, name="seal-drain", daemon=True)
         self._thread.start()
@@ -126,23 +131,33 @@ _UNSEAL_CHILD = (
     "        self.at, self.end = offset, offset + length\n"
     "    def read(self, size=-1):\n"
     "        want = self.end - self.at if size is None or size < 0 else size\n"
-    "        data = os.pread(fd, max(0, min(want, self.end - self.at)), self.at)\n"
+    "        try:\n"
+    "            data = os.pread(fd, max(0, min(want, self.end - self.at)), self.at)\n"
+    "        except OSError as exc:\n"
+    "            sys.stderr.write('reading the spool: ' + str(exc)[:300])\n"
+    "            os._exit(4)\n"
     "        self.at += len(data)\n"
     "        return data\n"
     "try:\n"
     "    pyrage.decrypt_io(Source(), sys.stdout.buffer, keys)\n"
     "    sys.stdout.buffer.flush()\n"
-    "except pyrage.DecryptError as exc:\n"
+    "except (pyrage.DecryptError, OSError) as exc:\n"  # rage reports a bad chunk as an OSError
     "    sys.stderr.write(str(exc)[:400])\n"
     "    sys.exit(3)\n"
 )
+#: The unsealing child's exit status for "rage refused the body": a verdict on the file. Any
+#: other failure (killed, out of memory, the spool unreadable) is local and retried.
+_REFUSED = 3
 
 
 class UnsealingStream:
     """A large body decrypted by a child process on the other core while this process parses
     and copies what it already gave. ``rage`` authenticates each 64 KiB chunk before it hands it
     out; a body cut short or altered is found when the stream ends (``read`` or ``readline``
-    returning nothing raises ``SealError``), before whoever reads it commits anything."""
+    returning nothing raises ``StreamFailed`` with rage's message, or ``ChildLost`` when the
+    child failed for a reason of its own), before whoever reads it commits anything. The child
+    has a session of its own: a Ctrl-C or a service stop reaches the importer, which finishes
+    the file it is on, not the child."""
 
     def __init__(self, fd: int, offset: int, length: int, identities: list[Any]) -> None:
         self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, our code; no secret in argv
@@ -151,6 +166,7 @@ class UnsealingStream:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(fd,),
+            start_new_session=True,
         )
         assert self._proc.stdin is not None
         assert self._proc.stdout is not None
@@ -167,10 +183,13 @@ class UnsealingStream:
             return
         self._done = True
         code = self._proc.wait()
-        if code != 0:
-            assert self._proc.stderr is not None
-            message = self._proc.stderr.read(400).decode(errors="replace")
-            raise StreamFailed(message or f"the unsealing process exited {code}")
+        if code == 0:
+            return
+        assert self._proc.stderr is not None
+        message = self._proc.stderr.read()[-400:].decode(errors="replace").strip()
+        if code == _REFUSED:
+            raise StreamFailed(message or "the body did not decrypt")
+        raise ChildLost(f"the unsealing process exited {code}: {message[-200:]}")
 
     def read(self, size: int | None = -1) -> bytes:
         return self._ended_if_empty(self._out.read(-1 if size is None else size))

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -103,8 +103,11 @@ class Allocation:
 @dataclass
 class Resent:
     files: list[PublishedFile] = field(default_factory=list)
-    #: Numbers never allocated on this stream (beyond its last file, or a typo).
+    #: Numbers not allocated on this stream (beyond its last file, a typo, or pruned past the
+    #: retention together with their rows).
     unknown: list[int] = field(default_factory=list)
+    #: Files whose outbox rows are no longer all there: not published (never fewer records).
+    incomplete: list[int] = field(default_factory=list)
 
 
 class ResendIncomplete(Exception):
@@ -256,6 +259,8 @@ class OutboxRelay:
                 .order_by(OutboxEvent.id)
             )
         ).all()
+        if len(events) != file.records:  # rows pruned since: never publish less under its id
+            raise ResendIncomplete(file.seq, file.records, len(events))
         published = await self._write(file.seq, file.file_id, file.created_at, events)
         file.published_at = datetime.now(UTC)
         file.sha256 = published.sha256
@@ -296,14 +301,10 @@ class OutboxRelay:
                 if file is None:
                     resent.unknown.append(seq)
                     continue
-                kept = await session.scalar(
-                    select(func.count())
-                    .select_from(OutboxEvent)
-                    .where(OutboxEvent.export_stream == self.stream, OutboxEvent.export_seq == seq)
-                )
-                if kept != file.records:  # rows pruned since: never publish less under its id
-                    raise ResendIncomplete(seq, file.records, int(kept or 0))
-                resent.files.append(await self._publish(session, file))
+                try:
+                    resent.files.append(await self._publish(session, file))
+                except ResendIncomplete:
+                    resent.incomplete.append(seq)
         return resent
 
     async def run(self) -> RelayResult:

@@ -220,3 +220,27 @@ async def test_published_outbox_rows_are_pruned_after_the_retention_in_short_bat
         assert [f.name for f in resent.files] == [names[-1]]
     finally:
         await engine.dispose()
+
+
+async def test_a_file_whose_rows_are_partly_gone_is_never_resent_with_fewer(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    settings = sandbox.response_settings()
+    admin = await admin_headers(api, settings)
+    engine = make_engine(settings.database_url, pool_size=1)
+    relay = OutboxRelay(
+        make_sessionmaker(engine), sandbox.exports, sandbox.signer, recipients=sandbox.recipients
+    )
+    url = sandbox.services.response_url
+    try:
+        await create_user(api, admin, "whole")
+        await create_user(api, admin, "partial")
+        (file,) = (await relay.run()).files  # the administrator and both users in one file
+        seq = int(file.name[8:20])
+        file.path.unlink()
+        await fetch(url, "DELETE FROM outbox_events WHERE id = (SELECT max(id) FROM outbox_events)")
+        resent = await relay.resend(seq, seq)
+        assert (resent.files, resent.incomplete) == ([], [seq])
+        assert not file.path.exists()  # nothing published under its id with fewer records
+    finally:
+        await engine.dispose()

@@ -21,7 +21,7 @@ from app.config import ResponseSettings
 from app.db import make_sessionmaker
 from exchange.format import CHANGES_STREAM
 from jobs.client import JobInfo, JobQueue, export_job, redis_pool
-from jobs.relay import OutboxRelay, ResendIncomplete
+from jobs.relay import OutboxRelay
 from jobs.worker import export_keys
 from netsync.cli.output import JsonOption, err, out, print_json, run
 from netsync.db import make_engine
@@ -104,19 +104,22 @@ def resend(
     if to_seq < from_seq or to_seq - from_seq >= MAX_RESEND:
         err.print(f"[red]give a range of 1 to {MAX_RESEND} files[/red] (--from-seq ≤ --to-seq)")
         raise typer.Exit(2)
-    try:
-        done = run(_resend(from_seq, to_seq))
-    except ResendIncomplete as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+    done = run(_resend(from_seq, to_seq))
     if as_json:
         print_json(done)
-        return
-    for name in done["files"]:
-        out.print(name)
-    err.print(f"{len(done['files'])} file(s) published again")
-    if done["unknown"]:
-        err.print(f"[yellow]never allocated:[/yellow] {done['unknown']}")
+    else:
+        for name in done["files"]:
+            out.print(name)
+        err.print(f"{len(done['files'])} file(s) published again")
+        if done["unknown"]:
+            err.print(f"[yellow]not allocated, or past the retention:[/yellow] {done['unknown']}")
+        if done["incomplete"]:
+            err.print(
+                "[red]not resent, their outbox rows are no longer all kept:[/red] "
+                f"{done['incomplete']} (a snapshot export carries the state instead)"
+            )
+    if done["incomplete"]:
+        raise typer.Exit(1)
 
 
 #: One command resends at most this many files (a wider loss calls for a snapshot).
@@ -134,4 +137,8 @@ async def _resend(first: int, last: int) -> dict[str, Any]:
         done = await relay.resend(first, last)
     finally:
         await engine.dispose()
-    return {"files": [f.name for f in done.files], "unknown": done.unknown}
+    return {
+        "files": [f.name for f in done.files],
+        "unknown": done.unknown,
+        "incomplete": done.incomplete,
+    }

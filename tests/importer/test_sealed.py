@@ -292,3 +292,24 @@ async def test_a_large_body_cut_or_reordered_is_refused_and_nothing_of_it_is_app
     assert await quarantined(sandbox) == {name: reason}
     assert await count(sandbox, "synced_settings") == 0
     assert await count(sandbox, "import_ledger") == 0
+
+
+def test_an_unsealing_child_that_dies_is_no_verdict_on_the_file(tmp_path: Path) -> None:
+    """Killed (a stop signal, the OOM killer): a local fault the importer retries, never a
+    quarantine of a genuine file."""
+    from exchange.seal_streams import ChildLost
+
+    ciphertext = TEST_RECIPIENTS.seal(b"x" * (1 << 20))
+    path = tmp_path / "copy"
+    path.write_bytes(ciphertext)
+    with path.open("rb") as source:
+        stream = TEST_IDENTITIES.unseal_streaming(source, len(ciphertext), TEST_RECIPIENTS.key_ids)
+        stream._proc.kill()
+
+        def drain() -> None:
+            while stream.read(1 << 16):
+                pass
+
+        with pytest.raises(ChildLost):
+            drain()
+        stream.close()

@@ -29,6 +29,9 @@ def upgrade() -> None:
         sa.Column("last_applied_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("stream", name=op.f("pk_sync_stream_stats")),
     )
+    # an importer of the previous version still running would claim files the fill misses:
+    # hold its claims (SHARE conflicts with their inserts) until the counters are filled
+    op.execute("LOCK TABLE import_ledger IN SHARE MODE")
     op.execute(
         """
         INSERT INTO sync_stream_stats
