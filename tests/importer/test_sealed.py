@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
