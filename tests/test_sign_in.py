@@ -262,14 +262,17 @@ async def test_jobs_travel_as_json_and_a_pickled_job_planted_in_redis_runs_nothi
         def __reduce__(self) -> tuple[object, tuple[str]]:
             return (Path.touch, (str(marker),))
 
+    # job ids are global in arq (not per queue) and a finished job leaves a result for an
+    # hour: a fixed id would make the next run on the same Redis find it taken
+    checked, planted = f"json-check-{uuid.uuid4()}", f"planted-{uuid.uuid4()}"
     try:
-        job = await redis.enqueue_job("sync_changes", str(uuid.uuid4()), _job_id="json-check")
+        job = await redis.enqueue_job("sync_changes", str(uuid.uuid4()), _job_id=checked)
         assert job is not None
-        raw = await redis.get("arq:job:json-check")
+        raw = await redis.get(f"arq:job:{checked}")
         assert orjson.loads(raw)["a"]  # JSON, readable by anyone, executable by no one
-        await redis.delete("arq:job:json-check")
-        await redis.set("arq:job:planted", pickle.dumps({"f": Exploit(), "a": [], "k": {}}))
-        await redis.zadd(sandbox.queue, {"planted": time.time() * 1000})
+        await redis.delete(f"arq:job:{checked}")
+        await redis.set(f"arq:job:{planted}", pickle.dumps({"f": Exploit(), "a": [], "k": {}}))
+        await redis.zadd(sandbox.queue, {planted: time.time() * 1000})
         from arq.worker import Worker
 
         from jobs.worker import redis_settings
@@ -292,7 +295,12 @@ async def test_jobs_travel_as_json_and_a_pickled_job_planted_in_redis_runs_nothi
             await w.close()
         assert not marker.exists()
     finally:
-        await redis.delete(sandbox.queue, "arq:job:planted")
+        await redis.delete(
+            sandbox.queue,
+            f"arq:job:{planted}",
+            f"arq:result:{checked}",
+            f"arq:result:{planted}",
+        )
         await redis.aclose(close_connection_pool=True)
 
 
