@@ -12,6 +12,7 @@ from pydantic import SecretStr, field_validator
 
 from netsync.config import CommonSettings, ConfigurationError
 from netsync.keys import recipients_dir
+from netsync.redis_conn import RedisURLError, is_sentinel, parse_sentinel
 
 
 class ResponseSettings(CommonSettings):
@@ -74,9 +75,16 @@ class ResponseSettings(CommonSettings):
 
     @cached_property
     def redis_dsn(self) -> str:
-        if self.redis_url:
-            return self.redis_url
-        raise ConfigurationError("NETSYNC_REDIS_URL is not set (./run up starts embedded servers)")
+        if not self.redis_url:
+            raise ConfigurationError(
+                "NETSYNC_REDIS_URL is not set (./run up starts embedded servers)"
+            )
+        if is_sentinel(self.redis_url):
+            try:
+                parse_sentinel(self.redis_url)
+            except RedisURLError as exc:
+                raise ConfigurationError(f"NETSYNC_REDIS_URL: {exc}") from None
+        return self.redis_url
 
     @property
     def signing_key_path(self) -> Path:

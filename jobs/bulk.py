@@ -28,7 +28,7 @@ from jobs import deadletter, serialization, wakeup
 from jobs.observe import observed
 from jobs.periodic import PERIODIC_JOBS, ScheduleSettings, job_function, report_missed
 from jobs.ticks import TOMBSTONE_S, cron_job_name
-from jobs.worker import export_keys, redis_settings, shutdown
+from jobs.worker import export_keys, shutdown, worker_redis
 from netsync.db import make_engine
 from netsync.logging import configure_logging
 
@@ -111,7 +111,7 @@ def bulk_worker_settings(
         "functions": functions,
         "cron_jobs": cron_jobs,
         "queue_name": cfg.bulk_queue,
-        "redis_settings": redis_settings(cfg.redis_dsn),
+        "redis_pool": worker_redis(cfg.redis_dsn, queue_name=cfg.bulk_queue),
         **serialization.OPTIONS,  # JSON, never pickle
         "on_startup": startup,
         "on_shutdown": shutdown,

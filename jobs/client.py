@@ -28,6 +28,7 @@ from jobs.deadletter import DeadJob, DeadLetters
 from jobs.serialization import deserialize, serialize
 from jobs.states import JobInfo, JobState, result_info
 from netsync import metrics
+from netsync.redis_conn import connection_pool
 
 __all__ = [
     "EXPORTS",
@@ -65,10 +66,17 @@ def export_job(name: str) -> str:
 
 
 def redis_pool(dsn: str, *, queue_name: str, timeout_s: float = 2.0) -> ArqRedis:
-    """An arq client that does not connect until used and gives up fast when Redis is down."""
-    pool = ConnectionPool.from_url(
-        dsn, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=30
+    """An arq client that does not connect until used and gives up fast when Redis is down
+    (``timeout_s`` to connect and for every reply). A Sentinel URL gives a client that follows
+    failovers (``netsync.redis_conn``)."""
+    pool = connection_pool(
+        dsn, connect_timeout_s=timeout_s, socket_timeout_s=timeout_s, health_check_interval=30
     )
+    return arq_client(pool, queue_name=queue_name)
+
+
+def arq_client(pool: ConnectionPool, *, queue_name: str) -> ArqRedis:
+    """arq's client on ``pool``, with our JSON job serialization (never pickle)."""
     return ArqRedis(
         connection_pool=pool,
         default_queue_name=queue_name,

@@ -2,7 +2,7 @@
 
 arq's own shutdown waits for running jobs (``job_completion_wait``), then closes: it deletes the
 worker's health key and closes its pool. Our Redis connections retry forever during an outage
-(``jobs.worker.redis_settings``: an outage pauses a worker instead of killing it), so with Redis
+(``jobs.worker.worker_redis``: an outage pauses a worker instead of killing it), so with Redis
 gone that close never ended: the process logged "wait complete" and lived on. Here:
 
 * on the first signal, reconnecting stops being infinite (``OutageRetry.give_up``): every Redis
@@ -57,7 +57,9 @@ class OutageRetry(Retry):
     def _retries(self, value: int) -> None:
         self._configured = value
 
-    def give_up(self) -> None:
+    @classmethod
+    def give_up(cls) -> None:
+        """Every copy, in every client of this process, tries once more and then fails."""
         OutageRetry._stopping = True
 
 
@@ -73,9 +75,7 @@ class BoundedShutdownWorker(arq_worker.Worker):
             log.warning("second %s: exiting now", signum.name)
             os._exit(FORCED_EXIT)
         self._stopping = True
-        retry = getattr(self.redis_settings, "retry", None)
-        if isinstance(retry, OutageRetry):
-            retry.give_up()
+        OutageRetry.give_up()
         bound = float(self._job_completion_wait or 0) + GRACE_S
         self.loop.call_later(bound, self._watchdog, bound)
 

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from arq import Retry
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -26,25 +26,31 @@ from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import ensure_dir
 from jobs import deadletter, schedule, serialization, wakeup
-from jobs.client import SYNC_JOB
+from jobs.client import SYNC_JOB, arq_client
 from jobs.observe import observed
 from jobs.relay import OutboxRelay
 from jobs.shutdown import OutageRetry
 from netsync.db import make_engine
 from netsync.keys import load_export_keys
 from netsync.logging import configure_logging
+from netsync.redis_conn import connection_pool
 
 log = logging.getLogger(__name__)
 
 
-def redis_settings(dsn: str) -> RedisSettings:
-    """Connection settings that ride out a Redis outage instead of killing the poll loop."""
-    settings = RedisSettings.from_dsn(dsn)
-    settings.conn_timeout = 2
-    settings.retry_on_error = [RedisConnectionError, RedisTimeoutError, OSError]
-    # forever while running; once a shutdown begins, once (jobs.shutdown)
-    settings.retry = OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1)
-    return settings
+def worker_redis(dsn: str, *, queue_name: str) -> ArqRedis:
+    """The workers' Redis client: it rides out an outage instead of killing the poll loop
+    (every command retries, forever while running and once when a shutdown has begun:
+    ``jobs.shutdown``), and a Sentinel URL makes it follow a failover. Replies have no
+    deadline, as in arq's own pool: the wake-up listener blocks on its channel."""
+    pool = connection_pool(
+        dsn,
+        connect_timeout_s=2.0,
+        socket_timeout_s=None,
+        retry=OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=-1),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError],
+    )
+    return arq_client(pool, queue_name=queue_name)
 
 
 def retry_delay(job_try: int) -> float:
@@ -130,7 +136,7 @@ def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
         "cron_jobs": schedule.cron_jobs(cfg, "sync"),
         "timezone": schedule.timezone(cfg),
         "queue_name": cfg.sync_queue,
-        "redis_settings": redis_settings(cfg.redis_dsn),
+        "redis_pool": worker_redis(cfg.redis_dsn, queue_name=cfg.sync_queue),
         **serialization.OPTIONS,  # JSON, never pickle
         "on_startup": startup,
         "on_shutdown": shutdown,

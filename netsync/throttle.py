@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from netsync import metrics
 from netsync.errors import NetsyncError
+from netsync.redis_conn import connection_pool
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def redis_storage(redis_url: str) -> tuple[Storage, ConnectionPool]:
     """``limits``' Redis storage (redis-py's client) on a pool of our own, which the caller
     disconnects at shutdown; short timeouts, so a Redis outage delays a sign-in by at most a
     second before the check is skipped."""
-    pool = ConnectionPool.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    pool = connection_pool(redis_url, connect_timeout_s=1.0, socket_timeout_s=1.0)
     storage = RedisStorage(
         "async+redis://",
         wrap_exceptions=True,

@@ -14,7 +14,7 @@ from arq.worker import Function, Worker
 from jobs import serialization
 from jobs.client import JobQueue
 from jobs.deadletter import register
-from jobs.worker import redis_settings
+from jobs.worker import worker_redis
 from tests.factories import admin_headers, create_user, login
 from tests.support import FLAG, Sandbox, eventually, running
 
@@ -24,7 +24,7 @@ def burst_worker(sandbox: Sandbox, queue_name: str, functions: list[Function]) -
     return Worker(
         functions=functions,
         queue_name=queue_name,
-        redis_settings=redis_settings(sandbox.services.redis_url),
+        redis_pool=worker_redis(sandbox.services.redis_url, queue_name=queue_name),
         **serialization.OPTIONS,
         burst=True,
         poll_delay=0.01,
@@ -167,7 +167,7 @@ async def test_running_jobs_are_listed_in_progress(
     worker = Worker(
         functions=[register(slow, name="slow", queue=sandbox.queue, max_tries=1)],
         queue_name=sandbox.queue,
-        redis_settings=redis_settings(sandbox.services.redis_url),
+        redis_pool=worker_redis(sandbox.services.redis_url, queue_name=sandbox.queue),
         **serialization.OPTIONS,
         poll_delay=0.01,
         handle_signals=False,

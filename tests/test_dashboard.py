@@ -26,7 +26,7 @@ from importer.daemon import Importer
 from jobs import serialization
 from jobs.client import JobQueue, redis_pool
 from jobs.deadletter import register
-from jobs.worker import redis_settings
+from jobs.worker import worker_redis
 from tests.factories import ADMIN_PASSWORD, create_user, login
 from tests.support import (
     FLAG,
@@ -94,7 +94,7 @@ async def bulk_worker(sandbox: Sandbox) -> AsyncIterator[Worker]:
     w = Worker(
         functions=[register(flaky, name="flaky", queue=sandbox.bulk_queue, max_tries=1)],
         queue_name=sandbox.bulk_queue,
-        redis_settings=redis_settings(sandbox.services.redis_url),
+        redis_pool=worker_redis(sandbox.services.redis_url, queue_name=sandbox.bulk_queue),
         **serialization.OPTIONS,
         poll_delay=0.05,
         keep_result=3600,

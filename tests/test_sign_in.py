@@ -275,7 +275,7 @@ async def test_jobs_travel_as_json_and_a_pickled_job_planted_in_redis_runs_nothi
         await redis.zadd(sandbox.queue, {planted: time.time() * 1000})
         from arq.worker import Worker
 
-        from jobs.worker import redis_settings
+        from jobs.worker import worker_redis
 
         async def sync_changes(ctx: dict[str, object]) -> None:
             return None
@@ -283,7 +283,7 @@ async def test_jobs_travel_as_json_and_a_pickled_job_planted_in_redis_runs_nothi
         w = Worker(
             functions=[sync_changes],
             queue_name=sandbox.queue,
-            redis_settings=redis_settings(sandbox.services.redis_url),
+            redis_pool=worker_redis(sandbox.services.redis_url, queue_name=sandbox.queue),
             burst=True,
             poll_delay=0.01,
             handle_signals=False,

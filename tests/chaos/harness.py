@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
 import httpx
@@ -30,6 +31,7 @@ from netsync.embedded import EmbeddedRedis
 from tests.chaos.disk import fill
 from tests.chaos.plan import Plan, Report
 from tests.importer.files import record_lines
+from tests.sentinel import SentinelGroup
 from tests.support import (
     Process,
     Sandbox,
@@ -46,12 +48,27 @@ from tests.support import (
 ADMIN_PASSWORD = "chaos bootstrap phrase"
 
 
+class RedisServers(Protocol):
+    """What the harness needs of its Redis: one server (``EmbeddedRedis``) or a group."""
+
+    def url(self) -> str: ...
+    def stop(self) -> None: ...
+
+
 class Chaos:
-    def __init__(self, sandbox: Sandbox, plan: Plan, redis_dir: Path) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        plan: Plan,
+        redis_dir: Path,
+        redis: Callable[[], RedisServers] | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.plan = plan
         self.redis_dir = redis_dir
-        self.redis: EmbeddedRedis | None = None
+        self._new_redis = redis or (lambda: EmbeddedRedis(redis_dir))
+        self.redis: RedisServers | None = None
+        self.headers: dict[str, str] = {}
         self.report = Report()
         self.procs: dict[str, Process] = {}
         self._kills = 0
@@ -194,11 +211,45 @@ class Chaos:
         self.procs[name] = Process(old.name, old.argv, old.env, self.sandbox.root).start()
 
     async def redis_outage(self) -> None:
-        assert self.redis is not None
+        assert isinstance(self.redis, EmbeddedRedis)
         self.redis.stop()
         self.report.faults.append(f"redis down {self.plan.redis_outage_s:.0f}s")
         await asyncio.sleep(self.plan.redis_outage_s)
         self.redis = EmbeddedRedis(self.redis_dir)
+
+    async def redis_failover(self) -> None:
+        """SIGKILL the Redis primary of a Sentinel group; the Sentinels promote its replica.
+
+        Records how long the promotion took, then makes one change and records how long after
+        the promotion it reached the Request side: the jobs, the wake-up and the sweeper all
+        go through Redis, so that is when the sync has resumed.
+        """
+        group = self.redis
+        assert isinstance(group, SentinelGroup)
+        killed = time.monotonic()
+        old = group.kill_primary()
+        self.report.faults.append(f"redis primary {old} kill -9")
+        promoted = await group.wait_promotion(old)
+        self.report.promotion_s = promoted - killed
+        key = random.choice(list(self.settings))
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.api_port}", timeout=30
+        ) as client:
+            response = await client.put(
+                f"/api/v1/settings/{key}", json={"value": "after failover"}, headers=self.headers
+            )
+        if response.status_code >= 500:
+            self.report.server_errors += 1
+        response.raise_for_status()
+        entity, version = f"setting:{self.settings[key]}", int(response.json()["version"])
+        self.accepted[entity] = max(self.accepted.get(entity, 0), version)
+        self.report.changes_made += 1
+        while (await self._request_versions() or {}).get(entity, 0) < version:
+            if time.monotonic() - promoted > self.plan.converge_timeout_s:
+                self.report.resumed_s = float("inf")
+                return
+            await asyncio.sleep(0.05)
+        self.report.resumed_s = time.monotonic() - promoted
 
     async def request_db_outage(self) -> None:
         """The Request database refuses connections (and loses the open ones) for a while."""
@@ -226,7 +277,7 @@ class Chaos:
 
     async def run(self, faults: list[Callable[[], Awaitable[None]]]) -> Report:
         started = time.monotonic()
-        self.redis = EmbeddedRedis(self.redis_dir)
+        self.redis = self._new_redis()
         bootstrap = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -239,7 +290,7 @@ class Chaos:
         watcher = asyncio.create_task(self.watch_regressions())
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api_port}") as client:
-                headers = await self._admin(client)
+                headers = self.headers = await self._admin(client)
                 for i in range(self.plan.users):
                     created = await client.post(
                         "/api/v1/users",

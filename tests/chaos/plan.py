@@ -48,6 +48,9 @@ class Report:
     ticks_done: int = 0
     ticks_claimed: int = 0
     snapshot_files: int = 0
+    #: A Redis failover: primary killed → replica promoted, and promotion → a change applied.
+    promotion_s: float | None = None
+    resumed_s: float | None = None
 
     def lines(self) -> list[str]:
         return [
@@ -62,6 +65,14 @@ class Report:
             f"snapshot ticks (1 s):      {self.ticks_done} done of {self.ticks_claimed} claimed,"
             f" {self.snapshot_files} snapshot files",
             f"faults injected:           {len(self.faults)}  ({', '.join(self.faults)})",
+            *(
+                [
+                    f"redis failover:            promoted {self.promotion_s:.1f} s after the"
+                    f" kill, a change applied {self.resumed_s:.1f} s after the promotion"
+                ]
+                if self.promotion_s is not None and self.resumed_s is not None
+                else []
+            ),
             f"converged after last fault: {self.converge_s:.1f} s",
             f"total run time:            {self.duration_s:.0f} s",
         ]
