@@ -35,16 +35,30 @@ def is_placeholder(value: SecretStr | str | None, *, min_length: int = 1) -> boo
 
 
 def to_asyncpg_url(url: str) -> str:
-    """Accept plain ``postgresql://`` URLs as users write them; SQLAlchemy needs the driver."""
-    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    raise ConfigurationError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
+    """Accept plain ``postgresql://`` URLs as users write them; SQLAlchemy needs the driver.
+
+    libpq's multi-host form (``postgresql://u@h1:5432,h2:5432/db?target_session_attrs=
+    read-write``: a primary and its standbys, the client connecting to whichever takes writes)
+    becomes the form SQLAlchemy's asyncpg dialect reads, one ``host=h:p`` per host in the query.
+    """
+    libpq = to_libpq_url(url)
+    parts = urlsplit(libpq)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if "," in hosts:
+        query = "&".join(
+            [*(f"host={h if ':' in h else h + ':5432'}" for h in hosts.split(",") if h)]
+            + ([parts.query] if parts.query else [])
+        )
+        parts = parts._replace(netloc=credentials + at, query=query)
+    return "postgresql+asyncpg://" + urlunsplit(parts).removeprefix("postgresql://")
 
 
 def to_libpq_url(url: str) -> str:
-    """The URL without SQLAlchemy's driver part, as ``asyncpg.connect`` and ``psql`` take it."""
-    return to_asyncpg_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
+    """The URL as libpq, ``asyncpg.connect`` and ``psql`` take it (multi-host form kept)."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    raise ConfigurationError(f"not a PostgreSQL URL: {url.split('@')[-1]}")
 
 
 def with_database(url: str, database: str) -> str:

@@ -9,12 +9,15 @@ body (the traceback goes to the log only).
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,50 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+#: asyncpg's errors that say the server, not the statement, is the problem: connection lost
+#: (class 08), server shutting down or starting (57P01-57P03), no host taking writes.
+_UNAVAILABLE = (
+    ConnectionError,  # refused, reset: raised bare by asyncpg's connect
+    socket.gaierror,  # a host name that does not resolve (yet), as during a failover
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+#: The classes whose handler asks ``database_unavailable`` (every class above is one of them).
+_DATABASE_ERRORS = (
+    DBAPIError,
+    ConnectionError,
+    socket.gaierror,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database going away (a connection lost or refused, a failover
+    under way) rather than anything about the request: an answer of 503 with ``Retry-After``,
+    not 500. The error's own text is never shown: it can quote a row."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # the error, SQLAlchemy's wrapper, its cause
+        if seen is None:
+            return False
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        if isinstance(seen, _UNAVAILABLE):
+            return True
+        if isinstance(seen, asyncpg.InterfaceError) and "connection is closed" in str(seen):
+            return True
+        orig = getattr(seen, "orig", None)
+        seen = orig if isinstance(orig, BaseException) else seen.__cause__
+    return False
+
+
 def _body(code: str, detail: Any) -> dict[str, Any]:
     return {"error": code, "detail": detail}
 
@@ -134,6 +181,22 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        if not database_unavailable(exc):
+            raise exc  # a fault of ours after all: the handler below answers 500
+        # the request was fine; the database is restarting, failing over or unreachable
+        log.warning("database unavailable", extra={"error": type(exc).__name__})
+        return JSONResponse(
+            _body("service_unavailable", "the database is unavailable; try again shortly"),
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    # Handlers by class run inside the app, so the answer is the whole story; the catch-all
+    # for Exception runs outermost, where Starlette re-raises after answering.
+    for kind in _DATABASE_ERRORS:
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

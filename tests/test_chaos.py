@@ -45,6 +45,7 @@ async def test_faults_lose_nothing_apply_nothing_twice_and_the_networks_converge
     assert report.applied_twice == 0
     assert report.regressions == 0
     assert report.server_errors == 0
+    assert report.unavailable == 0  # no fault here takes the Response database away
     assert not report.quarantined  # no outage may make a genuine file look bad
     assert report.converge_s <= 10
     # every second a settings snapshot, from three bulk workers, some of them killed: each tick

@@ -145,7 +145,9 @@ class Chaos:
             except httpx.TransportError:
                 self.report.server_errors += 1
                 continue
-            if response.status_code >= 500:
+            if response.status_code == 503 and "Retry-After" in response.headers:
+                self.report.unavailable += 1
+            elif response.status_code >= 500:
                 self.report.server_errors += 1
             elif response.status_code == 200:
                 version = int(response.json()["version"])
@@ -231,25 +233,37 @@ class Chaos:
         self.report.faults.append(f"redis primary {old} kill -9")
         promoted = await group.wait_promotion(old)
         self.report.promotion_s = promoted - killed
+        self.report.resumed_s = await self.change_applied_after(promoted)
+
+    async def change_applied_after(self, moment: float) -> float:
+        """Make one change (retried while the API answers 5xx, each one counted) and return how
+        long after ``moment`` it was applied on the Request side (inf: not within the timeout)."""
         key = random.choice(list(self.settings))
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{self.api_port}", timeout=30
         ) as client:
-            response = await client.put(
-                f"/api/v1/settings/{key}", json={"value": "after failover"}, headers=self.headers
-            )
-        if response.status_code >= 500:
-            self.report.server_errors += 1
+            while True:
+                response = await client.put(
+                    f"/api/v1/settings/{key}",
+                    json={"value": "after failover"},
+                    headers=self.headers,
+                )
+                if response.status_code < 500:
+                    break
+                if response.status_code == 503 and "Retry-After" in response.headers:
+                    self.report.unavailable += 1
+                else:
+                    self.report.server_errors += 1
+                await asyncio.sleep(0.1)
         response.raise_for_status()
         entity, version = f"setting:{self.settings[key]}", int(response.json()["version"])
         self.accepted[entity] = max(self.accepted.get(entity, 0), version)
         self.report.changes_made += 1
         while (await self._request_versions() or {}).get(entity, 0) < version:
-            if time.monotonic() - promoted > self.plan.converge_timeout_s:
-                self.report.resumed_s = float("inf")
-                return
+            if time.monotonic() - moment > self.plan.converge_timeout_s:
+                return float("inf")
             await asyncio.sleep(0.05)
-        self.report.resumed_s = time.monotonic() - promoted
+        return time.monotonic() - moment
 
     async def request_db_outage(self) -> None:
         """The Request database refuses connections (and loses the open ones) for a while."""

@@ -40,6 +40,8 @@ class Report:
     applied_twice: int = 0
     regressions: int = 0
     server_errors: int = 0
+    #: 503 with Retry-After: the API saying its database is away (a failover), not a fault
+    unavailable: int = 0
     quarantined: Counter[str] = field(default_factory=Counter)
     faults: list[str] = field(default_factory=list)
     converge_s: float = 0.0
@@ -48,7 +50,7 @@ class Report:
     ticks_done: int = 0
     ticks_claimed: int = 0
     snapshot_files: int = 0
-    #: A Redis failover: primary killed → replica promoted, and promotion → a change applied.
+    #: A failover: primary lost → standby promoted, and promotion → a change applied.
     promotion_s: float | None = None
     resumed_s: float | None = None
 
@@ -61,13 +63,14 @@ class Report:
             f"applied twice:             {self.applied_twice}",
             f"older overwrote newer:     {self.regressions}",
             f"API server errors (5xx):   {self.server_errors}",
+            f"API 503 + Retry-After:     {self.unavailable}",
             f"files quarantined:         {dict(self.quarantined) or 0}",
             f"snapshot ticks (1 s):      {self.ticks_done} done of {self.ticks_claimed} claimed,"
             f" {self.snapshot_files} snapshot files",
             f"faults injected:           {len(self.faults)}  ({', '.join(self.faults)})",
             *(
                 [
-                    f"redis failover:            promoted {self.promotion_s:.1f} s after the"
+                    f"failover:                  promoted {self.promotion_s:.1f} s after the"
                     f" kill, a change applied {self.resumed_s:.1f} s after the promotion"
                 ]
                 if self.promotion_s is not None and self.resumed_s is not None
