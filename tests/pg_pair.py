@@ -37,7 +37,7 @@ def pg_bindir() -> Path | None:
 
 
 class PgPair:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync: bool = False) -> None:
         bindir = pg_bindir()
         if bindir is None:
             raise RuntimeError(
@@ -53,6 +53,7 @@ class PgPair:
             os.chown(root, user.pw_uid, user.pw_gid)
             self._as = ["runuser", "-u", "postgres", "--"]
         self.primary = "primary"
+        self._fsync = fsync
         self._initdb()
         self._run("pg_ctl", "-D", self._dir("primary"), "-w", "-l", self._log("primary"), "start")
         self._basebackup()
@@ -100,7 +101,8 @@ class PgPair:
             "hot_standby": "on",
             "synchronous_standby_names": "'standby'",
             "synchronous_commit": "on",
-            "fsync": "off",  # the test is about a process lost, not a power cut
+            # the tests are about a process lost, not a power cut; the benchmark turns it on
+            "fsync": "on" if self._fsync else "off",
             "max_connections": "200",
         }
         with open(Path(self._dir("primary")) / "postgresql.conf", "a") as conf:
