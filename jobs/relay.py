@@ -38,6 +38,7 @@ from exchange.format import CHANGES_STREAM
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import PublishedFile, publish_export
+from netsync import metrics
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ class OutboxRelay:
             created_at=created_at,
             records=[_record(e) for e in events],
         )
+        metrics.EXPORT_CHANGES.inc(published.records)
         log.info(
             "published export file",
             extra={

@@ -94,6 +94,10 @@ QUEUE_DEFERRED = Gauge(
     "Jobs queued for a later time: retries in backoff, next cron ticks (on scrape).",
     ["queue"],
 )
+EXPORT_CHANGES = Counter(
+    "netsync_export_changes",
+    "Changes written into published export files of the changes stream (a resend counts again).",
+)
 OUTBOX_BACKLOG = Gauge(
     "netsync_outbox_backlog", "Outbox changes not yet assigned to an export file (on scrape)."
 )
