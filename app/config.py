@@ -53,6 +53,8 @@ class ResponseSettings(CommonSettings):
     #: The Request API's base URL (``http://request-api:8001``), for the dashboard's sync status;
     #: unset, the dashboard shows the Request Network as not configured.
     request_api_url: str | None = None
+    #: The dashboard's trends: one point per this many seconds, an hour kept (0: none taken).
+    trends_interval_s: float = 10.0
     #: The Request API's static service token (the same ``NETSYNC_REQUEST_SERVICE_TOKEN``).
     request_service_token: SecretStr | None = None
 

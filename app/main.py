@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from app.auth.endpoints import router as auth_router
 from app.config import ResponseSettings
-from app.dashboard import mount_dashboard
+from app.dashboard import mount_dashboard, trends
 from app.dashboard.sync_status import router as sync_status_router
 from app.db import make_sessionmaker
 from app.health import router as health_router
@@ -56,9 +56,11 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
             cfg.sign_in_namespace,
         )
         await warm_up()  # the dummy hash for unknown users, off the event loop
+        sampling = trends.start(app)
         try:
             yield
         finally:
+            await trends.stop(sampling)
             await queue.close()
             await throttle_pool.disconnect()
             await engine.dispose()
@@ -82,6 +84,7 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         jobs_router,
         outbox_router,
         sync_status_router,
+        trends.router,
     ):
         app.include_router(router)
     mount_dashboard(app)

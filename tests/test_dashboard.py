@@ -77,6 +77,7 @@ async def processes(sandbox: Sandbox) -> AsyncIterator[str]:
             port,
             NETSYNC_REQUEST_API_URL=f"http://127.0.0.1:{request_port}",
             NETSYNC_REQUEST_SERVICE_TOKEN=SERVICE,
+            NETSYNC_TRENDS_INTERVAL_S="1",
         ).start(),
     ]
     try:
@@ -164,6 +165,22 @@ async def test_an_operator_follows_a_password_change_and_retries_a_dead_job(
             await expect(page.locator('#sync [data-field="state"]')).to_have_text("reachable")
             changes = page.locator('#sync tr[data-stream="changes"] td')
             await expect(changes.nth(3)).to_have_text("0")
+
+            # The trends drew the change: exported and applied per second rose above zero in
+            # the chart, which keeps gaining points (one a second here) without a reload.
+            trends = page.locator("#trends")
+            await expect(page.locator("#trend-rate canvas")).to_have_count(1)
+            await expect(page.locator("#trend-rate")).not_to_have_attribute("data-max", "0")
+            before = int(await trends.get_attribute("data-points") or 0)
+            assert before >= 1
+            await expect(trends).not_to_have_attribute("data-points", str(before))
+            board = await api.get("/api/v1/trends", headers=admin)
+            assert board.status_code == 200, board.text
+            points = board.json()["points"]
+            assert any(p["exported_per_s"] > 0 for p in points)
+            assert any((p["applied_per_s"] or 0) > 0 for p in points)
+            assert all(p["lag_s"] is not None for p in points)  # the Request API answered
+            assert (await api.get("/api/v1/trends")).status_code == 401  # administrators only
 
             # A job that fails for good lands in the dead-letter list; Retry runs it again.
             dead_id = f"job-flaky-{uuid.uuid4().hex[:8]}"

@@ -54,7 +54,9 @@ class RequestNetworkStatus(BaseModel):
     request_status: dict[str, Any] | None = None
 
 
-async def _fetch(settings: ResponseSettings) -> tuple[dict[str, Any] | None, str | None]:
+async def fetch_request_status(
+    settings: ResponseSettings,
+) -> tuple[dict[str, Any] | None, str | None]:
     assert settings.request_api_url is not None
     token = settings.request_service_token
     headers = {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
@@ -75,7 +77,7 @@ async def _fetch(settings: ResponseSettings) -> tuple[dict[str, Any] | None, str
     return body, None
 
 
-async def _lag(session: ResponseSession, applied: dict[str, int]) -> list[StreamLag]:
+async def stream_lags(session: ResponseSession, applied: dict[str, int]) -> list[StreamLag]:
     now = datetime.now(UTC)
     published = await session.execute(
         select(ExportFile.stream, func.max(ExportFile.seq))
@@ -106,7 +108,7 @@ async def _lag(session: ResponseSession, applied: dict[str, int]) -> list[Stream
     return streams
 
 
-def _applied(status: dict[str, Any]) -> dict[str, int]:
+def applied_seqs(status: dict[str, Any]) -> dict[str, int]:
     found: dict[str, int] = {}
     for stream in status.get("streams") or []:
         if isinstance(stream, dict) and isinstance(stream.get("last_applied_seq"), int):
@@ -123,12 +125,12 @@ async def read_sync_status(
         return RequestNetworkStatus(
             configured=False, reachable=False, error="NETSYNC_REQUEST_API_URL is not set"
         )
-    status, error = await _fetch(settings)
+    status, error = await fetch_request_status(settings)
     if status is None:
         return RequestNetworkStatus(configured=True, reachable=False, error=error)
     return RequestNetworkStatus(
         configured=True,
         reachable=True,
-        streams=await _lag(uow.session, _applied(status)),
+        streams=await stream_lags(uow.session, applied_seqs(status)),
         request_status=status,
     )

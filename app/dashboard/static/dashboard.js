@@ -224,6 +224,52 @@ function renderSchedule(entries) {
   fillTable(document.getElementById("schedule"), rows, "no periodic jobs");
 }
 
+// -- trends (uPlot, vendored: nothing loaded from elsewhere) -------------------------------
+
+const CHARTS = {
+  "trend-lag": [["lag", "lag_s", "#c0392b"]],
+  "trend-rate": [["exported", "exported_per_s", "#2471a3"], ["applied", "applied_per_s", "#229954"]],
+  "trend-queues": [["sync", "sync_queue", "#7d3c98"], ["bulk", "bulk_queue", "#b9770e"],
+    ["outbox", "outbox_pending", "#566573"]],
+  "trend-failures": [["dead", "dead", "#c0392b"], ["quarantined", "quarantined", "#873600"]],
+};
+const plots = {};
+
+function renderTrends(trends) {
+  const section = document.getElementById("trends");
+  const points = trends.points;
+  section.dataset.points = String(points.length);
+  section.querySelector('[data-field="trend-interval"]').textContent =
+    `one point per ${trends.interval_s} s`;
+  const times = points.map((p) => p.t);
+  for (const [id, series] of Object.entries(CHARTS)) {
+    const figure = document.getElementById(id);
+    // null (the Request Network unknown at that moment) leaves a gap in the line
+    const data = [times, ...series.map(([, field]) => points.map((p) => p[field]))];
+    const values = data.slice(1).flat().filter((v) => typeof v === "number");
+    figure.dataset.max = String(values.length ? Math.max(...values) : 0);
+    if (!plots[id]) {
+      plots[id] = new uPlot({
+        width: Math.max(280, figure.clientWidth || 300),
+        height: 150,
+        legend: { show: true },
+        scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+        series: [{}, ...series.map(([label, , stroke]) => ({ label, stroke, width: 1.5 }))],
+      }, data, figure);
+    } else {
+      plots[id].setData(data);
+    }
+  }
+}
+
+function dropTrends() {
+  for (const id of Object.keys(plots)) {
+    plots[id].destroy();
+    delete plots[id];
+  }
+  document.getElementById("trends").dataset.points = "0";
+}
+
 // -- refreshing ----------------------------------------------------------------------------
 
 const SECTIONS = [
@@ -237,6 +283,7 @@ const SECTIONS = [
   ]).then(([complete, failed]) => renderRecent(complete, failed))],
   ["dead", () => api("/api/v1/jobs/dead?limit=100").then(renderDead)],
   ["schedule", () => api("/api/v1/schedule").then(renderSchedule)],
+  ["trends", () => api("/api/v1/trends").then(renderTrends)],
 ];
 
 async function refresh() {
@@ -276,6 +323,7 @@ function signOut(message = "") {
   // Nothing read with the token stays on the page.
   for (const body of document.querySelectorAll("#board tbody")) body.replaceChildren();
   for (const node of document.querySelectorAll("#board [data-field]")) node.textContent = "–";
+  dropTrends();
   notice("");
   show(false);
   document.getElementById("sign-in-error").textContent = message;
