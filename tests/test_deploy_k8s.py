@@ -296,3 +296,23 @@ def test_private_key_on_the_signing_side_public_keys_on_the_importing_side(
     # sealing: whom to seal to on the writing side, the key that opens on the reading side
     assert volume_users(rendered, "netsync-export-recipients") == {"worker", "bulk-worker"}
     assert volume_users(rendered, "netsync-decryption-keys") == {"importer"}
+
+
+def test_the_cloudnativepg_example_is_a_synchronous_pair_per_network_and_optional() -> None:
+    """The production overlay's CloudNativePG example: one cluster per network, each a primary
+    with a synchronous standby (what the failover test shows loses nothing), named as the
+    database URLs in its comments expect, and never applied by the overlay itself."""
+    examples = TREES["production"] / "examples"
+    text = (examples / "cloudnativepg.yaml").read_text()
+    clusters = [doc for doc in yaml.safe_load_all(text) if doc]
+    assert {c["metadata"]["labels"]["netsync/network"] for c in clusters} == {"response", "request"}
+    for cluster in clusters:
+        assert (cluster["apiVersion"], cluster["kind"]) == ("postgresql.cnpg.io/v1", "Cluster")
+        spec = cluster["spec"]
+        assert spec["instances"] >= 2
+        assert spec["minSyncReplicas"] >= 1
+        assert spec["maxSyncReplicas"] >= spec["minSyncReplicas"]
+        assert f"@{cluster['metadata']['name']}-rw:5432/" in text  # the URL that follows it
+    for resource in render(TREES["production"]):
+        assert resource["kind"] != "Cluster"
+    assert "redis+sentinel://" in (examples / "redis-sentinel.md").read_text()
