@@ -22,6 +22,7 @@ from app.outbox.endpoints import router as outbox_router
 from app.profile_types.endpoints import router as profile_types_router
 from app.settings.endpoints import router as settings_router
 from app.users.endpoints import router as users_router
+from app.users.importing import router as users_import_router
 from jobs.client import JobQueue, redis_pool
 from netsync.asgi import instrument
 from netsync.db import make_engine
@@ -79,6 +80,7 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         health_router,
         auth_router,
         users_router,
+        users_import_router,
         settings_router,
         profile_types_router,
         jobs_router,

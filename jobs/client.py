@@ -49,6 +49,8 @@ WAKE_CHANNEL_PREFIX = "netsync:wake:"
 #: ``netsync:workers:<worker id>``: a live worker's heartbeat (``jobs.observe``), with a TTL.
 WORKER_KEY_PREFIX = "netsync:workers:"
 SYNC_JOB = "sync_changes"
+#: arq registers a cron job's function under ``cron:<name>``; this one sweeps the outbox.
+SWEEP_JOB = "cron:sweep_outbox"
 #: Exports an operator can run now: job ``export_<name>`` on the bulk queue.
 EXPORTS = ("settings", "users", "profile_types", "results")
 
@@ -144,6 +146,14 @@ class JobQueue:
         job_id = f"export:{name}:{uuid.uuid4().hex}"
         await self.submit(export_job(name), job_id=job_id, queue=self.bulk_queue)
         return job_id
+
+    async def enqueue_sweep(self) -> str | None:
+        """Run the outbox sweeper now (after a bulk change: its rows leave in large files);
+        the job id, or None when Redis cannot take it (the sweeper's own tick covers it)."""
+        job_id = f"export:changes:{uuid.uuid4().hex[:12]}"
+        if await self.enqueue(SWEEP_JOB, job_id=job_id, queue=self.sync_queue):
+            return job_id
+        return None
 
     async def enqueue_sync(self, event_id: uuid.UUID) -> bool:
         return await self.enqueue(

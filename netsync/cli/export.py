@@ -20,7 +20,7 @@ import typer
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
 from exchange.format import CHANGES_STREAM
-from jobs.client import JobInfo, JobQueue, export_job, redis_pool
+from jobs.client import SWEEP_JOB, JobInfo, JobQueue, export_job, redis_pool
 from jobs.relay import OutboxRelay
 from jobs.worker import export_keys
 from netsync.cli.output import JsonOption, err, out, print_json, run
@@ -28,8 +28,6 @@ from netsync.db import make_engine
 
 app = typer.Typer(help="Run exports now.", no_args_is_help=True)
 
-#: arq registers a cron job's function under ``cron:<name>``; this one sweeps the outbox.
-SWEEP_JOB = "cron:sweep_outbox"
 _NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
 
 

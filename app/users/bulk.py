@@ -1,0 +1,348 @@
+"""Users imported in bulk, for sites moving off the previous deployment: its accounts keep their
+passwords because their hashes come along.
+
+A row carries an existing hash (bcrypt ``$2a$``/``$2b$``/``$2y$``, or argon2) or a plain password.
+A hash is stored as it is, never recomputed: bcrypt at cost 12 takes a quarter of a second per
+user, so 100,000 users would take hours of CPU, and the sign-in path already verifies both
+formats and rehashes to argon2id at the next successful sign-in (``netsync.passwords``). A plain
+password is checked against the password policy and hashed in the bounded hashing pool.
+
+Rows are upserted by username (case-insensitively, as the unique index has it) in batches, each
+one statement of ``INSERT … ON CONFLICT DO UPDATE`` over arrays, plus one for the batch's outbox
+rows: a row that changes nothing writes nothing (no new version, no outbox row), so a re-run of
+the same file, or of a file whose import was interrupted, finishes the job without duplicating
+anything or sending unchanged users again. The outbox rows carry ``sync_payload`` as every other
+user change does, and leave in the relay's large files. A bad row is reported with its line
+number and the others go on; with ``atomic`` one bad row stops the import and nothing is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, EmailStr, ValidationError, model_validator
+from sqlalchemy import text
+
+from app.db import ResponseSession
+from app.users.schemas import Password, Role, Username
+from app.users.service import ENTITY, check_password, sync_payload
+from netsync.errors import InvalidInput
+from netsync.logging import correlation_id
+from netsync.passwords import hash_password
+
+Format = Literal["ndjson", "csv"]
+#: Opens a unit that commits on exit and rolls back on an error (``app.db.session_scope``).
+Sessions = Callable[[], AbstractAsyncContextManager[ResponseSession]]
+
+#: Rows per transaction (and per pair of statements); a row is a few hundred bytes.
+BATCH = 2000
+#: A line longer than this is a bad row, not a reason to hold megabytes.
+MAX_LINE = 16 * 1024
+#: Errors listed in a summary; the count covers the rest.
+MAX_ERRORS_LISTED = 100
+
+HASH = re.compile(
+    r"^(\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}"
+    r"|\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+)$"
+)
+
+
+class ImportedUser(BaseModel):
+    """One row: the API's rules for a user, with a hash allowed instead of a password."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: Username
+    email: EmailStr | None = None
+    password: Password | None = None
+    password_hash: str | None = None
+    role: Role = "user"
+    is_active: bool = True
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ImportedUser:
+        if (self.password is None) == (self.password_hash is None):
+            raise ValueError("give exactly one of password and password_hash")
+        if self.password_hash is not None and not HASH.match(self.password_hash):
+            raise ValueError("password_hash is not a bcrypt ($2a$/$2b$/$2y$) or argon2 hash")
+        return self
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    error: str
+
+
+@dataclass
+class ImportSummary:
+    lines: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    def fail(self, line: int, error: str) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_ERRORS_LISTED:
+            self.errors.append(RowError(line, error))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "errors": [{"line": e.line, "error": e.error} for e in self.errors],
+        }
+
+
+class ImportRefused(InvalidInput):
+    """An atomic import met a bad row: nothing was kept."""
+
+    code = "import_refused"
+
+
+def _explain(exc: ValidationError) -> str:
+    """Pydantic's messages without the values (a row may hold a password)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'row'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def parse(line: int, row: Any) -> ImportedUser | RowError:
+    if not isinstance(row, dict):
+        return RowError(line, "a row is an object of fields")
+    try:
+        return ImportedUser.model_validate(row)
+    except ValidationError as exc:
+        return RowError(line, _explain(exc))
+
+
+async def lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes | None]]:
+    """Numbered lines of a byte stream, holding at most one line (``None``: too long)."""
+    pending = bytearray()
+    number = 0
+    overlong = False
+    async for chunk in chunks:
+        pending += chunk
+        while True:
+            end = pending.find(b"\n")
+            if end < 0:
+                if len(pending) > MAX_LINE:
+                    overlong = True
+                    pending.clear()
+                break
+            number += 1
+            yield number, None if overlong or end > MAX_LINE else bytes(pending[:end])
+            overlong = False
+            del pending[: end + 1]
+    if pending or overlong:
+        number += 1
+        yield number, None if overlong or len(pending) > MAX_LINE else bytes(pending)
+
+
+async def rows(
+    chunks: AsyncIterator[bytes], fmt: Format
+) -> AsyncIterator[tuple[int, ImportedUser | RowError | None]]:
+    """Parsed rows with their line numbers; ``None`` for a blank line (or CSV's header)."""
+    header: list[str] | None = None
+    async for number, raw in lines(chunks):
+        if raw is None:
+            yield number, RowError(number, f"line longer than {MAX_LINE} bytes")
+            continue
+        if not raw.strip():
+            yield number, None
+            continue
+        try:
+            decoded = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            yield number, RowError(number, "not UTF-8")
+            continue
+        if fmt == "ndjson":
+            try:
+                yield number, parse(number, orjson.loads(decoded))
+            except orjson.JSONDecodeError:
+                yield number, RowError(number, "not a JSON object")
+            continue
+        fields = next(csv.reader(io.StringIO(decoded)))
+        if header is None:
+            header = [f.strip() for f in fields]
+            yield number, None
+            continue
+        if len(fields) != len(header):
+            yield number, RowError(number, f"{len(fields)} fields, the header has {len(header)}")
+            continue
+        record: dict[str, Any] = {k: v for k, v in zip(header, fields, strict=True) if v != ""}
+        if "is_active" in record:
+            record["is_active"] = record["is_active"].strip().lower() in ("true", "1", "yes")
+        yield number, parse(number, record)
+
+
+_UPSERT = text(
+    """
+    WITH input AS (
+        SELECT * FROM unnest(
+            CAST(:usernames AS text[]), CAST(:emails AS text[]), CAST(:hashes AS text[]),
+            CAST(:roles AS text[]), CAST(:active AS boolean[])
+        ) AS t(username, email, password_hash, role, is_active)
+    )
+    INSERT INTO users AS u (id, username, email, password_hash, role, is_active, version)
+    SELECT gen_random_uuid(), username, email, password_hash, role, is_active, 1 FROM input
+    ON CONFLICT (lower(username)) DO UPDATE SET
+        email = excluded.email,
+        password_hash = excluded.password_hash,
+        role = excluded.role,
+        is_active = excluded.is_active,
+        version = u.version + 1,
+        updated_at = now(),
+        password_changed_at = CASE WHEN u.password_hash IS DISTINCT FROM excluded.password_hash
+            THEN now() ELSE u.password_changed_at END,
+        token_version = u.token_version
+            + CASE WHEN u.password_hash IS DISTINCT FROM excluded.password_hash THEN 1 ELSE 0 END
+    WHERE (u.email, u.password_hash, u.role, u.is_active)
+        IS DISTINCT FROM (excluded.email, excluded.password_hash, excluded.role, excluded.is_active)
+    RETURNING u.id, u.username, u.email, u.password_hash, u.role, u.is_active,
+        u.profile_type_id, u.version
+    """
+)
+
+_OUTBOX = text(
+    """
+    INSERT INTO outbox_events (event_id, entity, entity_id, version, op, data, correlation_id)
+    SELECT gen_random_uuid(), :entity, entity_id, version, 'upsert', data, :correlation_id
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:versions AS bigint[]), CAST(:data AS jsonb[]))
+        AS t(entity_id, version, data)
+    """
+)
+
+
+class _Row:
+    """What ``sync_payload`` reads, from a RETURNING row."""
+
+    def __init__(self, row: Any) -> None:
+        self.username, self.email, self.password_hash = row.username, row.email, row.password_hash
+        self.role, self.is_active, self.profile_type_id = (
+            row.role,
+            row.is_active,
+            row.profile_type_id,
+        )
+
+
+async def _hashed(users: list[ImportedUser]) -> list[str]:
+    async def one(user: ImportedUser) -> str:
+        if user.password_hash is not None:
+            return user.password_hash
+        assert user.password is not None
+        return await hash_password(user.password)
+
+    return list(await asyncio.gather(*(one(u) for u in users)))
+
+
+async def apply_batch(
+    session: ResponseSession, batch: list[tuple[int, ImportedUser]], summary: ImportSummary
+) -> None:
+    """Upsert one batch (a later row of one username wins) and record its outbox rows."""
+    latest: dict[str, tuple[int, ImportedUser]] = {}
+    for number, user in batch:
+        latest[user.username.lower()] = (number, user)
+    users = [u for _, u in latest.values()]
+    hashes = await _hashed(users)
+    result = await session.execute(
+        _UPSERT,
+        {
+            "usernames": [u.username for u in users],
+            "emails": [u.email for u in users],
+            "hashes": hashes,
+            "roles": [u.role for u in users],
+            "active": [u.is_active for u in users],
+        },
+    )
+    written = result.all()
+    if written:
+        await session.execute(
+            _OUTBOX,
+            {
+                "entity": ENTITY,
+                "correlation_id": correlation_id.get(),
+                "ids": [r.id for r in written],
+                "versions": [r.version for r in written],
+                "data": [orjson.dumps(sync_payload(_Row(r))).decode() for r in written],  # type: ignore[arg-type]
+            },
+        )
+    created = sum(1 for r in written if r.version == 1)
+    summary.created += created
+    summary.updated += len(written) - created
+    summary.unchanged += len(batch) - len(written)
+
+
+def _policy(number: int, user: ImportedUser) -> RowError | None:
+    if user.password is None:
+        return None
+    try:
+        check_password(user.password, username=user.username)
+    except InvalidInput as exc:
+        return RowError(number, f"password: {exc.detail}")
+    return None
+
+
+async def import_users(
+    sessions: Sessions,
+    chunks: AsyncIterator[bytes],
+    fmt: Format,
+    *,
+    atomic: bool = False,
+    progress: Callable[[ImportSummary], None] | None = None,
+) -> ImportSummary:
+    """Import a stream of rows. ``sessions`` opens a committing unit (``async with sessions()
+    as session``, committed on exit); non-atomic imports commit every batch, so an interrupted
+    import keeps what it did and a re-run finishes it."""
+    summary = ImportSummary()
+    batch: list[tuple[int, ImportedUser]] = []
+
+    async def flush(session: ResponseSession) -> None:
+        if batch:
+            await apply_batch(session, batch, summary)
+            batch.clear()
+            if progress is not None:
+                progress(summary)
+
+    async def consume(session: ResponseSession | None) -> None:
+        async for number, parsed in rows(chunks, fmt):
+            summary.lines = number
+            if parsed is None:
+                continue
+            error = parsed if isinstance(parsed, RowError) else _policy(number, parsed)
+            if error is not None:
+                if atomic:
+                    raise ImportRefused(f"line {error.line}: {error.error}; nothing was imported")
+                summary.fail(error.line, error.error)
+                continue
+            assert isinstance(parsed, ImportedUser)
+            batch.append((number, parsed))
+            if len(batch) >= BATCH:
+                if session is not None:
+                    await flush(session)
+                else:
+                    async with sessions() as own:
+                        await flush(own)
+
+    if atomic:
+        async with sessions() as session:
+            await consume(session)
+            await flush(session)
+    else:
+        await consume(None)
+        async with sessions() as session:
+            await flush(session)
+    return summary

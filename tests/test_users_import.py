@@ -1,0 +1,248 @@
+"""Users brought in from the previous deployment: ``POST /api/v1/users/import`` and
+``netsync users import``, against real servers.
+
+The old system's accounts carry bcrypt hashes (``$2b$``); they are imported as they are, reach the
+Request Network through the outbox like any change, and sign in there with their old passwords.
+A bad row is reported by its line and the others are imported; a re-run changes nothing; an
+import killed half-way is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import bcrypt
+import httpx
+import orjson
+import pytest
+
+from tests.factories import admin_headers
+from tests.queries import fetch
+from tests.support import (
+    Process,
+    Sandbox,
+    eventually,
+    free_port,
+    importer,
+    request_api,
+    response_api,
+    wait_http,
+    worker,
+)
+from tests.test_cli import BIN
+from tests.test_processes import ADMIN_PASSWORD, bootstrap_admin, token
+
+#: bcrypt at cost 4 (the old system's were 12: same format, fewer rounds for the test's sake).
+PASSWORDS = [f"imported pass phrase {i}" for i in range(8)]
+HASHES = [bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode() for p in PASSWORDS]
+
+
+def legacy_rows(n: int, *, prefix: str = "old") -> bytes:
+    return b"".join(
+        orjson.dumps(
+            {
+                "username": f"{prefix}{i:05d}",
+                "email": f"{prefix}{i:05d}@example.org",
+                "password_hash": HASHES[i % len(HASHES)],
+            }
+        )
+        + b"\n"
+        for i in range(n)
+    )
+
+
+async def _import(
+    api: httpx.AsyncClient, headers: dict[str, str], body: bytes, **params: str
+) -> httpx.Response:
+    return await api.post(
+        "/api/v1/users/import",
+        content=body,
+        params=params,
+        headers={**headers, "Content-Type": "application/x-ndjson"},
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+async def test_ten_thousand_users_with_bcrypt_hashes_sign_in_on_the_request_side(
+    sandbox: Sandbox, procs: list[Process]
+) -> None:
+    api_port, request_port = free_port(), free_port()
+    await bootstrap_admin(sandbox)
+    procs += [
+        response_api(sandbox, api_port).start(),
+        worker(sandbox).start(),
+        importer(sandbox).start(),
+        request_api(sandbox, request_port).start(),
+    ]
+    base, req = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{request_port}"
+    await wait_http(f"{base}/ready")
+    await wait_http(f"{req}/ready")
+    async with httpx.AsyncClient(base_url=base) as api:
+        headers = {"Authorization": f"Bearer {await token(api, base, 'admin', ADMIN_PASSWORD)}"}
+        started = time.monotonic()
+        answer = await _import(api, headers, legacy_rows(10_000))
+        assert answer.status_code == 200, answer.text
+        summary = answer.json()
+        assert (summary["created"], summary["failed"], summary["lines"]) == (10_000, 0, 10_000)
+
+        async def all_there() -> bool:
+            rows = await fetch(
+                sandbox.services.request_url,
+                "SELECT count(*) AS n FROM synced_users WHERE username LIKE 'old%'",
+            )
+            return int(rows[0]["n"]) == 10_000
+
+        await eventually(all_there, timeout=60)
+        print(f"\n10,000 users imported and applied in {time.monotonic() - started:.1f} s")
+        for i in (0, 4_321, 9_999):
+            login = await api.post(
+                f"{req}/api/v1/auth/login",
+                json={"username": f"old{i:05d}", "password": PASSWORDS[i % len(PASSWORDS)]},
+            )
+            assert login.status_code == 200, login.text
+        wrong = await api.post(
+            f"{req}/api/v1/auth/login", json={"username": "old00001", "password": PASSWORDS[0]}
+        )
+        assert wrong.status_code == 401
+        # the stored hash is the old one, untouched until its owner signs in here
+        stored = await fetch(
+            sandbox.services.response_url,
+            "SELECT password_hash FROM users WHERE username = 'old00002'",
+        )
+        assert stored[0]["password_hash"] == HASHES[2]
+
+
+async def test_a_bad_row_is_reported_by_its_line_and_the_others_are_imported(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    body = b"\n".join(
+        [
+            b'{"username": "ann", "password_hash": "' + HASHES[0].encode() + b'"}',
+            b"{not json",
+            b'{"username": "bob"}',
+            b'{"username": "cid", "password_hash": "$1$md5crypt$notsupported"}',
+            b'{"username": "dee", "password": "short"}',
+            b"",
+            b'{"username": "eve", "password": "a long enough pass phrase of hers"}',
+            b'{"username": "x!", "password_hash": "' + HASHES[1].encode() + b'"}',
+            b'{"username": "fay", "password_hash": "' + HASHES[1].encode() + b'", "admin": 1}',
+        ]
+    )
+    answer = await _import(api, headers, body)
+    assert answer.status_code == 200, answer.text
+    summary = answer.json()
+    assert (summary["created"], summary["failed"]) == (2, 6), summary["errors"]
+    assert [e["line"] for e in summary["errors"]] == [2, 3, 4, 5, 8, 9]
+    reasons = " | ".join(e["error"] for e in summary["errors"])
+    assert "not a JSON object" in reasons
+    assert "exactly one of password and password_hash" in reasons
+    assert "not a bcrypt" in reasons
+    assert "short" not in reasons  # a refused password is never echoed
+    names = await fetch(
+        sandbox.services.response_url, "SELECT username FROM users ORDER BY username"
+    )
+    assert [r["username"] for r in names] == ["admin", "ann", "eve"]
+    # the imported hash signs in; the plain password was hashed with argon2id
+    login = await api.post("/api/v1/auth/token", data={"username": "ann", "password": PASSWORDS[0]})
+    assert login.status_code == 200
+    eve = await fetch(
+        sandbox.services.response_url, "SELECT password_hash FROM users WHERE username = 'eve'"
+    )
+    assert eve[0]["password_hash"].startswith("$argon2id$")
+
+    refused = await _import(
+        api, headers, legacy_rows(5, prefix="atomic") + b"{oops\n", atomic="true"
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"] == "import_refused"
+    assert "line 6" in refused.json()["detail"]
+    kept = await fetch(
+        sandbox.services.response_url,
+        "SELECT count(*) AS n FROM users WHERE username LIKE 'atomic%'",
+    )
+    assert kept[0]["n"] == 0
+
+
+async def test_a_rerun_changes_nothing_and_a_changed_row_is_one_new_version(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    body = legacy_rows(300)
+    first = (await _import(api, headers, body)).json()
+    assert (first["created"], first["updated"], first["unchanged"]) == (300, 0, 0)
+    outbox = "SELECT count(*) AS n FROM outbox_events WHERE entity = 'user'"
+    before = (await fetch(sandbox.services.response_url, outbox))[0]["n"]
+    again = (await _import(api, headers, body)).json()
+    assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 300)
+    assert (await fetch(sandbox.services.response_url, outbox))[0]["n"] == before
+    changed = body.replace(b"old00007@example.org", b"seven@example.org")
+    third = (await _import(api, headers, changed)).json()
+    assert (third["created"], third["updated"], third["unchanged"]) == (0, 1, 299)
+    row = await fetch(
+        sandbox.services.response_url,
+        "SELECT email, version FROM users WHERE username = 'old00007'",
+    )
+    assert (row[0]["email"], row[0]["version"]) == ("seven@example.org", 2)
+    count = await fetch(sandbox.services.response_url, "SELECT count(*) AS n FROM users")
+    assert count[0]["n"] == 301  # and the administrator
+    assert (await api.post("/api/v1/users/import", content=body)).status_code == 401
+
+
+async def test_an_import_killed_half_way_is_finished_by_running_it_again(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    total = 30_000
+    source = tmp_path / "users.ndjson"
+    source.write_bytes(legacy_rows(total))
+    command = [str(BIN / "netsync")]
+    env = sandbox.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    users = "SELECT count(*) AS n FROM users WHERE username LIKE 'old%'"
+    proc = await asyncio.create_subprocess_exec(
+        *command,
+        "users",
+        "import",
+        str(source),
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (n := (await fetch(sandbox.services.response_url, users))[0]["n"]) == 0:
+            assert proc.returncode is None, "the import ended before it could be killed"
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        await proc.wait()
+    kept = (await fetch(sandbox.services.response_url, users))[0]["n"]
+    assert 0 < n <= kept < total  # some batches committed, not all
+    rerun = await asyncio.create_subprocess_exec(
+        *command,
+        "users",
+        "import",
+        str(source),
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(rerun.communicate(), 120)
+    assert rerun.returncode == 0, stderr.decode()
+    summary = orjson.loads(stdout)
+    assert summary["created"] == total - kept
+    assert summary["unchanged"] == kept
+    assert (await fetch(sandbox.services.response_url, users))[0]["n"] == total
+    twice = await fetch(
+        sandbox.services.response_url,
+        "SELECT count(*) AS n FROM (SELECT entity_id FROM outbox_events WHERE entity = 'user'"
+        " GROUP BY entity_id HAVING count(*) > 1) AS t",
+    )
+    assert twice[0]["n"] == 0  # no user was sent twice
