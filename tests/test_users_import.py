@@ -13,13 +13,16 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import bcrypt
 import httpx
 import orjson
 import pytest
+from pydantic import EmailStr, TypeAdapter, ValidationError
 
+from app.users.bulk import import_email
 from tests.factories import admin_headers
 from tests.queries import fetch
 from tests.support import (
@@ -246,3 +249,39 @@ async def test_an_import_killed_half_way_is_finished_by_running_it_again(
         " GROUP BY entity_id HAVING count(*) > 1) AS t",
     )
     assert twice[0]["n"] == 0  # no user was sent twice
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "a@example.org",
+        "A.B+c@Example.ORG",
+        "a..b@example.org",
+        ".a@example.org",
+        "a@localhost",
+        "a@example.invalid",
+        "ü@example.org",
+        "a@bücher.de",
+        "John <john@example.org>",
+        '"quoted"@example.org',
+        "a@-bad.com",
+        "a" * 64 + "@example.org",
+        "a" * 65 + "@example.org",
+        "a@" + "b" * 250 + ".com",
+        "a@example",
+        "a@[1.2.3.4]",
+        "a @example.org",
+        " a@example.org",
+    ],
+)
+def test_the_import_judges_an_email_exactly_as_the_api_does(email: str) -> None:
+    """The import's fast path for addresses must give the API's verdict and normal form."""
+    api = TypeAdapter(EmailStr)
+
+    def verdict(check: Callable[[str], str]) -> str:
+        try:
+            return check(email)
+        except ValidationError:
+            return "refused"
+
+    assert verdict(import_email) == verdict(api.validate_python)
