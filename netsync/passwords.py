@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,6 +88,15 @@ _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
     weakref.WeakKeyDictionary()
 )
 _dummy: str | None = None
+#: A refused password takes at least this long (seconds), whatever hash the account has or
+#: whether it exists: a legacy bcrypt check (cost 12: ~330 ms here) costs more than an argon2id
+#: one (~180 ms), so without a floor a failed sign-in would tell a legacy account, still
+#: unconverted, from a converted or an unknown one. ``NETSYNC_SIGN_IN_FLOOR_MS`` sets it (0:
+#: none); unset, ``warm_up`` measures it: the slower of one argon2id and one bcrypt cost-12 hash.
+#: The wait is a sleep, not work: it costs a guesser time, the server nothing.
+_FLOOR_ENV = os.environ.get("NETSYNC_SIGN_IN_FLOOR_MS", "").strip()
+_floor_s: float | None = int(_FLOOR_ENV) / 1000 if _FLOOR_ENV else None
+LEGACY_COST = 12
 
 
 class HashingBusy(ServiceUnavailable):
@@ -140,11 +150,34 @@ async def _in_pool(fn: object, *args: str, wait_s: float | None = None) -> objec
         slots.release()
 
 
+def _legacy_hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=LEGACY_COST)).decode()
+
+
+async def _timed(fn: object, *args: str) -> tuple[str, float]:
+    started = time.perf_counter()
+    result = str(await _in_pool(fn, *args, wait_s=CHANGE_WAIT_S))
+    return result, time.perf_counter() - started
+
+
 async def warm_up() -> None:
-    """Build the dummy hash in the pool (at start-up, off the event loop)."""
-    global _dummy
+    """Build the dummy hash in the pool (at start-up, off the event loop), and measure the
+    floor of a refused sign-in when it is not configured."""
+    global _dummy, _floor_s
     if _dummy is None:
-        _dummy = str(await _in_pool(hash_password_sync, os.urandom(16).hex(), wait_s=CHANGE_WAIT_S))
+        _dummy, argon2_s = await _timed(hash_password_sync, os.urandom(16).hex())
+        if _floor_s is None:
+            _, bcrypt_s = await _timed(_legacy_hash, os.urandom(16).hex())
+            _floor_s = max(argon2_s, bcrypt_s)
+
+
+async def _refused(started: float) -> bool:
+    """A refusal, once the floor has passed since ``started``."""
+    await warm_up()
+    remaining = (_floor_s or 0.0) - (time.perf_counter() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+    return False
 
 
 async def hash_password(password: str) -> str:
@@ -152,10 +185,19 @@ async def hash_password(password: str) -> str:
 
 
 async def verify_password(password_hash: str | None, password: str) -> bool:
-    """Verify in the hashing pool; a missing user still costs one verification."""
+    """Verify in the hashing pool; a missing user still costs one verification, and every
+    refusal takes at least the floor (``_floor_s``)."""
+    started = time.perf_counter()
     if password_hash is None:
         await warm_up()
         assert _dummy is not None
         await _in_pool(verify_password_sync, _dummy, password)
-        return False
-    return bool(await _in_pool(verify_password_sync, password_hash, password))
+        return await _refused(started)
+    if await _in_pool(verify_password_sync, password_hash, password):
+        return True
+    return await _refused(started)
+
+
+def refusal_floor_s() -> float | None:
+    """The floor in force (None until ``warm_up`` measured it)."""
+    return _floor_s

@@ -178,6 +178,34 @@ async def test_a_legacy_bcrypt_hash_is_rehashed_at_sign_in_and_the_new_hash_sync
     assert again[0]["version"] == rows[0]["version"]
 
 
+async def test_a_refused_sign_in_takes_as_long_whatever_hash_the_account_has(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    """A wrong password for an unconverted bcrypt account (cost 12, as the previous deployment
+    made them) must not stand out from one for an argon2id account or an unknown name: every
+    refusal waits at least the floor, which is at least a bcrypt check."""
+    admin = await admin_headers(api, sandbox.response_settings())
+    await create_user(api, admin, "nico", "modern pass phrase 8")
+    await create_user(api, admin, "olga", "legacy pass phrase 9")
+    legacy = await asyncio.to_thread(
+        lambda: bcrypt.hashpw(b"legacy pass phrase 9", bcrypt.gensalt(12)).decode()
+    )
+    await fetch(
+        sandbox.services.response_url,
+        "UPDATE users SET password_hash = $1 WHERE username = 'olga'",
+        legacy,
+    )
+    floor = passwords.refusal_floor_s()
+    assert floor is not None
+    started = time.perf_counter()
+    await asyncio.to_thread(bcrypt.checkpw, b"wrong", legacy.encode())
+    assert floor >= (time.perf_counter() - started) * 0.5  # the floor covers a bcrypt check
+    for name in ("nico", "olga", "nobody-here"):
+        started = time.perf_counter()
+        assert (await token(api, name, "a wrong pass phrase")).status_code == 401
+        assert time.perf_counter() - started >= floor, name
+
+
 async def test_a_password_change_revokes_tokens_by_counter_whatever_the_clocks_say(
     api: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
