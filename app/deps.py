@@ -76,20 +76,27 @@ SettingsDep = Annotated[ResponseSettings, Depends(get_settings)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 
 
-async def get_current_user(
-    uow: UowDep, settings: SettingsDep, token: Annotated[str | None, Depends(_bearer)]
+async def authenticate(
+    session: ResponseSession, settings: ResponseSettings, token: str | None
 ) -> User:
+    """The user a bearer token stands for, or ``NotAuthenticated``."""
     if not token:
         raise NotAuthenticated()
     claims = decode_access_token(token, settings.jwt_secret())
     if claims is None:
         raise NotAuthenticated("invalid or expired token")
-    user = await uow.session.get(User, claims.user_id)
+    user = await session.get(User, claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("invalid or expired token")
     if claims.token_version != user.token_version:
         raise NotAuthenticated("token revoked by a password change")
     return user
+
+
+async def get_current_user(
+    uow: UowDep, settings: SettingsDep, token: Annotated[str | None, Depends(_bearer)]
+) -> User:
+    return await authenticate(uow.session, settings, token)
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -102,3 +109,18 @@ async def get_admin(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(get_admin)]
+
+
+async def get_admin_briefly(
+    request: Request, settings: SettingsDep, token: Annotated[str | None, Depends(_bearer)]
+) -> User:
+    """An administrator, checked in a session of its own that ends at once: for endpoints that
+    stream a long body and must not hold a transaction (and its locks) open while they read."""
+    async with request.app.state.sessionmaker() as session:
+        user = await authenticate(session, settings, token)
+    if user.role != "admin":
+        raise NotPermitted("administrators only")
+    return user
+
+
+BriefAdmin = Annotated[User, Depends(get_admin_briefly)]

@@ -116,7 +116,11 @@ def create_app(settings: RequestSettings | None = None) -> FastAPI:
                 .order_by(SyncedUser.changed_at.desc())
                 .limit(1)
             )
-        ok = await verify_password(user.password_hash if user else None, body.password)
+        ok = await verify_password(
+            user.password_hash if user else None,
+            body.password,
+            allowed=user is not None and bool(user.is_active),
+        )
         if user is None or not ok or not user.is_active:
             raise NotAuthenticated("invalid username or password")
         await guard.succeeded(body.username, address)

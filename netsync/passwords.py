@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -95,8 +96,40 @@ _dummy: str | None = None
 #: none); unset, ``warm_up`` measures it: the slower of one argon2id and one bcrypt cost-12 hash.
 #: The wait is a sleep, not work: it costs a guesser time, the server nothing.
 _FLOOR_ENV = os.environ.get("NETSYNC_SIGN_IN_FLOOR_MS", "").strip()
-_floor_s: float | None = int(_FLOOR_ENV) / 1000 if _FLOOR_ENV else None
+_floor_s: float | None = float(_FLOOR_ENV) / 1000 if _FLOOR_ENV else None
 LEGACY_COST = 12
+#: The floor is one measurement at start-up; refusals wait this much longer than it, so a
+#: slower moment of a bcrypt check does not show above the floor.
+FLOOR_MARGIN = 1.2
+
+#: A stored hash's own parameters decide what checking it costs, and hashes can arrive from
+#: elsewhere (an import, the other network): only these are ever verified. bcrypt cost 4 to 14
+#: (cost 12 ~330 ms here, each step doubles it); argon2 version 19 with memory, passes and
+#: lanes no larger than 256 MiB, 10 and 4. Anything else is refused as a wrong password would
+#: be, without running it: ``$2b$31$`` would take days, ``m=8388608`` 8 GiB.
+MAX_HASH_LENGTH = 512
+_BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|1[0-4])\$[./A-Za-z0-9]{53}$")
+_ARGON2 = re.compile(
+    r"^\$argon2(id|i|d)\$v=19\$m=(\d{1,6}),t=(\d{1,2}),p=(\d)\$[A-Za-z0-9+/]{8,88}\$[A-Za-z0-9+/]{16,88}$"
+)
+MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_TIME, MAX_ARGON2_LANES = 262144, 10, 4
+
+
+def acceptable_hash(password_hash: str) -> bool:
+    """Whether a stored hash is one netsync will verify (format and bounded cost)."""
+    if len(password_hash) > MAX_HASH_LENGTH:
+        return False
+    if _BCRYPT.match(password_hash):
+        return True
+    found = _ARGON2.match(password_hash)
+    if not found:
+        return False
+    memory, passes, lanes = (int(found.group(i)) for i in (2, 3, 4))
+    return (
+        8 * lanes <= memory <= MAX_ARGON2_MEMORY_KIB
+        and 1 <= passes <= MAX_ARGON2_TIME
+        and 1 <= lanes <= MAX_ARGON2_LANES
+    )
 
 
 class HashingBusy(ServiceUnavailable):
@@ -113,6 +146,8 @@ def hash_password_sync(password: str) -> str:
 
 
 def verify_password_sync(password_hash: str, password: str) -> bool:
+    if not acceptable_hash(password_hash):
+        return False
     if password_hash.startswith(_LEGACY):
         try:
             return bcrypt.checkpw(password.encode(), password_hash.encode())
@@ -174,7 +209,7 @@ async def warm_up() -> None:
 async def _refused(started: float) -> bool:
     """A refusal, once the floor has passed since ``started``."""
     await warm_up()
-    remaining = (_floor_s or 0.0) - (time.perf_counter() - started)
+    remaining = (_floor_s or 0.0) * FLOOR_MARGIN - (time.perf_counter() - started)
     if remaining > 0:
         await asyncio.sleep(remaining)
     return False
@@ -184,16 +219,19 @@ async def hash_password(password: str) -> str:
     return str(await _in_pool(hash_password_sync, password, wait_s=CHANGE_WAIT_S))
 
 
-async def verify_password(password_hash: str | None, password: str) -> bool:
+async def verify_password(
+    password_hash: str | None, password: str, *, allowed: bool = True
+) -> bool:
     """Verify in the hashing pool; a missing user still costs one verification, and every
-    refusal takes at least the floor (``_floor_s``)."""
+    refusal takes at least the floor (``_floor_s``), a right password for an account that may
+    not sign in (``allowed=False``: deactivated) included, so timing confirms no password."""
     started = time.perf_counter()
     if password_hash is None:
         await warm_up()
         assert _dummy is not None
         await _in_pool(verify_password_sync, _dummy, password)
         return await _refused(started)
-    if await _in_pool(verify_password_sync, password_hash, password):
+    if await _in_pool(verify_password_sync, password_hash, password) and allowed:
         return True
     return await _refused(started)
 

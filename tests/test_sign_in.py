@@ -204,6 +204,15 @@ async def test_a_refused_sign_in_takes_as_long_whatever_hash_the_account_has(
         started = time.perf_counter()
         assert (await token(api, name, "a wrong pass phrase")).status_code == 401
         assert time.perf_counter() - started >= floor, name
+    # a right password for a deactivated account is refused as slowly: timing confirms nothing
+    nico = await fetch(
+        sandbox.services.response_url, "SELECT id FROM users WHERE username = 'nico'"
+    )
+    off = await api.post(f"/api/v1/users/{nico[0]['id']}/deactivate", headers=admin)
+    assert off.status_code == 200, off.text
+    started = time.perf_counter()
+    assert (await token(api, "nico", "modern pass phrase 8")).status_code == 401
+    assert time.perf_counter() - started >= floor
 
 
 async def test_a_password_change_revokes_tokens_by_counter_whatever_the_clocks_say(

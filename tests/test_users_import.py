@@ -23,7 +23,7 @@ import pytest
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
 from app.users.bulk import import_email
-from tests.factories import admin_headers
+from tests.factories import admin_headers, create_user
 from tests.queries import fetch
 from tests.support import (
     Process,
@@ -172,21 +172,43 @@ async def test_a_bad_row_is_reported_by_its_line_and_the_others_are_imported(
     assert kept[0]["n"] == 0
 
 
-async def test_a_rerun_changes_nothing_and_a_changed_row_is_one_new_version(
+async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
     api: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
     headers = await admin_headers(api, sandbox.response_settings())
     body = legacy_rows(300)
     first = (await _import(api, headers, body)).json()
     assert (first["created"], first["updated"], first["unchanged"]) == (300, 0, 0)
+    # since the first run: one user changed their password, one account was deactivated
+    users = await fetch(
+        sandbox.services.response_url,
+        "SELECT id::text, username FROM users WHERE username IN ('old00003', 'old00004')",
+    )
+    ids = {r["username"]: r["id"] for r in users}
+    changed = await api.post(
+        f"/api/v1/users/{ids['old00003']}/reset-password",
+        json={"new_password": "a newer pass phrase of three"},
+        headers=headers,
+    )
+    assert changed.status_code == 200, changed.text
+    off = await api.post(f"/api/v1/users/{ids['old00004']}/deactivate", headers=headers)
+    assert off.status_code == 200, off.text
     outbox = "SELECT count(*) AS n FROM outbox_events WHERE entity = 'user'"
     before = (await fetch(sandbox.services.response_url, outbox))[0]["n"]
-    again = (await _import(api, headers, body)).json()
+    again = (await _import(api, headers, body.replace(b"old00007@", b"seven@"))).json()
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 300)
     assert (await fetch(sandbox.services.response_url, outbox))[0]["n"] == before
-    changed = body.replace(b"old00007@example.org", b"seven@example.org")
-    third = (await _import(api, headers, changed)).json()
-    assert (third["created"], third["updated"], third["unchanged"]) == (0, 1, 299)
+    kept = await fetch(
+        sandbox.services.response_url,
+        "SELECT username, email, password_hash, is_active FROM users"
+        " WHERE username IN ('old00003', 'old00004', 'old00007') ORDER BY username",
+    )
+    assert kept[0]["password_hash"].startswith("$argon2id$")  # the new password stays
+    assert kept[1]["is_active"] is False  # and so does the deactivation
+    assert kept[2]["email"] == "old00007@example.org"  # nothing changes without update
+    updated = await _import(api, headers, body.replace(b"old00007@", b"seven@"), update="true")
+    # update: the three that differ from the file take its values (the file is the authority)
+    assert (updated.json()["updated"], updated.json()["unchanged"]) == (3, 297)
     row = await fetch(
         sandbox.services.response_url,
         "SELECT email, version FROM users WHERE username = 'old00007'",
@@ -195,6 +217,83 @@ async def test_a_rerun_changes_nothing_and_a_changed_row_is_one_new_version(
     count = await fetch(sandbox.services.response_url, "SELECT count(*) AS n FROM users")
     assert count[0]["n"] == 301  # and the administrator
     assert (await api.post("/api/v1/users/import", content=body)).status_code == 401
+
+
+async def test_hashes_whose_cost_would_stall_sign_in_are_refused_at_import_and_at_sign_in(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    costly = [
+        HASHES[0].replace("$2b$04$", "$2b$31$"),  # days per check
+        "$argon2id$v=19$m=8388608,t=3,p=1$c29tZXNhbHRzb21lc2FsdA$"  # 8 GiB per check
+        "RdescudvJCsgt3ub+b+dWRWJTmaaJObG0RdescudvJCs",
+        "$argon2id$v=19$m=65536,t=4000,p=1$c29tZXNhbHRzb21lc2FsdA$"  # hours per check
+        "RdescudvJCsgt3ub+b+dWRWJTmaaJObG0RdescudvJCs",
+        "$argon2id$v=19$m=65536,t=3,p=1$" + "A" * 600 + "$" + "B" * 43,  # past varchar(512)
+    ]
+    body = b"".join(
+        orjson.dumps({"username": f"costly{i}", "password_hash": h}) + b"\n"
+        for i, h in enumerate(costly)
+    )
+    summary = (await _import(api, headers, body)).json()
+    assert (summary["created"], summary["failed"]) == (0, len(costly))
+    assert all("cost 4 to 14" in e["error"] for e in summary["errors"])
+    # one that got into a database by another way is refused without being run
+    user = await create_user(api, headers, "stored", "a long pass phrase for it")
+    await fetch(
+        sandbox.services.response_url,
+        "UPDATE users SET password_hash = $1 WHERE id = $2::uuid",
+        costly[0],
+        user["id"],
+    )
+    started = time.perf_counter()
+    refused = await api.post(
+        "/api/v1/auth/token", data={"username": "stored", "password": "a long pass phrase for it"}
+    )
+    assert refused.status_code == 401
+    assert time.perf_counter() - started < 10
+
+
+async def test_an_import_leaves_the_importing_administrator_alone(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    row = {"username": "ADMIN", "password_hash": HASHES[0], "role": "user", "is_active": False}
+    summary = (await _import(api, headers, orjson.dumps(row) + b"\n", update="true")).json()
+    assert summary["failed"] == 1
+    assert summary["errors"][0] == {
+        "line": 1,
+        "error": "an import does not change your own account",
+    }
+    me = await api.get("/api/v1/users/me", headers=headers)
+    assert (me.status_code, me.json()["role"]) == (200, "admin")
+
+
+async def test_csv_from_a_spreadsheet_with_a_byte_order_mark_imports(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    body = (
+        "\ufeffusername,email,password_hash,is_active\r\n"
+        f"carla,carla@example.org,{HASHES[3]},true\r\n"
+        f"dora,,{HASHES[4]},false\r\n"
+        "al\rice,x\r\n"
+    ).encode()
+    answer = await api.post(
+        "/api/v1/users/import", content=body, headers={**headers, "Content-Type": "text/csv"}
+    )
+    assert answer.status_code == 200, answer.text
+    summary = answer.json()
+    assert (summary["created"], summary["failed"]) == (2, 1), summary
+    rows = await fetch(
+        sandbox.services.response_url,
+        "SELECT username, email, is_active FROM users WHERE username IN ('carla', 'dora')"
+        " ORDER BY username",
+    )
+    assert [tuple(r) for r in rows] == [
+        ("carla", "carla@example.org", True),
+        ("dora", None, False),
+    ]
 
 
 async def test_an_import_killed_half_way_is_finished_by_running_it_again(

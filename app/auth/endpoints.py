@@ -47,7 +47,11 @@ async def issue_token(
     # the lookup holds a connection only for itself, not while waiting for a hashing slot
     async with request.app.state.sessionmaker() as lookup:
         user = await get_by_username(lookup, form.username)
-    ok = await verify_password(user.password_hash if user else None, form.password)
+    ok = await verify_password(
+        user.password_hash if user else None,
+        form.password,
+        allowed=user is not None and user.is_active,
+    )
     if user is None or not ok or not user.is_active:
         raise NotAuthenticated("invalid username or password")
     await guard.succeeded(form.username, address)

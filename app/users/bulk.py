@@ -7,13 +7,19 @@ user, so 100,000 users would take hours of CPU, and the sign-in path already ver
 formats and rehashes to argon2id at the next successful sign-in (``netsync.passwords``). A plain
 password is checked against the password policy and hashed in the bounded hashing pool.
 
-Rows are upserted by username (case-insensitively, as the unique index has it) in batches, each
-one statement of ``INSERT … ON CONFLICT DO UPDATE`` over arrays, plus one for the batch's outbox
-rows: a row that changes nothing writes nothing (no new version, no outbox row), so a re-run of
-the same file, or of a file whose import was interrupted, finishes the job without duplicating
-anything or sending unchanged users again. The outbox rows carry ``sync_payload`` as every other
-user change does, and leave in the relay's large files. A bad row is reported with its line
-number and the others go on; with ``atomic`` one bad row stops the import and nothing is kept.
+Rows are matched by username (case-insensitively, as the unique index has it) in batches, each
+one statement over arrays plus one for the batch's outbox rows. By default only new usernames
+are written and existing users are left exactly as they are, so a re-run of the same file (or of
+one whose import was interrupted) finishes the job and never undoes what happened since: a
+password changed, a hash converted at sign-in, an account deactivated or demoted. With
+``update`` existing users take the row's email, role and active flag, and its ``password_hash``
+when it has one (a plain password never replaces a stored hash: hashing it again would be a new
+version and a signed-out user on every run); a row that changes nothing writes nothing. A stored
+hash's cost is bounded (``netsync.passwords.acceptable_hash``): a hash is cheap to import and
+its parameters decide what every later sign-in costs. The outbox rows carry ``sync_payload`` as
+every other user change does, and leave in the relay's large files. A bad row is reported with
+its line number and the others go on; with ``atomic`` one bad row stops the import and nothing
+is kept.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import csv
 import functools
 import io
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -46,7 +52,7 @@ from app.users.schemas import Password, Role, Username
 from app.users.service import ENTITY, check_password, sync_payload
 from netsync.errors import InvalidInput
 from netsync.logging import correlation_id
-from netsync.passwords import hash_password
+from netsync.passwords import acceptable_hash, hash_password
 
 Format = Literal["ndjson", "csv"]
 #: Opens a unit that commits on exit and rolls back on an error (``app.db.session_scope``).
@@ -56,13 +62,10 @@ Sessions = Callable[[], AbstractAsyncContextManager[ResponseSession]]
 BATCH = 2000
 #: A line longer than this is a bad row, not a reason to hold megabytes.
 MAX_LINE = 16 * 1024
+#: An atomic import is one transaction holding every row it wrote: it stops at this many lines.
+MAX_ATOMIC_ROWS = 100_000
 #: Errors listed in a summary; the count covers the rest.
 MAX_ERRORS_LISTED = 100
-
-HASH = re.compile(
-    r"^(\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}"
-    r"|\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+)$"
-)
 
 
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
@@ -106,8 +109,11 @@ class ImportedUser(BaseModel):
     def _one_secret(self) -> ImportedUser:
         if (self.password is None) == (self.password_hash is None):
             raise ValueError("give exactly one of password and password_hash")
-        if self.password_hash is not None and not HASH.match(self.password_hash):
-            raise ValueError("password_hash is not a bcrypt ($2a$/$2b$/$2y$) or argon2 hash")
+        if self.password_hash is not None and not acceptable_hash(self.password_hash):
+            raise ValueError(
+                "password_hash is not a bcrypt ($2a$/$2b$/$2y$, cost 4 to 14) or argon2"
+                " (v=19, m <= 256 MiB, t <= 10, p <= 4) hash"
+            )
         return self
 
 
@@ -199,6 +205,8 @@ async def rows(
         if not raw.strip():
             yield number, None
             continue
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as spreadsheets write
         try:
             decoded = raw.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError:
@@ -210,7 +218,11 @@ async def rows(
             except orjson.JSONDecodeError:
                 yield number, RowError(number, "not a JSON object")
             continue
-        fields = next(csv.reader(io.StringIO(decoded)))
+        try:
+            fields = next(csv.reader(io.StringIO(decoded)))
+        except (csv.Error, StopIteration):
+            yield number, RowError(number, "not a CSV row")
+            continue
         if header is None:
             header = [f.strip() for f in fields]
             yield number, None
@@ -224,6 +236,23 @@ async def rows(
         yield number, parse(number, record)
 
 
+#: A plain-password row of an existing user keeps the stored hash (hashing it again would be a
+#: new salt, a new version and a signed-out user on every re-run).
+KEEP_HASH = "!keep"
+
+_INSERT = text(
+    """
+    INSERT INTO users AS u (id, username, email, password_hash, role, is_active, version)
+    SELECT gen_random_uuid(), username, email, password_hash, role, is_active, 1 FROM unnest(
+        CAST(:usernames AS text[]), CAST(:emails AS text[]), CAST(:hashes AS text[]),
+        CAST(:roles AS text[]), CAST(:active AS boolean[])
+    ) AS t(username, email, password_hash, role, is_active)
+    ON CONFLICT (lower(username)) DO NOTHING
+    RETURNING u.id, u.username, u.email, u.password_hash, u.role, u.is_active,
+        u.profile_type_id, u.version
+    """
+)
+
 _UPSERT = text(
     """
     WITH input AS (
@@ -236,17 +265,19 @@ _UPSERT = text(
     SELECT gen_random_uuid(), username, email, password_hash, role, is_active, 1 FROM input
     ON CONFLICT (lower(username)) DO UPDATE SET
         email = excluded.email,
-        password_hash = excluded.password_hash,
+        password_hash = CASE WHEN excluded.password_hash = '!keep'
+            THEN u.password_hash ELSE excluded.password_hash END,
         role = excluded.role,
         is_active = excluded.is_active,
         version = u.version + 1,
         updated_at = now(),
-        password_changed_at = CASE WHEN u.password_hash IS DISTINCT FROM excluded.password_hash
+        password_changed_at = CASE WHEN excluded.password_hash NOT IN ('!keep', u.password_hash)
             THEN now() ELSE u.password_changed_at END,
         token_version = u.token_version
-            + CASE WHEN u.password_hash IS DISTINCT FROM excluded.password_hash THEN 1 ELSE 0 END
-    WHERE (u.email, u.password_hash, u.role, u.is_active)
-        IS DISTINCT FROM (excluded.email, excluded.password_hash, excluded.role, excluded.is_active)
+            + CASE WHEN excluded.password_hash NOT IN ('!keep', u.password_hash) THEN 1 ELSE 0 END
+    WHERE (u.email, u.role, u.is_active)
+            IS DISTINCT FROM (excluded.email, excluded.role, excluded.is_active)
+        OR excluded.password_hash NOT IN ('!keep', u.password_hash)
     RETURNING u.id, u.username, u.email, u.password_hash, u.role, u.is_active,
         u.profile_type_id, u.version
     """
@@ -274,36 +305,51 @@ class _Row:
         )
 
 
-async def _hashed(users: list[ImportedUser]) -> list[str]:
-    async def one(user: ImportedUser) -> str:
-        if user.password_hash is not None:
-            return user.password_hash
-        assert user.password is not None
-        return await hash_password(user.password)
-
-    return list(await asyncio.gather(*(one(u) for u in users)))
-
-
 async def apply_batch(
-    session: ResponseSession, batch: list[tuple[int, ImportedUser]], summary: ImportSummary
+    session: ResponseSession,
+    batch: list[tuple[int, ImportedUser]],
+    summary: ImportSummary,
+    *,
+    update: bool = False,
 ) -> None:
-    """Upsert one batch (a later row of one username wins) and record its outbox rows."""
-    latest: dict[str, tuple[int, ImportedUser]] = {}
-    for number, user in batch:
-        latest[user.username.lower()] = (number, user)
-    users = [u for _, u in latest.values()]
-    hashes = await _hashed(users)
-    result = await session.execute(
-        _UPSERT,
-        {
-            "usernames": [u.username for u in users],
-            "emails": [u.email for u in users],
-            "hashes": hashes,
-            "roles": [u.role for u in users],
-            "active": [u.is_active for u in users],
-        },
+    """Write one batch and its outbox rows: new users only, or (``update``) existing ones too.
+
+    A later row of one username wins within the batch; rows go to the database in username
+    order, so two imports over the same users lock them in the same order and cannot deadlock.
+    Plain passwords are hashed only for users that do not exist yet, one at a time, so an
+    import never takes more than one slot of the hashing pool from sign-ins."""
+    latest: dict[str, ImportedUser] = {}
+    for _, user in batch:
+        latest[user.username.lower()] = user
+    existing = set(
+        await session.scalars(
+            text("SELECT lower(username) FROM users WHERE lower(username) = ANY(:names)"),
+            {"names": list(latest)},
+        )
     )
-    written = result.all()
+    users = [latest[name] for name in sorted(latest) if update or name not in existing]
+    hashes = []
+    for user in users:
+        if user.password_hash is not None:
+            hashes.append(user.password_hash)
+        elif user.username.lower() in existing:
+            hashes.append(KEEP_HASH)
+        else:
+            assert user.password is not None
+            hashes.append(await hash_password(user.password))
+    written: Sequence[Any] = []
+    if users:
+        result = await session.execute(
+            _UPSERT if update else _INSERT,
+            {
+                "usernames": [u.username for u in users],
+                "emails": [u.email for u in users],
+                "hashes": hashes,
+                "roles": [u.role for u in users],
+                "active": [u.is_active for u in users],
+            },
+        )
+        written = result.all()
     if written:
         await session.execute(
             _OUTBOX,
@@ -315,7 +361,7 @@ async def apply_batch(
                 "data": [orjson.dumps(sync_payload(_Row(r))).decode() for r in written],  # type: ignore[arg-type]
             },
         )
-    created = sum(1 for r in written if r.version == 1)
+    created = len([r for r in written if r.version == 1])
     summary.created += created
     summary.updated += len(written) - created
     summary.unchanged += len(batch) - len(written)
@@ -337,10 +383,13 @@ async def import_users(
     fmt: Format,
     *,
     atomic: bool = False,
+    update: bool = False,
+    protect: str | None = None,
     progress: Callable[[ImportSummary], None] | None = None,
 ) -> ImportSummary:
     """Import a stream of rows. ``sessions`` opens a committing unit (``async with sessions()
-    as session``, committed on exit).
+    as session``, committed on exit). Users that exist already are left as they are unless
+    ``update``; the account named ``protect`` (the administrator importing) is never changed.
 
     Non-atomic imports commit every batch, so an interrupted import keeps what it did and a
     re-run finishes it; and while one batch is in the database the next is parsed (at most one
@@ -350,7 +399,7 @@ async def import_users(
     writing: asyncio.Task[None] | None = None
 
     async def write(batch: list[tuple[int, ImportedUser]], session: ResponseSession) -> None:
-        await apply_batch(session, batch, summary)
+        await apply_batch(session, batch, summary, update=update)
         if progress is not None:
             progress(summary)
 
@@ -365,6 +414,13 @@ async def import_users(
             if parsed is None:
                 continue
             error = parsed if isinstance(parsed, RowError) else _policy(number, parsed)
+            if error is None and protect and parsed.username.lower() == protect.lower():  # type: ignore[union-attr]
+                error = RowError(number, "an import does not change your own account")
+            if error is None and atomic and summary.lines > MAX_ATOMIC_ROWS:
+                raise ImportRefused(
+                    f"an atomic import holds one transaction: at most {MAX_ATOMIC_ROWS} rows;"
+                    " import larger files without atomic (each batch commits; a re-run resumes)"
+                )
             if error is not None:
                 if atomic:
                     raise ImportRefused(f"line {error.line}: {error.error}; nothing was imported")

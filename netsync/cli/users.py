@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import typer
+from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from app.config import ResponseSettings
@@ -52,7 +53,9 @@ def _open(source: str) -> tuple[IO[bytes], int | None]:
     return path.open("rb"), path.stat().st_size
 
 
-async def _import(source: str, fmt: Format, atomic: bool, quiet: bool) -> dict[str, Any]:
+async def _import(
+    source: str, fmt: Format, atomic: bool, update: bool, quiet: bool
+) -> dict[str, Any]:
     settings = ResponseSettings()
     engine = make_engine(settings.database_url, pool_size=2, application_name="netsync-cli")
     maker = make_sessionmaker(engine)
@@ -73,10 +76,11 @@ async def _import(source: str, fmt: Format, atomic: bool, quiet: bool) -> dict[s
                 _chunks(stream, lambda n: bar.update(task, advance=n)),
                 fmt,
                 atomic=atomic,
+                update=update,
                 progress=shown,
             )
     except ImportRefused as exc:
-        err.print(f"[red]refused:[/red] {exc.detail}")
+        err.print("[red]refused:[/red] " + escape(str(exc.detail)))
         raise typer.Exit(2) from exc
     except (DBAPIError, OSError) as exc:
         if not database_unavailable(exc):
@@ -103,6 +107,9 @@ def import_(
     source: str = typer.Argument(..., help="An NDJSON or CSV file, or - for standard input."),
     fmt: str = typer.Option("", "--format", help="ndjson or csv (default: from the extension)."),
     atomic: bool = typer.Option(False, "--atomic", help="Keep nothing if a row is bad."),
+    update: bool = typer.Option(
+        False, "--update", help="Also change users that exist (default: leave them as they are)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Import users; exit 1 if a row was refused (the others are imported)."""
@@ -114,7 +121,7 @@ def import_(
     if source != "-" and not Path(source).is_file():
         err.print(f"[red]no such file:[/red] {source}")
         raise typer.Exit(2)
-    summary = run(_import(source, chosen, atomic, quiet=as_json))  # type: ignore[arg-type]
+    summary = run(_import(source, chosen, atomic, update, quiet=as_json))  # type: ignore[arg-type]
     if as_json:
         print_json(summary)
     else:
@@ -124,6 +131,6 @@ def import_(
             [[summary[k] for k in ("lines", "created", "updated", "unchanged", "failed")]],
         )
         for error in summary["errors"]:
-            err.print(f"line {error['line']}: {error['error']}")
+            err.print(f"line {error['line']}: {error['error']}", markup=False, highlight=False)
     if summary["failed"]:
         raise typer.Exit(1)
