@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
-from exchange.intake import RejectedFile
+from exchange.intake import RejectedFile, RejectReason
 from importer.db import RequestSessionMaker
 from importer.failures import DB_ERRORS
 from importer.files import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX, FileMover, printable, read_bounded
@@ -26,6 +26,11 @@ from importer.models import QuarantinedFile
 from netsync import metrics
 
 log = logging.getLogger(__name__)
+
+# Every reason's series exists at 0 from the start, so the first refusal of a kind is an
+# increase Prometheus sees (the NetsyncFilesQuarantined alert), not a series that appears at 1.
+for _reason in RejectReason:
+    metrics.IMPORT_FILES_QUARANTINED.labels(_reason.value)
 
 #: Names looked up per query while reconciling (well under PostgreSQL's bind parameter limit).
 _CHUNK = 5000

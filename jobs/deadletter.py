@@ -33,6 +33,8 @@ from arq.worker import Function, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from netsync import metrics
+
 log = logging.getLogger(__name__)
 
 PREFIX = "netsync:dead:"
@@ -194,6 +196,7 @@ async def _bury(
     except (RedisError, OSError) as error:  # the job's own failure is what matters: re-raised
         log.error("could not record a dead job", extra={"job_id": job.job_id, "error": repr(error)})
     else:
+        metrics.JOBS_DEAD_LETTERED.labels(name, queue).inc()
         log.warning(
             "job failed for good",
             extra={"job_id": job.job_id, "function": name, "tries": job.tries, "error": job.error},
@@ -210,6 +213,8 @@ def register(
     keep_result_s: float | None = None,
 ) -> Function:
     """An arq ``Function`` whose final failure is dead-lettered: use it for every job function."""
+    # the series exists at 0 from the start, so the first dead job is an increase Prometheus sees
+    metrics.JOBS_DEAD_LETTERED.labels(name, queue)
     wrapped = dead_lettered(
         coroutine, name=name, queue=queue, max_tries=max_tries, timeout_s=timeout_s
     )

@@ -110,6 +110,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 #: (class 08), server shutting down or starting (57P01-57P03), no host taking writes.
 _UNAVAILABLE = (
     ConnectionError,  # refused, reset: raised bare by asyncpg's connect
+    TimeoutError,  # a host that does not answer: asyncpg's connect gives up
     socket.gaierror,  # a host name that does not resolve (yet), as during a failover
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.AdminShutdownError,
@@ -124,6 +125,7 @@ _UNAVAILABLE = (
 _DATABASE_ERRORS = (
     DBAPIError,
     ConnectionError,
+    TimeoutError,
     socket.gaierror,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,

@@ -124,7 +124,9 @@ def _host_port(text: str) -> tuple[str, int]:
         host, port = text, str(DEFAULT_SENTINEL_PORT)
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RedisURLError(f"a Sentinel address is host:port, not {text!r}")
+        raise RedisURLError(
+            "a Sentinel address is host:port (percent-encode '@', ':', '/', ',' in passwords)"
+        )
     return host, int(port)
 
 

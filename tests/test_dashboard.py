@@ -179,7 +179,7 @@ async def test_an_operator_follows_a_password_change_and_retries_a_dead_job(
             points = board.json()["points"]
             assert any(p["exported_per_s"] > 0 for p in points)
             assert any((p["applied_per_s"] or 0) > 0 for p in points)
-            assert all(p["lag_s"] is not None for p in points)  # the Request API answered
+            assert points[-1]["lag_s"] is not None  # the Request API answered (by now)
             assert (await api.get("/api/v1/trends")).status_code == 401  # administrators only
 
             # A job that fails for good lands in the dead-letter list; Retry runs it again.

@@ -119,7 +119,7 @@ async def sample(
             async with sessionmaker() as session:  # the status panel's lag: 0 when they agree
                 lags = await stream_lags(session, applied_seqs(status))
             lag = max((s.lag_s for s in lags), default=0.0)
-            quarantined = int(status.get("files_quarantined", 0))
+            quarantined = int(status.get("files_quarantined") or 0)
     async with sessionmaker() as session:
         pending = await session.scalar(
             select(func.count()).select_from(OutboxEvent).where(OutboxEvent.export_seq.is_(None))
@@ -164,6 +164,8 @@ async def run(app: FastAPI) -> None:
             await record(settings, app.state.sessionmaker, app.state.queue)
         except (RedisError, OSError, SQLAlchemyError, QueueUnavailable, TimeoutError) as exc:
             log.warning("trend sample skipped", extra={"error": type(exc).__name__})
+        except Exception:  # a sampler must not die for the rest of the process's life
+            log.exception("trend sample failed")
 
 
 def start(app: FastAPI) -> asyncio.Task[None] | None:
@@ -189,7 +191,8 @@ async def read_trends(queue: QueueDep, settings: SettingsDep, _: AdminUser) -> T
         raw: list[bytes] = await queue.redis.lrange(series, 0, -1)  # type: ignore[misc]
     except (RedisError, OSError) as exc:
         raise ServiceUnavailable("Redis is unreachable; trends are kept there") from exc
-    return Trends(
-        interval_s=settings.trends_interval_s,
-        points=[TrendPoint.model_validate_json(p) for p in raw],
-    )
+    points = []
+    for stored in raw:
+        with contextlib.suppress(ValueError):  # a point this version cannot read is skipped
+            points.append(TrendPoint.model_validate_json(stored))
+    return Trends(interval_s=settings.trends_interval_s, points=points)
