@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # One image for every netsync process; compose.yaml and deploy/k8s choose the command:
 #   uvicorn app.main:app --host 0.0.0.0 --port 8000      Response API
 #   arq jobs.WorkerSettings                              sync worker (probes and metrics on 9100)
@@ -8,23 +7,43 @@
 #   python -m netsync.migrate response && python -m app.bootstrap
 #                                                        Response migrations, then the administrator
 #   python -m netsync.migrate request                    Request migrations
+#
+# No BuildKit-only syntax: the classic builder (DOCKER_BUILDKIT=0) builds it too, and needs no
+# registry for a frontend image. Sites without a registry or PyPI build the base images and a
+# wheelhouse with deploy/images/build.sh, which passes the three build arguments below.
 
+# Any Debian-based CPython 3.11 with venv: the public image, or netsync-base/python:3.11-bookworm
+# built from Debian packages by deploy/images/build.sh. The build stage may run on another image
+# with the same interpreter and build tools (build.sh's python-build adds binutils): where it has
+# `strip`, the wheels' native libraries lose their debugging symbols (~40 MB).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_BUILD_IMAGE=${PYTHON_IMAGE}
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_BUILD_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, so that a code change reuses this layer. Only the runtime part of the lock,
-# every package pinned and hash-checked.
+# Dependencies first, so that a code change reuses this layer: the runtime part of the lock
+# (deploy/runtime_requirements.py's selection, without ./run up's embedded PostgreSQL and Valkey)
+# and the lock's setuptools, which builds the project below and is removed with pip once it has;
+# deploy/images/locks.py says which entries and why. Every package pinned and hash-checked.
+# deploy/images/wheelhouse holds the wheels deploy/images/build.sh downloaded on the host (it is
+# empty otherwise): with PIP_NO_INDEX=1 pip installs from it alone, else it downloads from the
+# index (PyPI or PIP_INDEX_URL) too. The wheels stay in this stage.
+ARG PIP_NO_INDEX=
 COPY requirements.lock pyproject.toml ./
 COPY deploy/runtime_requirements.py deploy/
-RUN python deploy/runtime_requirements.py > runtime.lock \
-    && pip install --require-hashes -r runtime.lock
+COPY deploy/images/locks.py deploy/images/
+COPY deploy/images/wheelhouse /wheels
+RUN python deploy/images/locks.py image requirements.lock pyproject.toml > runtime.lock \
+    && PIP_FIND_LINKS=/wheels pip install --require-hashes -r runtime.lock \
+    && if command -v strip >/dev/null; then \
+        find /opt/venv -type f -name '*.so*' -exec strip --strip-unneeded '{}' +; \
+    fi
 
-# The project itself, built with the setuptools the lock pinned above (no unpinned download).
+# The project itself, built with that setuptools (--no-build-isolation: no download).
 # netsync.migrate looks for alembic.ini and migrations/ in the directory that holds its package,
 # so they are copied into site-packages next to it. (README.md* : copied when it exists.)
 COPY README.md* alembic.ini ./
@@ -37,7 +56,7 @@ COPY migrations migrations
 RUN pip install --no-deps --no-build-isolation . \
     && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
     && cp -r alembic.ini migrations "$site/" \
-    && pip uninstall --yes pip
+    && pip uninstall --yes setuptools pip
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
@@ -55,6 +74,8 @@ RUN groupadd --system --gid 10001 netsync \
     && install -d -o netsync -g netsync -m 0750 /var/lib/netsync /var/lib/netsync/exports \
         /var/lib/netsync/importer
 COPY --from=build /opt/venv /opt/venv
+# The venv runs on this image's interpreter: a build stage on an image with another one fails here.
+RUN python -c 'import netsync'
 WORKDIR /var/lib/netsync
 USER 10001:10001
 # The APIs, then the daemons' /health, /ready and /metrics (worker, importer, bulk worker).

@@ -66,6 +66,17 @@ DAEMON_PORTS: dict[str, tuple[type[BaseSettings], str]] = {
     "importer": (RequestSettings, "importer_metrics_port"),
 }
 WORKERS = {"worker": "jobs.WorkerSettings", "bulk-worker": "jobs.BulkWorkerSettings"}
+# compose.yaml's images: a variable each (deploy/images/build.sh builds them from Debian
+# packages), the public image by default.
+PUBLIC_PYTHON_IMAGE = "python:3.11-slim-bookworm"
+COMPOSE_IMAGES = {
+    "response-db": ("NETSYNC_POSTGRES_IMAGE", "postgres:16-alpine"),
+    "request-db": ("NETSYNC_POSTGRES_IMAGE", "postgres:16-alpine"),
+    "redis": ("NETSYNC_REDIS_IMAGE", "redis:7.2-alpine"),
+}
+APP_IMAGE = ("NETSYNC_IMAGE", "netsync:local")
+# The only ports compose publishes on the host: the two APIs, on the loopback unless told.
+PUBLISHED = {"response-api": 8000, "request-api": 8001}
 # What the daemons must bind in a container, so that the kubelet and Prometheus reach them.
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 
@@ -206,18 +217,33 @@ def seconds(duration: str) -> float:
     return float(match[1]) * (60 if match[2] == "m" else 1)
 
 
-def dockerfile_stages() -> list[list[str]]:
-    """The Dockerfile's instructions (continuations joined, comments dropped), by stage."""
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuations joined and comments dropped."""
     text = (ROOT / "Dockerfile").read_text()
     lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
     joined = "\n".join(lines).replace("\\\n", " ").splitlines()
+    return [" ".join(ln.split()) for ln in joined if ln.strip()]
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions by stage."""
     stages: list[list[str]] = []
-    for instruction in (" ".join(ln.split()) for ln in joined if ln.strip()):
+    for instruction in dockerfile_instructions():
         if instruction.startswith("FROM "):
             stages.append([])
         if stages:
             stages[-1].append(instruction)
     return stages
+
+
+def dockerfile_args() -> dict[str, str]:
+    """Every ``ARG`` of the Dockerfile, before the first stage or in one, with its default."""
+    found = {}
+    for instruction in dockerfile_instructions():
+        if instruction.startswith("ARG "):
+            name, _, default = instruction.removeprefix("ARG ").partition("=")
+            found[name] = default
+    return found
 
 
 def dockerfile_final_stage_user() -> str:

@@ -1,11 +1,16 @@
 """compose.yaml, read with PyYAML (no container engine needed) and held to the same properties as
 the Kubernetes tree: the networks kept apart, health checks that ask each process, Redis that
-keeps every job, the exports directory shared between the workers and the importer.
+keeps every job, the exports directory shared between the workers and the importer; every image
+named by a variable, for sites that build them without a registry. tests/compose brings it up.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +18,13 @@ import pytest
 from jobs.periodic import PERIODIC_JOBS, ScheduleSettings
 from tests.deployment import (
     ALL_INTERFACES,
+    APP_IMAGE,
+    COMPOSE_IMAGES,
     COMPOSE_SECRETS,
     DAEMON_PORTS,
     MIGRATIONS,
+    PUBLIC_PYTHON_IMAGE,
+    PUBLISHED,
     REQUEST_SIDE,
     RESPONSE_ONLY_VARIABLES,
     RESPONSE_SIDE,
@@ -24,6 +33,7 @@ from tests.deployment import (
     app_services,
     compose_model,
     daemon_port,
+    dockerfile_args,
     health_url,
     longest_shutdown,
     seconds,
@@ -120,7 +130,70 @@ def test_compose_runs_every_app_service_in_production_unprivileged(
     for name, service in app_services(compose).items():
         assert service["environment"]["NETSYNC_ENV"] == "production", name
         assert service["read_only"] is True, name
+        assert service["tmpfs"] == ["/tmp"], name  # the only place written outside volumes
         assert service["cap_drop"] == ["ALL"], name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+
+
+def test_compose_names_every_image_by_a_variable_with_the_public_default(
+    compose: dict[str, Any],
+) -> None:
+    """A site without a registry names the images deploy/images/build.sh built from Debian
+    packages; without the variables compose runs and builds on the public images."""
+    services = compose["services"]
+    apps = app_services(compose)
+    for name, service in services.items():
+        variable, default = APP_IMAGE if name in apps else COMPOSE_IMAGES[name]
+        assert service["image"] == "${" + variable + ":-" + default + "}", name
+    python = "${NETSYNC_PYTHON_IMAGE:-" + PUBLIC_PYTHON_IMAGE + "}"
+    declared = dockerfile_args()
+    assert declared["PYTHON_IMAGE"] == PUBLIC_PYTHON_IMAGE
+    for name, service in apps.items():
+        build = service["build"]
+        assert build["context"] == ".", name
+        assert build["args"] == {
+            "PYTHON_IMAGE": python,
+            # the build stage runs on the same image unless a site names one with build tools
+            "PYTHON_BUILD_IMAGE": "${NETSYNC_PYTHON_BUILD_IMAGE:-" + python + "}",
+        }, name
+        assert set(build["args"]) <= declared.keys(), name
+
+
+def test_compose_publishes_only_the_apis_and_on_the_loopback_by_default(
+    compose: dict[str, Any],
+) -> None:
+    published = {n: s["ports"] for n, s in compose["services"].items() if "ports" in s}
+    assert published.keys() == PUBLISHED.keys()
+    for name, port in PUBLISHED.items():
+        variable = "NETSYNC_RESPONSE_API_PORT" if port == 8000 else "NETSYNC_REQUEST_API_PORT"
+        assert published[name] == [
+            "${NETSYNC_PUBLISH_ADDRESS:-127.0.0.1}:${" + variable + f":-{port}}}:{port}"
+        ], name
+
+
+def has_compose_plugin() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    version = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    return version.returncode == 0
+
+
+def test_compose_file_passes_composes_own_check(tmp_path: Path) -> None:
+    """``docker compose config``: Compose's schema and interpolation, where the plugin is
+    installed (no daemon needed); and it refuses to go on without a secret."""
+    if not has_compose_plugin():
+        pytest.skip("no docker compose plugin: deploy/images/install-docker.sh installs it")
+    env = {**os.environ, **dict.fromkeys(COMPOSE_SECRETS, "x" * 32)}
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "signing.pem").write_text("")
+    argv = ["docker", "compose", "--file", str(ROOT / "compose.yaml")]
+    argv += ["--project-directory", str(tmp_path), "config", "--quiet"]
+    checked = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert checked.returncode == 0, checked.stderr
+    del env["REDIS_PASSWORD"]
+    refused = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert refused.returncode != 0
+    assert "set REDIS_PASSWORD" in refused.stderr
 
 
 def test_compose_requires_its_secrets() -> None:

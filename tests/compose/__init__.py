@@ -1,0 +1,1 @@
+"""compose.yaml brought up in Docker (``./run test-compose``; not part of ``./run test``)."""
