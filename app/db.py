@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -26,6 +27,7 @@ def make_sessionmaker(engine: AsyncEngine) -> ResponseSessionMaker:
     return async_sessionmaker(engine, class_=ResponseSession, expire_on_commit=False)
 
 
+@asynccontextmanager
 async def session_scope(maker: ResponseSessionMaker) -> AsyncIterator[ResponseSession]:
     """Commit on success, roll back on any error: the single owner of the transaction."""
     async with maker() as session, session.begin():

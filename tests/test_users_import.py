@@ -22,7 +22,7 @@ import orjson
 import pytest
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
-from app.users.bulk import import_email
+from app.users.import_rows import import_email
 from tests.factories import admin_headers, create_user
 from tests.queries import fetch
 from tests.support import (

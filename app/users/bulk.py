@@ -26,101 +26,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import functools
-import io
-import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    EmailStr,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
 from sqlalchemy import text
 
 from app.db import ResponseSession
-from app.users.schemas import Password, Role, Username
+from app.users.import_rows import Format, ImportedUser, RowError, rows
 from app.users.service import ENTITY, check_password, sync_payload
 from netsync.errors import InvalidInput
 from netsync.logging import correlation_id
-from netsync.passwords import acceptable_hash, hash_password
+from netsync.passwords import hash_password
 
-Format = Literal["ndjson", "csv"]
+__all__ = ["Format", "ImportRefused", "ImportSummary", "Sessions", "import_users"]
+
 #: Opens a unit that commits on exit and rolls back on an error (``app.db.session_scope``).
 Sessions = Callable[[], AbstractAsyncContextManager[ResponseSession]]
-
 #: Rows per transaction (and per pair of statements); a row is a few hundred bytes.
 BATCH = 2000
-#: A line longer than this is a bad row, not a reason to hold megabytes.
-MAX_LINE = 16 * 1024
 #: An atomic import is one transaction holding every row it wrote: it stops at this many lines.
 MAX_ATOMIC_ROWS = 100_000
 #: Errors listed in a summary; the count covers the rest.
 MAX_ERRORS_LISTED = 100
-
-
-_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_EMAIL = TypeAdapter(EmailStr)
-
-
-@functools.lru_cache(maxsize=4096)
-def _domain(domain: str) -> str:
-    """The API's verdict (pydantic's ``EmailStr``, i.e. email_validator) on one domain, and its
-    normal form: asked once per domain, where it costs most (IDNA), not once per row."""
-    return _EMAIL.validate_python("a@" + domain).rpartition("@")[2]
-
-
-def import_email(value: str) -> str:
-    """``EmailStr``'s answer, fast for the common case: a plain ASCII address whose domain was
-    seen before costs a regex. Anything else (quoted or non-ASCII local parts, display names,
-    lengths near the limits, a domain refused) goes through ``EmailStr`` itself, so the answer
-    and the normal form are always the API's."""
-    local, at, domain = value.rpartition("@")
-    if at and len(local) <= 64 and len(value) <= 254 and _LOCAL_PART.match(local):
-        try:
-            return f"{local}@{_domain(domain)}"
-        except ValidationError:
-            pass
-    return _EMAIL.validate_python(value)
-
-
-class ImportedUser(BaseModel):
-    """One row: the API's rules for a user, with a hash allowed instead of a password."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    username: Username
-    email: Annotated[str, AfterValidator(import_email)] | None = None
-    password: Password | None = None
-    password_hash: str | None = None
-    role: Role = "user"
-    is_active: bool = True
-
-    @model_validator(mode="after")
-    def _one_secret(self) -> ImportedUser:
-        if (self.password is None) == (self.password_hash is None):
-            raise ValueError("give exactly one of password and password_hash")
-        if self.password_hash is not None and not acceptable_hash(self.password_hash):
-            raise ValueError(
-                "password_hash is not a bcrypt ($2a$/$2b$/$2y$, cost 4 to 14) or argon2"
-                " (v=19, m <= 256 MiB, t <= 10, p <= 4) hash"
-            )
-        return self
-
-
-@dataclass(frozen=True)
-class RowError:
-    line: int
-    error: str
 
 
 @dataclass
@@ -154,88 +84,6 @@ class ImportRefused(InvalidInput):
     code = "import_refused"
 
 
-def _explain(exc: ValidationError) -> str:
-    """Pydantic's messages without the values (a row may hold a password)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'row'}: {err['msg']}" for err in exc.errors()
-    )
-
-
-def parse(line: int, row: Any) -> ImportedUser | RowError:
-    if not isinstance(row, dict):
-        return RowError(line, "a row is an object of fields")
-    try:
-        return ImportedUser.model_validate(row)
-    except ValidationError as exc:
-        return RowError(line, _explain(exc))
-
-
-async def lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes | None]]:
-    """Numbered lines of a byte stream, holding at most one line (``None``: too long)."""
-    pending = bytearray()
-    number = 0
-    overlong = False
-    async for chunk in chunks:
-        pending += chunk
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                if len(pending) > MAX_LINE:
-                    overlong = True
-                    pending.clear()
-                break
-            number += 1
-            yield number, None if overlong or end > MAX_LINE else bytes(pending[:end])
-            overlong = False
-            del pending[: end + 1]
-    if pending or overlong:
-        number += 1
-        yield number, None if overlong or len(pending) > MAX_LINE else bytes(pending)
-
-
-async def rows(
-    chunks: AsyncIterator[bytes], fmt: Format
-) -> AsyncIterator[tuple[int, ImportedUser | RowError | None]]:
-    """Parsed rows with their line numbers; ``None`` for a blank line (or CSV's header)."""
-    header: list[str] | None = None
-    async for number, raw in lines(chunks):
-        if raw is None:
-            yield number, RowError(number, f"line longer than {MAX_LINE} bytes")
-            continue
-        if not raw.strip():
-            yield number, None
-            continue
-        if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as spreadsheets write
-        try:
-            decoded = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            yield number, RowError(number, "not UTF-8")
-            continue
-        if fmt == "ndjson":
-            try:
-                yield number, parse(number, orjson.loads(decoded))
-            except orjson.JSONDecodeError:
-                yield number, RowError(number, "not a JSON object")
-            continue
-        try:
-            fields = next(csv.reader(io.StringIO(decoded)))
-        except (csv.Error, StopIteration):
-            yield number, RowError(number, "not a CSV row")
-            continue
-        if header is None:
-            header = [f.strip() for f in fields]
-            yield number, None
-            continue
-        if len(fields) != len(header):
-            yield number, RowError(number, f"{len(fields)} fields, the header has {len(header)}")
-            continue
-        record: dict[str, Any] = {k: v for k, v in zip(header, fields, strict=True) if v != ""}
-        if "is_active" in record:
-            record["is_active"] = record["is_active"].strip().lower() in ("true", "1", "yes")
-        yield number, parse(number, record)
-
-
 #: A plain-password row of an existing user keeps the stored hash (hashing it again would be a
 #: new salt, a new version and a signed-out user on every re-run).
 KEEP_HASH = "!keep"
@@ -265,19 +113,19 @@ _UPSERT = text(
     SELECT gen_random_uuid(), username, email, password_hash, role, is_active, 1 FROM input
     ON CONFLICT (lower(username)) DO UPDATE SET
         email = excluded.email,
-        password_hash = CASE WHEN excluded.password_hash = '!keep'
+        password_hash = CASE WHEN excluded.password_hash = :keep
             THEN u.password_hash ELSE excluded.password_hash END,
         role = excluded.role,
         is_active = excluded.is_active,
         version = u.version + 1,
         updated_at = now(),
-        password_changed_at = CASE WHEN excluded.password_hash NOT IN ('!keep', u.password_hash)
+        password_changed_at = CASE WHEN excluded.password_hash NOT IN (:keep, u.password_hash)
             THEN now() ELSE u.password_changed_at END,
         token_version = u.token_version
-            + CASE WHEN excluded.password_hash NOT IN ('!keep', u.password_hash) THEN 1 ELSE 0 END
+            + CASE WHEN excluded.password_hash NOT IN (:keep, u.password_hash) THEN 1 ELSE 0 END
     WHERE (u.email, u.role, u.is_active)
             IS DISTINCT FROM (excluded.email, excluded.role, excluded.is_active)
-        OR excluded.password_hash NOT IN ('!keep', u.password_hash)
+        OR excluded.password_hash NOT IN (:keep, u.password_hash)
     RETURNING u.id, u.username, u.email, u.password_hash, u.role, u.is_active,
         u.profile_type_id, u.version
     """
@@ -291,18 +139,6 @@ _OUTBOX = text(
         AS t(entity_id, version, data)
     """
 )
-
-
-class _Row:
-    """What ``sync_payload`` reads, from a RETURNING row."""
-
-    def __init__(self, row: Any) -> None:
-        self.username, self.email, self.password_hash = row.username, row.email, row.password_hash
-        self.role, self.is_active, self.profile_type_id = (
-            row.role,
-            row.is_active,
-            row.profile_type_id,
-        )
 
 
 async def apply_batch(
@@ -339,16 +175,16 @@ async def apply_batch(
             hashes.append(await hash_password(user.password))
     written: Sequence[Any] = []
     if users:
-        result = await session.execute(
-            _UPSERT if update else _INSERT,
-            {
-                "usernames": [u.username for u in users],
-                "emails": [u.email for u in users],
-                "hashes": hashes,
-                "roles": [u.role for u in users],
-                "active": [u.is_active for u in users],
-            },
-        )
+        params: dict[str, Any] = {
+            "usernames": [u.username for u in users],
+            "emails": [u.email for u in users],
+            "hashes": hashes,
+            "roles": [u.role for u in users],
+            "active": [u.is_active for u in users],
+        }
+        if update:
+            params["keep"] = KEEP_HASH
+        result = await session.execute(_UPSERT if update else _INSERT, params)
         written = result.all()
     if written:
         await session.execute(
@@ -358,7 +194,7 @@ async def apply_batch(
                 "correlation_id": correlation_id.get(),
                 "ids": [r.id for r in written],
                 "versions": [r.version for r in written],
-                "data": [orjson.dumps(sync_payload(_Row(r))).decode() for r in written],  # type: ignore[arg-type]
+                "data": [orjson.dumps(sync_payload(r)).decode() for r in written],
             },
         )
     created = len([r for r in written if r.version == 1])

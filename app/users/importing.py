@@ -11,7 +11,6 @@ rather than one sync job per user.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -24,7 +23,6 @@ from netsync.errors import ERROR_RESPONSES, InvalidInput
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], responses=ERROR_RESPONSES)
 
-transaction = asynccontextmanager(session_scope)
 
 _TYPES: dict[str, Format] = {
     "application/x-ndjson": "ndjson",
@@ -87,7 +85,7 @@ async def import_users_endpoint(
         raise InvalidInput(f"unsupported Content-Type {media!r}: application/x-ndjson or text/csv")
     maker = request.app.state.sessionmaker
     summary = await import_users(
-        lambda: transaction(maker),
+        lambda: session_scope(maker),
         request.stream(),
         fmt,
         atomic=atomic,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -31,7 +31,18 @@ class WeakPassword(InvalidInput):
         self.problems = problems
 
 
-def sync_payload(user: User) -> dict[str, Any]:
+class SyncedFields(Protocol):
+    """What the Request Network receives of a user: a ``User``, or a row a statement returned."""
+
+    username: str
+    email: str | None
+    password_hash: str
+    role: str
+    is_active: bool
+    profile_type_id: uuid.UUID | None
+
+
+def sync_payload(user: SyncedFields) -> dict[str, Any]:
     """The user as the Request Network receives it: the hash, never the password."""
     return {
         "username": user.username,

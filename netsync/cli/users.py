@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,7 +33,6 @@ from netsync.logging import configure_logging
 app = typer.Typer(help="Users: bring them in from another deployment.", no_args_is_help=True)
 
 CHUNK = 256 * 1024
-transaction = asynccontextmanager(session_scope)
 
 
 async def _chunks(stream: IO[bytes], advance: Any) -> AsyncIterator[bytes]:
@@ -72,7 +70,7 @@ async def _import(
                 )
 
             summary = await import_users(
-                lambda: transaction(maker),
+                lambda: session_scope(maker),
                 _chunks(stream, lambda n: bar.update(task, advance=n)),
                 fmt,
                 atomic=atomic,
