@@ -19,27 +19,16 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 import httpx
 
+from bench.running import add_request_db, admin_password
 from netsync.config import to_libpq_url
 from netsync.passwords import hash_password_sync
-
-
-def _embedded(name: str) -> str | None:
-    path = Path(".netsync/embedded.env")
-    if path.exists():
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key == name:
-                return value
-    return None
 
 
 def pct(values: list[float], q: float) -> float:
@@ -122,17 +111,9 @@ def main() -> None:
     )
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--api", default="http://127.0.0.1:8000")
-    parser.add_argument(
-        "--request-db",
-        default=os.environ.get("NETSYNC_REQUEST_DATABASE_URL")
-        or _embedded("NETSYNC_REQUEST_DATABASE_URL"),
-    )
+    add_request_db(parser)
     args = parser.parse_args()
-    password = os.environ.get("NETSYNC_ADMIN_PASSWORD")
-    if not password and Path(".netsync/admin-password").exists():
-        password = Path(".netsync/admin-password").read_text().strip()
-    if not args.request_db or not password:
-        parser.error("set NETSYNC_REQUEST_DATABASE_URL and NETSYNC_ADMIN_PASSWORD (or ./run up)")
+    password = admin_password(parser, args.request_db)
     asyncio.run(run(args.api, args.request_db, password, args.count))
 
 

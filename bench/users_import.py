@@ -29,7 +29,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.e2e_latency import _embedded
+from bench.running import add_request_db, admin_password
 from netsync.config import to_libpq_url
 
 PASSWORDS = [f"benchmark import phrase {i}" for i in range(16)]
@@ -99,17 +99,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--api", default="http://127.0.0.1:8000")
     parser.add_argument("--request-api", default="http://127.0.0.1:8001")
-    parser.add_argument(
-        "--request-db",
-        default=os.environ.get("NETSYNC_REQUEST_DATABASE_URL")
-        or _embedded("NETSYNC_REQUEST_DATABASE_URL"),
-    )
+    add_request_db(parser)
     args = parser.parse_args()
-    password = os.environ.get("NETSYNC_ADMIN_PASSWORD")
-    if not password and Path(".netsync/admin-password").exists():
-        password = Path(".netsync/admin-password").read_text().strip()
-    if not args.request_db or not password:
-        parser.error("set NETSYNC_REQUEST_DATABASE_URL and NETSYNC_ADMIN_PASSWORD (or ./run up)")
+    password = admin_password(parser, args.request_db)
     asyncio.run(run(args.api, args.request_api, args.request_db, password, args.users))
 
 

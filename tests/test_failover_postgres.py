@@ -62,18 +62,7 @@ async def test_postgres_primary_lost_loses_nothing_applies_nothing_twice_and_con
     await asyncio.to_thread(upgrade, "response", on_pair.response_url)
     await asyncio.to_thread(upgrade, "request", on_pair.request_url)
     sandbox = make_sandbox(tmp_path, on_pair)
-    # the failover lands in the middle of the load (no other fault shares the run)
-    plan = Plan(
-        changes=800,
-        duration_s=12,
-        users=20,
-        settings=20,
-        workers=2,
-        bulk_workers=2,
-        redis_outage_s=0,
-        request_db_outage_s=0,
-        disk_full_s=0,
-    )
+    plan = Plan.failover()
     chaos = Chaos(sandbox, plan, unique_dir("nsr"))
 
     async def fail_over() -> None:

@@ -35,18 +35,7 @@ def sentinel_group() -> Iterator[SentinelGroup]:
 async def test_redis_primary_killed_loses_nothing_and_jobs_resume_within_seconds(
     sandbox: Sandbox, sentinel_group: SentinelGroup
 ) -> None:
-    # the failover lands in the middle of the load (no other fault shares the run)
-    plan = Plan(
-        changes=800,
-        duration_s=12,
-        users=20,
-        settings=20,
-        workers=2,
-        bulk_workers=2,
-        redis_outage_s=0,
-        request_db_outage_s=0,
-        disk_full_s=0,
-    )
+    plan = Plan.failover()
     chaos = Chaos(sandbox, plan, sentinel_group.root, redis=lambda: sentinel_group)
     report = await chaos.run([chaos.redis_failover])
     print("\n".join(report.lines()))

@@ -52,9 +52,9 @@ async def token(client: httpx.AsyncClient, base: str, username: str, password: s
     return str(response.json()["access_token"])
 
 
-async def test_a_password_change_crosses_between_real_processes(
-    sandbox: Sandbox, procs: list[Process]
-) -> None:
+async def start_system(sandbox: Sandbox, procs: list[Process]) -> tuple[str, str]:
+    """The administrator, then the Response API, a worker, the importer and the Request API as
+    processes (added to ``procs``, which stops them); the two APIs' base URLs once both answer."""
     api_port, request_port = free_port(), free_port()
     await bootstrap_admin(sandbox)
     procs += [
@@ -66,6 +66,13 @@ async def test_a_password_change_crosses_between_real_processes(
     api, req = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{request_port}"
     await wait_http(f"{api}/ready")
     await wait_http(f"{req}/ready")
+    return api, req
+
+
+async def test_a_password_change_crosses_between_real_processes(
+    sandbox: Sandbox, procs: list[Process]
+) -> None:
+    api, req = await start_system(sandbox, procs)
     async with httpx.AsyncClient() as client:
         admin = {"Authorization": f"Bearer {await token(client, api, 'admin', ADMIN_PASSWORD)}"}
         created = await client.post(

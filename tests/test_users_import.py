@@ -29,15 +29,9 @@ from tests.support import (
     Process,
     Sandbox,
     eventually,
-    free_port,
-    importer,
-    request_api,
-    response_api,
-    wait_http,
-    worker,
 )
 from tests.test_cli import BIN
-from tests.test_processes import ADMIN_PASSWORD, bootstrap_admin, token
+from tests.test_processes import ADMIN_PASSWORD, start_system, token
 
 #: bcrypt at cost 4 (the old system's were 12: same format, fewer rounds for the test's sake).
 PASSWORDS = [f"imported pass phrase {i}" for i in range(8)]
@@ -74,17 +68,7 @@ async def _import(
 async def test_ten_thousand_users_with_bcrypt_hashes_sign_in_on_the_request_side(
     sandbox: Sandbox, procs: list[Process]
 ) -> None:
-    api_port, request_port = free_port(), free_port()
-    await bootstrap_admin(sandbox)
-    procs += [
-        response_api(sandbox, api_port).start(),
-        worker(sandbox).start(),
-        importer(sandbox).start(),
-        request_api(sandbox, request_port).start(),
-    ]
-    base, req = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{request_port}"
-    await wait_http(f"{base}/ready")
-    await wait_http(f"{req}/ready")
+    base, req = await start_system(sandbox, procs)
     async with httpx.AsyncClient(base_url=base) as api:
         headers = {"Authorization": f"Bearer {await token(api, base, 'admin', ADMIN_PASSWORD)}"}
         started = time.monotonic()

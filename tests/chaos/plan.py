@@ -31,6 +31,21 @@ class Plan:
     disk_full_s: float = 4.0
     converge_timeout_s: float = 60.0
 
+    @classmethod
+    def failover(cls) -> Plan:
+        """A failover alone, landing in the middle of the load (no other fault shares the run)."""
+        return cls(
+            changes=800,
+            duration_s=12,
+            users=20,
+            settings=20,
+            workers=2,
+            bulk_workers=2,
+            redis_outage_s=0,
+            request_db_outage_s=0,
+            disk_full_s=0,
+        )
+
 
 @dataclass
 class Report:
