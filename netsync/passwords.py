@@ -108,9 +108,11 @@ FLOOR_MARGIN = 1.2
 #: lanes no larger than 256 MiB, 10 and 4. Anything else is refused as a wrong password would
 #: be, without running it: ``$2b$31$`` would take days, ``m=8388608`` 8 GiB.
 MAX_HASH_LENGTH = 512
-_BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|1[0-4])\$[./A-Za-z0-9]{53}$")
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|1[0-4])\$[./A-Za-z0-9]{53}", re.ASCII)
 _ARGON2 = re.compile(
-    r"^\$argon2(id|i|d)\$v=19\$m=(\d{1,6}),t=(\d{1,2}),p=(\d)\$[A-Za-z0-9+/]{8,88}\$[A-Za-z0-9+/]{16,88}$"
+    r"\$argon2(id|i|d)\$v=19\$m=(\d{1,6}),t=(\d{1,2}),p=(\d)"
+    r"\$[A-Za-z0-9+/]{8,88}\$[A-Za-z0-9+/]{16,88}",
+    re.ASCII,  # \d is 0-9 only: int() reads other scripts' digits, argon2 cannot
 )
 MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_TIME, MAX_ARGON2_LANES = 262144, 10, 4
 
@@ -119,9 +121,9 @@ def acceptable_hash(password_hash: str) -> bool:
     """Whether a stored hash is one netsync will verify (format and bounded cost)."""
     if len(password_hash) > MAX_HASH_LENGTH:
         return False
-    if _BCRYPT.match(password_hash):
+    if _BCRYPT.fullmatch(password_hash):  # the whole string: no trailing newline
         return True
-    found = _ARGON2.match(password_hash)
+    found = _ARGON2.fullmatch(password_hash)
     if not found:
         return False
     memory, passes, lanes = (int(found.group(i)) for i in (2, 3, 4))
@@ -155,7 +157,7 @@ def verify_password_sync(password_hash: str, password: str) -> bool:
             return False
     try:
         return _hasher.verify(password_hash, password)
-    except (VerifyMismatchError, VerificationError, InvalidHashError):
+    except (VerifyMismatchError, VerificationError, InvalidHashError, ValueError):
         return False
 
 

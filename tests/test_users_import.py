@@ -214,6 +214,10 @@ async def test_hashes_whose_cost_would_stall_sign_in_are_refused_at_import_and_a
         "$argon2id$v=19$m=65536,t=4000,p=1$c29tZXNhbHRzb21lc2FsdA$"  # hours per check
         "RdescudvJCsgt3ub+b+dWRWJTmaaJObG0RdescudvJCs",
         "$argon2id$v=19$m=65536,t=3,p=1$" + "A" * 600 + "$" + "B" * 43,  # past varchar(512)
+        # digits of another script read by int() but not by argon2 (a 500 at sign-in)
+        "$argon2id$v=19$m=\u0666\u0665\u0665\u0663\u0666,t=3,p=1$c29tZXNhbHRzb21lc2FsdA$"
+        "RdescudvJCsgt3ub+b+dWRWJTmaaJObG0RdescudvJCs",
+        HASHES[0] + "\n",  # stored, it could never verify
     ]
     body = b"".join(
         orjson.dumps({"username": f"costly{i}", "password_hash": h}) + b"\n"
@@ -262,13 +266,14 @@ async def test_csv_from_a_spreadsheet_with_a_byte_order_mark_imports(
         f"carla,carla@example.org,{HASHES[3]},true\r\n"
         f"dora,,{HASHES[4]},false\r\n"
         "al\rice,x\r\n"
+        f'erin,"erin@example.org,{HASHES[5]},true\r\n'  # an unterminated quote
     ).encode()
     answer = await api.post(
         "/api/v1/users/import", content=body, headers={**headers, "Content-Type": "text/csv"}
     )
     assert answer.status_code == 200, answer.text
     summary = answer.json()
-    assert (summary["created"], summary["failed"]) == (2, 1), summary
+    assert (summary["created"], summary["failed"]) == (2, 2), summary
     rows = await fetch(
         sandbox.services.response_url,
         "SELECT username, email, is_active FROM users WHERE username IN ('carla', 'dora')"

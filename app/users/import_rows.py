@@ -153,7 +153,8 @@ async def rows(
                 yield number, RowError(number, "not a JSON object")
             continue
         try:
-            fields = next(csv.reader(io.StringIO(decoded)))
+            # strict: an unterminated quote is a bad row, not a field cut at the line's end
+            fields = next(csv.reader(io.StringIO(decoded), strict=True))
         except (csv.Error, StopIteration):
             yield number, RowError(number, "not a CSV row")
             continue
