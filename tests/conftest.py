@@ -20,6 +20,7 @@ from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.client import JobQueue, redis_pool
 from jobs.worker import worker_settings
+from netsync import passwords
 from netsync.db import make_engine
 from tests.support import (
     FLAG,
@@ -33,6 +34,14 @@ from tests.support import (
 )
 
 MakeImporter = Callable[..., Importer]
+
+
+@pytest.fixture
+def no_refusal_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused sign-ins answer as soon as their check is done. For the throttling tests, whose
+    windows last two seconds: a refusal floor of ~0.4 s would let their attempts straddle a
+    window's end. The floor itself is tested on its own (tests/test_sign_in.py)."""
+    monkeypatch.setattr(passwords, "_floor_s", 0.0)
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,9 @@ async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def replicas(sandbox: Sandbox) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+async def replicas(
+    sandbox: Sandbox, no_refusal_floor: None
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     """Two Response API replicas on one Redis, with a short account window."""
     settings = sandbox.response_settings(sign_in_account_limits=FAST)
     async with contextlib.AsyncExitStack() as stack:

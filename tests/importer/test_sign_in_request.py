@@ -7,6 +7,7 @@ import contextlib
 import uuid
 
 import httpx
+import pytest
 
 from importer.api import create_app as create_request_app
 from netsync import passwords
@@ -17,6 +18,7 @@ from tests.support import Sandbox
 from tests.test_sign_in import FAST, _client
 
 
+@pytest.mark.usefixtures("no_refusal_floor")
 async def test_request_api_sign_in_is_throttled_in_its_own_database_across_replicas(
     sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
@@ -47,6 +49,7 @@ async def test_request_api_sign_in_is_throttled_in_its_own_database_across_repli
         assert await attempt(a, "judy", "request side phrase") == 200
 
 
+@pytest.mark.usefixtures("no_refusal_floor")
 async def test_the_request_api_lifts_a_lock_for_administrators_not_the_service_token(
     sandbox: Sandbox, make_importer: MakeImporter
 ) -> None:
