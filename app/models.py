@@ -1,7 +1,7 @@
 """Every table of the Response database, imported in one place for Alembic and tests."""
 
 from app.db import ResponseBase
-from app.outbox.models import ExportFile, ExportStream, OutboxEvent
+from app.outbox.models import ExportFile, ExportGeneration, ExportStream, OutboxEvent
 from app.profile_types.models import ProfileType
 from app.scheduling.models import CronTick, DailyStats, ExportedResult, SystemSample
 from app.settings.models import Setting
@@ -11,6 +11,7 @@ __all__ = [
     "CronTick",
     "DailyStats",
     "ExportFile",
+    "ExportGeneration",
     "ExportStream",
     "ExportedResult",
     "OutboxEvent",

@@ -138,12 +138,33 @@ class ExportHeader(_Strict):
     #: its last change came from a ``changes`` file at or below this mark; anything changed
     #: later is newer than the snapshot and stays.
     changes_seq: Annotated[int, Field(ge=0)] | None = None
+    #: The Response database's generation the file was numbered in (0, the first, is not
+    #: written). A database restored from a backup begins a new, larger one: its files take
+    #: the place of everything the restore undid, and a file of an older generation arriving
+    #: after a newer one is superseded (``docs/architecture.md``, "Restored databases").
+    generation: Annotated[int, Field(ge=0)] = 0
+    #: The stream's last sequence number before ``generation`` began: its first file is one
+    #: more, so a file lost at a generation's start is a gap like any other.
+    since_seq: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _snapshot_fields(self) -> ExportHeader:
         if self.kind == "snapshot" and (self.entity is None or self.changes_seq is None):
             raise ValueError("a snapshot header names its entity and changes_seq")
+        if self.since_seq >= self.seq:
+            raise ValueError("since_seq is below the file's own sequence number")
         return self
+
+    @property
+    def place(self) -> tuple[int, int]:
+        """Where the file stands in its stream across generations: newer sorts higher."""
+        return (self.generation, self.seq)
+
+
+def generation_fields(generation: int, since_seq: int) -> dict[str, int]:
+    """The header fields of a file numbered in ``generation`` (none for the first, so its files
+    read as they always did)."""
+    return {"generation": generation, "since_seq": since_seq} if generation else {}
 
 
 SETTING_KEY_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"

@@ -286,6 +286,7 @@ def publish_export(
     file_id: uuid.UUID,
     created_at: datetime,
     records: Iterable[Mapping[str, Any]],
+    header: Mapping[str, Any] | None = None,
 ) -> PublishedFile:
     """Write and publish a file whose records are all at hand (the incremental case)."""
     items = list(records)
@@ -299,6 +300,7 @@ def publish_export(
         file_id=file_id,
         created_at=created_at,
         records=len(items),
+        header=header,
     )
     try:
         for item in items:

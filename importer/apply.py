@@ -6,7 +6,10 @@ are claimed in the ledger (``ON CONFLICT DO NOTHING``: a file already there is a
 applies nothing); then the records of the claimed files are upserted, guarded by each entity's
 version, so a replayed or late change never overwrites a newer one; a late file at or below the
 mark of an applied snapshot of a record's entity type is superseded by it and skipped for that
-type (it could only bring back what the snapshot removed). Many ``changes`` files can
+type (it could only bring back what the snapshot removed). The guard and the marks compare the
+Response database's generation first (``jobs.numbering``): after a restore there, its new
+generation's changes win over versions the restore undid, and a file of an older generation
+arriving late is superseded as a whole (``importer.ledger``). Many ``changes`` files can
 share one transaction and one statement per table (``apply_changes``): that is what makes a burst
 of 10,000 files take seconds. A ``NOTIFY`` per file tells listeners the moment it commits.
 
@@ -23,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import bindparam, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import ChangeRecord
@@ -43,6 +46,10 @@ class ApplyResult:
     changes: int
     #: Set when another file holds this one's place in the ledger (``importer.ledger``).
     conflict: str | None = None
+    #: Of an older generation than one already seen: nothing applied (``importer.ledger``).
+    superseded: bool = False
+    #: A newer generation of the Response database, first seen with this batch.
+    began: int | None = None
 
 
 #: Per entity: its table and the columns its data fills (NULL / false on a tombstone).
@@ -56,25 +63,32 @@ _TABLES: dict[str, tuple[type[SyncedUser | SyncedSetting | SyncedProfileType], t
 }
 _BOOLEAN_COLUMNS = {"is_active"}
 _Key = tuple[str, uuid.UUID]
+#: A record, the ``changes`` file it came from (None: a snapshot) and that file's generation.
+_Item = tuple[ChangeRecord, int | None, int]
 
 
-def _latest_per_entity(
-    items: Sequence[tuple[ChangeRecord, int | None]],
-) -> dict[_Key, tuple[ChangeRecord, int | None]]:
-    """One statement cannot touch a row twice: keep each entity's highest version only."""
-    latest: dict[_Key, tuple[ChangeRecord, int | None]] = {}
-    for record, seq in items:
+def _latest_per_entity(items: Sequence[_Item]) -> dict[_Key, _Item]:
+    """One statement cannot touch a row twice: keep each entity's newest state only."""
+    latest: dict[_Key, _Item] = {}
+    for item in items:
+        record, _, generation = item
         key = (record.entity, record.entity_id)
-        if key not in latest or latest[key][0].version < record.version:
-            latest[key] = (record, seq)
+        held = latest.get(key)
+        if held is None or (held[2], held[0].version) < (generation, record.version):
+            latest[key] = item
     return latest
 
 
 def _row(
-    record: ChangeRecord, columns: tuple[str, ...], changes_seq: int | None, now: datetime
+    record: ChangeRecord,
+    columns: tuple[str, ...],
+    changes_seq: int | None,
+    generation: int,
+    now: datetime,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {
         "id": record.entity_id,
+        "generation": generation,
         "version": record.version,
         "event_id": record.event_id,
         "changed_at": record.occurred_at,
@@ -90,21 +104,20 @@ def _row(
     return row
 
 
-async def _upsert(
-    session: RequestSession, items: Sequence[tuple[ChangeRecord, int | None]]
-) -> dict[int | None, int]:
+async def _upsert(session: RequestSession, items: Sequence[_Item]) -> dict[int | None, int]:
     """Upsert the latest state of each entity; return how many rows each file seq wrote."""
     latest = _latest_per_entity(items)
     now = datetime.now(UTC)
     written: dict[int | None, int] = {}
     for entity, (table, columns) in _TABLES.items():
-        chosen = [(r, s) for (e, _), (r, s) in latest.items() if e == entity]
+        chosen = [item for (e, _), item in latest.items() if e == entity]
         if not chosen:
             continue
-        rows = [_row(r, columns, s, now) for r, s in chosen]
+        rows = [_row(r, columns, s, g, now) for r, s, g in chosen]
         base = insert(table)
         excluded = base.excluded
         updated = (
+            "generation",
             "version",
             "event_id",
             "changed_at",
@@ -116,27 +129,16 @@ async def _upsert(
         stmt = base.on_conflict_do_update(
             index_elements=[table.id],
             set_={col: excluded[col] for col in updated},
-            where=table.version < excluded.version,
+            where=tuple_(table.generation, table.version)
+            < tuple_(excluded.generation, excluded.version),
         ).returning(table.id)
         # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues")
         conn = await session.connection()
         ids = set((await conn.execute(stmt, rows)).scalars().all())
-        for record, seq in chosen:
+        for record, seq, _ in chosen:
             if record.entity_id in ids:
                 written[seq] = written.get(seq, 0) + 1
     return written
-
-
-async def upsert_records(
-    session: RequestSession, records: list[ChangeRecord], *, changes_seq: int | None
-) -> int:
-    """Write the latest state of each entity unless the database already holds a newer one.
-
-    ``changes_seq`` is the ``changes`` file the records come from (``None`` for a snapshot).
-    Returns how many rows were inserted or updated.
-    """
-    written = await _upsert(session, [(r, changes_seq) for r in records])
-    return sum(written.values())
 
 
 async def _notify(
@@ -168,17 +170,21 @@ async def apply_changes(
     stream = exports[0].header.stream
     if any(e.header.kind != "changes" or e.header.stream != stream for e in exports):
         raise ValueError("apply_changes takes changes files of a single stream")
-    high = await gaps.lock_stream(session, stream)
-    claimed, conflicts = await claim(session, exports)
-    fresh = [e for e in exports if e.header.seq in claimed]
+    locked = await gaps.lock_stream(session, stream)
+    found = await claim(session, exports)
+    fresh = [e for e in exports if e.header.seq in found.claimed]
     counts: dict[int, int] = {}
     if fresh:
+        generation = fresh[0].header.generation  # all claimed files are of the newest one
+        if generation > locked.generation:
+            since = min(e.header.since_seq for e in fresh)
+            locked = await gaps.enter_generation(session, stream, generation, since)
         marks = await gaps.snapshot_marks(session)
         items = [
-            (r, e.header.seq)
+            (r, e.header.seq, generation)
             for e in fresh
             for r in e.records
-            if e.header.seq > marks.get(r.entity, 0)  # else a snapshot already covers it
+            if e.header.place > marks.get(r.entity, (0, 0))  # else a snapshot already covers it
         ]
         written = await _upsert(session, items)
         counts = {seq: n for seq, n in written.items() if seq is not None}
@@ -186,17 +192,23 @@ async def apply_changes(
             conn = await session.connection()
             await conn.execute(
                 update(ImportLedger)
-                .where(ImportLedger.stream == stream, ImportLedger.seq == bindparam("b_seq"))
+                .where(
+                    ImportLedger.stream == stream,
+                    ImportLedger.generation == generation,
+                    ImportLedger.seq == bindparam("b_seq"),
+                )
                 .values(applied_changes=bindparam("b_changes")),
                 [{"b_seq": seq, "b_changes": n} for seq, n in counts.items()],
             )
-        await gaps.record_applied(session, stream, high, claimed)
+        await gaps.record_applied(session, stream, locked.high, found.claimed)
         await _notify(session, fresh, counts)
     return {
         e.header.seq: ApplyResult(
-            duplicate=e.header.seq not in claimed,
+            duplicate=e.header.seq not in found.claimed,
             changes=counts.get(e.header.seq, 0),
-            conflict=conflicts.get(e.header.seq),
+            conflict=found.conflicts.get(e.header.seq),
+            superseded=e.header.seq in found.superseded,
+            began=found.began,
         )
         for e in exports
     }

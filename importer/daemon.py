@@ -65,7 +65,7 @@ from importer.failures import (
 )
 from importer.files import FileMover
 from importer.keys import TrustedKeys
-from importer.probes import observe_applied
+from importer.probes import observe_applied, observe_generation, observe_superseded
 from importer.quarantine import Quarantine
 from importer.snapshots import apply_streamed
 from importer.watch import ForeignNames, GapWatch
@@ -83,11 +83,14 @@ class ScanResult:
     duplicates: int = 0
     quarantined: int = 0
     changes: int = 0
+    #: Files of an older generation than one already applied (``importer.ledger``).
+    superseded: int = 0
     ignored: list[str] = field(default_factory=list)
 
     def add(self, other: ScanResult) -> None:
         self.applied += other.applied
         self.duplicates += other.duplicates
+        self.superseded += other.superseded
         self.quarantined += other.quarantined
         self.changes += other.changes
 
@@ -330,8 +333,16 @@ class Importer:
                 raise DatabaseUnavailable(repr(exc)) from exc
             await self._refuse_genuine(name, _apply_failed(exc), taken.inode, taken, result)
             return
+        if outcome.began is not None:
+            observe_generation(outcome.began, name)
         if outcome.conflict is not None:
             await self._conflict(name, outcome.conflict, taken.inode, taken, result)
+            return
+        if outcome.superseded:
+            _superseded(name, result)
+            await asyncio.to_thread(
+                self.files.archive, name.name, taken.inode, taken=taken, duplicate=False
+            )
             return
         if outcome.duplicate:
             result.duplicates += 1
@@ -519,12 +530,18 @@ class Importer:
     ) -> None:
         moves: list[tuple[str, tuple[int, int], bytes, bool]] = []
         self.heartbeat = time.monotonic()
+        if exports and (began := outcomes[exports[0].header.seq].began) is not None:
+            observe_generation(began, max(e.name for e in exports if e.header.generation == began))
         for export in exports:
             outcome = outcomes[export.header.seq]
             if outcome.conflict is not None:
                 await self._conflict(
                     export.name, outcome.conflict, export.inode, export.data, result
                 )
+                continue
+            if outcome.superseded:
+                _superseded(export.name, result)
+                moves.append((export.name.name, export.inode, export.data, False))
                 continue
             observe_applied(export, outcome)
             moves.append((export.name.name, export.inode, export.data, outcome.duplicate))
@@ -547,6 +564,11 @@ class Importer:
                     },
                 )
         await asyncio.to_thread(self.files.archive_many, moves)
+
+
+def _superseded(name: FileName, result: ScanResult) -> None:
+    result.superseded += 1
+    observe_superseded(name)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:

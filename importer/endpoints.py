@@ -23,10 +23,12 @@ from importer.models import (
     SyncedProfileType,
     SyncedSetting,
     SyncedUser,
+    SyncGeneration,
     SyncStreamStats,
 )
 from importer.schemas import (
     GapOut,
+    GenerationOut,
     Limit,
     Offset,
     Page,
@@ -153,13 +155,20 @@ async def get_profile_type(
 
 @router.get("/sync/status", tags=["sync"])
 async def sync_status(session: SessionDep, _: Operator) -> SyncStatus:
-    """Per stream: the last applied file and the lag behind its export (from the counters the
+    """The Response database's generations seen (a new one follows each restore there); per
+    stream: the last applied file and the lag behind its export (from the counters the
     applying transactions keep, never a scan of the ledger); open sequence gaps; how many files
     were quarantined, and how many names were ignored as not ours."""
     now = datetime.now(UTC)
+    generations = (
+        await session.scalars(
+            select(SyncGeneration).order_by(SyncGeneration.generation.desc()).limit(10)
+        )
+    ).all()
     rows = await session.execute(
         select(
             SyncStreamStats.stream,
+            SyncStreamStats.generation,
             SyncStreamStats.last_seq,
             SyncStreamStats.last_exported_at,
             SyncStreamStats.files_applied,
@@ -169,13 +178,14 @@ async def sync_status(session: SessionDep, _: Operator) -> SyncStatus:
     streams = [
         StreamStatus(
             stream=stream,
+            generation=generation,
             last_applied_seq=seq,
             files_applied=files,
             last_applied_at=applied_at,
             last_exported_at=exported_at,
             lag_s=round((now - exported_at).total_seconds(), 3),
         )
-        for stream, seq, exported_at, files, applied_at in rows.all()
+        for stream, generation, seq, exported_at, files, applied_at in rows.all()
     ]
     gaps = await open_gaps(session)
     stats = summarise(gaps, now)
@@ -188,6 +198,13 @@ async def sync_status(session: SessionDep, _: Operator) -> SyncStatus:
     )
     quarantined, ignored_names = counted.one()
     return SyncStatus(
+        generation=generations[0].generation if generations else 0,
+        generations=[
+            GenerationOut(
+                generation=g.generation, first_seen_at=g.first_seen_at, first_file=g.first_file
+            )
+            for g in generations
+        ],
         streams=streams,
         open_gaps=[
             GapOut(

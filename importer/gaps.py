@@ -9,6 +9,12 @@ missing file may hold a change of any of them.
 
 Every function here runs inside the caller's transaction after ``lock_stream``: the stream's
 ``sync_streams`` row is the lock that serialises all bookkeeping (and all applying) per stream.
+
+Numbers and gaps are those of the stream's generation. Its first file of a newer generation (a
+restored Response database, ``jobs.numbering``) closes the older generation's gaps, which the
+restore made moot, and counts on from the file's ``since_seq``. Snapshot marks are
+``(generation, changes_seq)`` pairs, compared as such: a newer generation's mark covers every
+file of an older one.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
@@ -52,17 +58,64 @@ class GapStats:
     oldest_age_s: float
 
 
-async def lock_stream(session: RequestSession, stream: str) -> int:
-    """Lock the stream's row (creating it on first use); return its high-water sequence number."""
+Place = tuple[int, int]
+"""A place in a stream across generations: ``(generation, seq)``, newer sorts higher."""
+
+
+@dataclass(frozen=True)
+class Locked:
+    """A locked stream row: its generation and its high-water sequence number in it."""
+
+    generation: int
+    high: int
+
+
+async def lock_stream(session: RequestSession, stream: str) -> Locked:
+    """Lock the stream's row (creating it on first use); return where it stands."""
     await session.execute(
         insert(SyncStream)
-        .values(stream=stream, high_seq=0, healed_through=0)
+        .values(stream=stream, high_seq=0, healed_through=0, generation=0)
         .on_conflict_do_nothing()
     )
-    high = await session.scalar(
-        select(SyncStream.high_seq).where(SyncStream.stream == stream).with_for_update()
+    row = (
+        await session.execute(
+            select(SyncStream.generation, SyncStream.high_seq)
+            .where(SyncStream.stream == stream)
+            .with_for_update()
+        )
+    ).one()
+    return Locked(int(row.generation), int(row.high_seq))
+
+
+async def enter_generation(
+    session: RequestSession, stream: str, generation: int, since_seq: int
+) -> Locked:
+    """The locked stream's first file of a newer ``generation``: its older gaps are closed (the
+    restore undid what they may hold; the new generation's snapshots carry what is left) and
+    numbering starts over after ``since_seq``."""
+    closed = (
+        await session.execute(
+            delete(SyncGap)
+            .where(SyncGap.stream == stream)
+            .returning(SyncGap.first_seq, SyncGap.last_seq)
+        )
+    ).all()
+    await session.execute(
+        update(SyncStream)
+        .where(SyncStream.stream == stream)
+        .values(generation=generation, high_seq=since_seq, healed_through=since_seq)
     )
-    return int(high or 0)
+    for first, last in closed:
+        log.warning(
+            "sync gap superseded by a new generation",
+            extra={
+                "stream": stream,
+                "first_seq": first,
+                "last_seq": last,
+                "generation": generation,
+            },
+        )
+    return Locked(generation, since_seq)
 
 
 def _split(first: int, last: int, filled: Iterable[int]) -> list[tuple[int, int]]:
@@ -138,39 +191,60 @@ async def _fill(session: RequestSession, stream: str, filled: set[int]) -> None:
             )
 
 
-async def snapshot_marks(session: RequestSession) -> dict[str, int]:
-    """Per entity type, the highest ``changes_seq`` mark of its snapshots applied here."""
-    rows = (await session.execute(select(SnapshotMark.entity, SnapshotMark.changes_seq))).all()
-    return {entity: int(seq) for entity, seq in rows}
+async def snapshot_marks(session: RequestSession) -> dict[str, Place]:
+    """Per entity type, the highest ``(generation, changes_seq)`` mark of its snapshots here."""
+    rows = (
+        await session.execute(
+            select(SnapshotMark.entity, SnapshotMark.generation, SnapshotMark.changes_seq)
+        )
+    ).all()
+    return {entity: (int(generation), int(seq)) for entity, generation, seq in rows}
 
 
 async def heal_through(
-    session: RequestSession, entity: str, changes_seq: int, *, stream: str = CHANGES_STREAM
+    session: RequestSession,
+    entity: str,
+    changes_seq: int,
+    *,
+    generation: int = 0,
+    stream: str = CHANGES_STREAM,
 ) -> int:
-    """A snapshot of ``entity`` covering the ``changes`` files up to ``changes_seq`` was applied.
+    """A snapshot of ``entity`` covering the ``changes`` files up to ``changes_seq`` of
+    ``generation`` (and every file of an older one) was applied.
 
     Its mark is recorded; what the marks of all entity types cover together (the lowest of
     them: a missing file may hold a change of any type) is then closed. Called by the snapshot
     apply in its own transaction. Returns how many gaps were closed entirely (a gap reaching
     past the covered mark is shortened instead).
     """
-    high = await lock_stream(session, stream)
+    locked = await lock_stream(session, stream)
     stmt = insert(SnapshotMark).values(
-        entity=entity, changes_seq=changes_seq, applied_at=func.clock_timestamp()
+        entity=entity,
+        generation=generation,
+        changes_seq=changes_seq,
+        applied_at=func.clock_timestamp(),
     )
+    new, old = stmt.excluded, SnapshotMark.__table__.c
+    newer = tuple_(new.generation, new.changes_seq) > tuple_(old.generation, old.changes_seq)
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[SnapshotMark.entity],
             set_={
-                "changes_seq": func.greatest(SnapshotMark.changes_seq, stmt.excluded.changes_seq),
-                "applied_at": stmt.excluded.applied_at,
+                "generation": case((newer, new.generation), else_=old.generation),
+                "changes_seq": case((newer, new.changes_seq), else_=old.changes_seq),
+                "applied_at": new.applied_at,
             },
         )
     )
     marks = await snapshot_marks(session)
-    covered = min(marks.get(e, 0) for e in SNAPSHOT_STREAMS)
-    if covered <= await _healed(session, stream):
+    covered_generation, covered = min(marks.get(e, (0, 0)) for e in SNAPSHOT_STREAMS)
+    if covered_generation > locked.generation:
+        # every gap of the stream is of an older generation than all marks: all are covered
+        # (the stream's own numbers move on with its first file of the new generation)
+        return await _close_all(session, stream, covered_generation)
+    if covered_generation < locked.generation or covered <= await _healed(session, stream):
         return 0
+    high = locked.high
     closed = (
         await session.execute(
             delete(SyncGap)
@@ -192,6 +266,27 @@ async def heal_through(
         log.info(
             "sync gap healed by snapshots",
             extra={"stream": stream, "first_seq": first, "last_seq": last, "through": covered},
+        )
+    return len(closed)
+
+
+async def _close_all(session: RequestSession, stream: str, generation: int) -> int:
+    closed = (
+        await session.execute(
+            delete(SyncGap)
+            .where(SyncGap.stream == stream)
+            .returning(SyncGap.first_seq, SyncGap.last_seq)
+        )
+    ).all()
+    for first, last in closed:
+        log.info(
+            "sync gap healed by snapshots of a newer generation",
+            extra={
+                "stream": stream,
+                "first_seq": first,
+                "last_seq": last,
+                "generation": generation,
+            },
         )
     return len(closed)
 

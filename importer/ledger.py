@@ -10,15 +10,24 @@ fixed at allocation; a snapshot republished under its number after a crash may b
 that second reading is taken as a duplicate, and the next snapshot carries what it held). The
 sweeper republishing an unpublished file, a resend, a second importer: each is the same file,
 in new ciphertext (sealing is randomised, so its digest differs and is not compared). Two
-*different* genuine files claiming one place (a restored Response database reusing sequence
-numbers, a ``file_id`` reused under another sequence number) are a ledger conflict: never
-silently archived, always quarantined with their own reason and alerted on.
+*different* genuine files claiming one place (a ``file_id`` reused under another sequence
+number, or a restored Response database that did not notice it was restored and reused numbers)
+are a ledger conflict: never silently archived, always quarantined with their own reason and
+alerted on.
+
+Places are ``(stream, generation, seq)``. A restored Response database that noticed begins a new,
+larger generation (``jobs.numbering``): the claim that first meets it records it in
+``sync_generations``, and from then on a ``changes`` or snapshot file of an older generation is
+*superseded*: the restore undid what it holds, and the new generation's snapshots carry what the
+restored database has instead. Results files are never superseded: the jobs they record ran.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,7 +36,9 @@ from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import ExportHeader, FileName
 from importer.db import RequestSession
-from importer.models import ImportLedger, SyncStreamStats
+from importer.models import ImportLedger, SyncGeneration, SyncStreamStats
+
+log = logging.getLogger(__name__)
 
 
 class Claimable(Protocol):
@@ -47,6 +58,7 @@ def _row(file: Claimable, now: datetime) -> dict[str, Any]:
     header = file.header
     return {
         "stream": header.stream,
+        "generation": header.generation,
         "seq": header.seq,
         "file_id": header.file_id,
         "file_name": file.name.name,
@@ -59,46 +71,94 @@ def _row(file: Claimable, now: datetime) -> dict[str, Any]:
     }
 
 
-async def claim(
-    session: RequestSession, files: Sequence[Claimable]
-) -> tuple[set[int], dict[int, str]]:
-    """Insert the files' ledger rows; return the seqs claimed now and the conflicts by seq
-    (detail text). The files are of one stream; the rest are duplicates."""
+@dataclass
+class Claim:
+    """What a claim found, by sequence number (the files are of one stream)."""
+
+    #: Claimed now: theirs to apply.
+    claimed: set[int] = field(default_factory=set)
+    #: Another file holds their place (detail text per seq); the rest not claimed are duplicates.
+    conflicts: dict[int, str] = field(default_factory=dict)
+    #: Of an older generation than the newest seen: not claimed, nothing to apply.
+    superseded: set[int] = field(default_factory=set)
+    #: A newer generation of the Response database, first seen in this claim.
+    began: int | None = None
+    #: The newest generation seen, this claim's included.
+    generation: int = 0
+
+
+async def current_generation(session: RequestSession) -> int:
+    """The newest generation of the Response database seen here (0 before any restore)."""
+    return int(await session.scalar(select(func.max(SyncGeneration.generation))) or 0)
+
+
+async def _enter(session: RequestSession, files: Sequence[Claimable], result: Claim) -> None:
+    newest = max(files, key=lambda f: f.header.generation)
+    if newest.header.generation <= result.generation:
+        return
+    inserted = await session.scalar(
+        insert(SyncGeneration)
+        .values(
+            generation=newest.header.generation,
+            first_seen_at=datetime.now(UTC),
+            first_file=newest.name.name,
+        )
+        .on_conflict_do_nothing()
+        .returning(SyncGeneration.generation)
+    )
+    result.generation = newest.header.generation
+    if inserted is not None:
+        result.began = result.generation
+
+
+async def claim(session: RequestSession, files: Sequence[Claimable]) -> Claim:
+    """Insert the files' ledger rows; the files are of one stream."""
+    result = Claim()
     if not files:
-        return set(), {}
+        return result
+    result.generation = await current_generation(session)
+    await _enter(session, files, result)
+    if files[0].header.kind != "results":
+        result.superseded = {f.header.seq for f in files if f.header.generation < result.generation}
+    candidates = [f for f in files if f.header.seq not in result.superseded]
+    if not candidates:
+        return result
     now = datetime.now(UTC)
     stmt = insert(ImportLedger).on_conflict_do_nothing().returning(ImportLedger.seq)
     conn = await session.connection()
-    claimed = set((await conn.execute(stmt, [_row(f, now) for f in files])).scalars().all())
-    if claimed:
-        await _count(session, [f for f in files if f.header.seq in claimed], now)
-    others = [f for f in files if f.header.seq not in claimed]
-    return claimed, await _conflicts(session, others)
+    rows = [_row(f, now) for f in candidates]
+    result.claimed = set((await conn.execute(stmt, rows)).scalars().all())
+    if result.claimed:
+        await _count(session, [f for f in candidates if f.header.seq in result.claimed], now)
+    others = [f for f in candidates if f.header.seq not in result.claimed]
+    result.conflicts = await _conflicts(session, others)
+    return result
 
 
 async def _count(session: RequestSession, files: Sequence[Claimable], now: datetime) -> None:
     """Keep the stream's counters in the claiming transaction: the sync status reads them, never
     the ledger (constant time however long the ledger grows)."""
-    last = max(files, key=lambda f: f.header.seq).header
+    last = max(files, key=lambda f: f.header.place).header
     stmt = insert(SyncStreamStats).values(
         stream=last.stream,
         files_applied=len(files),
+        generation=last.generation,
         last_seq=last.seq,
         last_exported_at=last.created_at,
         last_applied_at=now,
     )
     old = SyncStreamStats.__table__.c
-    newer = stmt.excluded.last_seq > old.last_seq
+    new = stmt.excluded
+    newer = tuple_(new.generation, new.last_seq) > tuple_(old.generation, old.last_seq)
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[old.stream],
             set_={
-                "files_applied": old.files_applied + stmt.excluded.files_applied,
-                "last_applied_at": stmt.excluded.last_applied_at,
-                "last_exported_at": case(
-                    (newer, stmt.excluded.last_exported_at), else_=old.last_exported_at
-                ),
-                "last_seq": func.greatest(old.last_seq, stmt.excluded.last_seq),
+                "files_applied": old.files_applied + new.files_applied,
+                "last_applied_at": new.last_applied_at,
+                "last_exported_at": case((newer, new.last_exported_at), else_=old.last_exported_at),
+                "generation": case((newer, new.generation), else_=old.generation),
+                "last_seq": case((newer, new.last_seq), else_=old.last_seq),
             },
         )
     )
@@ -107,24 +167,25 @@ async def _count(session: RequestSession, files: Sequence[Claimable], now: datet
 async def _conflicts(session: RequestSession, files: Sequence[Claimable]) -> dict[int, str]:
     if not files:
         return {}
-    places = [(f.header.stream, f.header.seq) for f in files]
+    ledger = ImportLedger
+    places = [(f.header.stream, f.header.generation, f.header.seq) for f in files]
     ids = [f.header.file_id for f in files]
     rows = (
         await session.execute(
-            select(ImportLedger.stream, ImportLedger.seq, ImportLedger.file_id).where(
+            select(ledger.stream, ledger.generation, ledger.seq, ledger.file_id).where(
                 or_(
-                    tuple_(ImportLedger.stream, ImportLedger.seq).in_(places),
-                    ImportLedger.file_id.in_(ids),
+                    tuple_(ledger.stream, ledger.generation, ledger.seq).in_(places),
+                    ledger.file_id.in_(ids),
                 )
             )
         )
     ).all()
-    by_place = {(r.stream, r.seq): r for r in rows}
+    by_place = {(r.stream, r.generation, r.seq): r for r in rows}
     by_id: dict[uuid.UUID, Any] = {r.file_id: r for r in rows}
     conflicts: dict[int, str] = {}
     for file in files:
         header = file.header
-        held = by_place.get((header.stream, header.seq))
+        held = by_place.get((header.stream, header.generation, header.seq))
         if held is None:
             other = by_id.get(header.file_id)
             where = f"{other.stream}/{other.seq}" if other is not None else "another place"

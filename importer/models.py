@@ -1,9 +1,10 @@
 """What the Request Network holds: synced entities, the import ledger, quarantined files.
 
-Every synced table keeps the entity's ``version`` (the guard against older changes), a
-``deleted`` flag (a tombstone, so that an older upsert arriving late cannot bring an entity
-back) and ``last_changes_seq``: the ``changes`` file that last wrote the row, or NULL when a
-snapshot did. Snapshots use it to tell entities they may remove from ones changed after them.
+Every synced table keeps the entity's ``generation`` and ``version`` (together the guard against
+older changes: a newer generation of the Response database outranks any version of an older
+one), a ``deleted`` flag (a tombstone, so that an older upsert arriving late cannot bring an
+entity back) and ``last_changes_seq``: the ``changes`` file that last wrote the row, or NULL when
+a snapshot did. Snapshots use it to tell entities they may remove from ones changed after them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from importer.db import RequestBase
 
 class _Synced:
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     version: Mapped[int]
     deleted: Mapped[bool] = mapped_column(default=False)
     event_id: Mapped[uuid.UUID]
@@ -64,6 +66,10 @@ class ImportLedger(RequestBase):
     __tablename__ = "import_ledger"
 
     stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: A new generation numbers on from the restored database's last file: numbers may recur.
+    generation: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, default=0, server_default="0"
+    )
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     file_id: Mapped[uuid.UUID] = mapped_column(unique=True)
     file_name: Mapped[str] = mapped_column(String(64))
@@ -83,6 +89,7 @@ class SyncStreamStats(RequestBase):
 
     stream: Mapped[str] = mapped_column(String(32), primary_key=True)
     files_applied: Mapped[int] = mapped_column(BigInteger)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_seq: Mapped[int] = mapped_column(BigInteger)
     last_exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -135,12 +142,14 @@ class SyncStream(RequestBase):
     """Per ``changes`` stream: the highest sequence number applied or healed by a snapshot.
 
     Its row is also the stream's lock: every transaction that applies files of a stream locks it
-    first, so gap bookkeeping never races and two importers take turns per stream.
+    first, so gap bookkeeping never races and two importers take turns per stream. Its numbers
+    and gaps are those of ``generation``: the stream's first file of a newer one resets them.
     """
 
     __tablename__ = "sync_streams"
 
     stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     high_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     healed_through: Mapped[int] = mapped_column(BigInteger, default=0)
 
@@ -157,8 +166,21 @@ class SnapshotMark(RequestBase):
     __tablename__ = "snapshot_marks"
 
     entity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: The mark is (generation, changes_seq): a mark of a newer generation covers all older ones.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     changes_seq: Mapped[int] = mapped_column(BigInteger)
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SyncGeneration(RequestBase):
+    """A generation of the Response database seen here; the newest is the one applied, and a
+    file of an older one is superseded (``importer.ledger``)."""
+
+    __tablename__ = "sync_generations"
+
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_file: Mapped[str] = mapped_column(String(64))
 
 
 class SyncGap(RequestBase):
@@ -179,6 +201,7 @@ __all__ = [
     "RequestBase",
     "SnapshotMark",
     "SyncGap",
+    "SyncGeneration",
     "SyncStream",
     "SyncStreamStats",
     "SyncedJobResult",

@@ -9,6 +9,7 @@ the daemon would not bring the database back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.format import FileName
 from exchange.reader import ExportFile
 from importer.apply import ApplyResult
 from netsync import metrics
@@ -25,6 +27,8 @@ from netsync.probes import Probes
 
 if TYPE_CHECKING:
     from importer.daemon import Importer
+
+log = logging.getLogger(__name__)
 
 
 def observe_applied(export: ExportFile, outcome: ApplyResult) -> None:
@@ -37,6 +41,22 @@ def observe_applied(export: ExportFile, outcome: ApplyResult) -> None:
     metrics.IMPORT_CHANGES_APPLIED.labels(stream).inc(outcome.changes)
     lag = (datetime.now(UTC) - export.header.created_at).total_seconds()
     metrics.IMPORT_LAG.labels(stream).observe(max(0.0, lag))
+
+
+def observe_generation(generation: int, name: FileName) -> None:
+    """A newer generation of the Response database was first seen (with file ``name``)."""
+    metrics.IMPORT_GENERATIONS.inc()
+    metrics.IMPORT_GENERATION.set(generation)
+    log.warning(
+        "the Response database began a new generation (it was restored from a backup, or an"
+        " operator asked): its files and snapshots now replace what the restore undid",
+        extra={"generation": generation, "file": name.name},
+    )
+
+
+def observe_superseded(name: FileName) -> None:
+    metrics.IMPORT_FILES_SUPERSEDED.labels(name.stream).inc()
+    log.info("file of an older generation superseded, archiving", extra={"file": name.name})
 
 
 def liveness_threshold(rescan_interval_s: float) -> float:

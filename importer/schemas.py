@@ -76,6 +76,8 @@ class LoggedIn(BaseModel):
 
 class StreamStatus(BaseModel):
     stream: str
+    #: The Response database's generation of the last applied file (0: the first).
+    generation: int
     last_applied_seq: int
     files_applied: int
     last_applied_at: datetime
@@ -93,7 +95,19 @@ class GapOut(BaseModel):
     age_s: float
 
 
+class GenerationOut(BaseModel):
+    """A generation of the Response database: each after the first follows a restore there."""
+
+    generation: int
+    first_seen_at: datetime
+    first_file: str
+
+
 class SyncStatus(BaseModel):
+    #: The newest generation seen (0 before any restore of the Response database).
+    generation: int
+    #: Every generation after the first, newest first (at most ten).
+    generations: list[GenerationOut]
     streams: list[StreamStatus]
     open_gaps: list[GapOut]
     missing_files: int

@@ -4,12 +4,14 @@ Two rules make a snapshot safe to apply at any time, in any order with the ``cha
 
 * **Versions decide.** A snapshot row is written only where the Request side holds an older
   version (or nothing), exactly like an incremental change: a snapshot read before a change was
-  made never overwrites that change.
+  made never overwrites that change. Generations come first: a snapshot of a newer generation
+  (a restored Response database, ``jobs.numbering``) replaces any version of an older one.
 * **Absence removes only what the snapshot knew about.** An entity missing from a complete
   snapshot is tombstoned (``deleted = true``) only if the last ``changes`` file that wrote it is at
-  or below the snapshot's ``changes_seq`` mark (or a snapshot wrote it): anything created or
-  changed after the snapshot was read stays. A snapshot older than one already applied on its
-  stream is recorded and otherwise ignored, so a late file cannot undo a newer one.
+  or below the snapshot's ``changes_seq`` mark (or a snapshot wrote it), or if it was written in
+  an older generation (the restore undid it): anything created or changed after the snapshot was
+  read stays. A snapshot older than one already applied on its stream is recorded and otherwise
+  ignored, so a late file cannot undo a newer one.
 
 A million-row snapshot is ~280 MB. Its lines are read in blocks, parsed with orjson and checked
 against the record contract by small hand-written checks (``_ROW``: the pydantic models cost ten
@@ -31,7 +33,7 @@ from typing import Any, cast
 
 import asyncpg
 import orjson
-from sqlalchemy import CursorResult, func, select, text, update
+from sqlalchemy import CursorResult, func, select, text, tuple_, update
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
 from exchange.format import SETTING_KEY_PATTERN, ExportHeader
@@ -187,6 +189,10 @@ class StreamedResult:
     removed: int
     #: Set when another file holds this one's place in the ledger (``importer.ledger``).
     conflict: str | None = None
+    #: Of an older generation than one already seen: nothing applied (``importer.ledger``).
+    superseded: bool = False
+    #: A newer generation of the Response database, first seen with this file.
+    began: int | None = None
 
 
 def _merge_sql(entity: _Entity) -> str:
@@ -194,22 +200,27 @@ def _merge_sql(entity: _Entity) -> str:
     updates = ", ".join(f"{c} = excluded.{c}" for c in entity.columns)
     return f"""
         INSERT INTO {entity.table} AS t
-            (id, version, deleted, event_id, changed_at, applied_at, last_changes_seq, {names})
-        SELECT id, version, false, event_id, changed_at, clock_timestamp(), NULL, {names}
+            (id, generation, version, deleted, event_id, changed_at, applied_at,
+             last_changes_seq, {names})
+        SELECT id, :generation, version, false, event_id, changed_at, clock_timestamp(), NULL,
+               {names}
         FROM {_ROWS}
         ON CONFLICT (id) DO UPDATE SET
-            version = excluded.version, deleted = false, event_id = excluded.event_id,
-            changed_at = excluded.changed_at, applied_at = excluded.applied_at,
-            last_changes_seq = NULL, {updates}
-        WHERE t.version < excluded.version
+            generation = excluded.generation, version = excluded.version, deleted = false,
+            event_id = excluded.event_id, changed_at = excluded.changed_at,
+            applied_at = excluded.applied_at, last_changes_seq = NULL, {updates}
+        WHERE (t.generation, t.version) < (excluded.generation, excluded.version)
     """  # noqa: S608 - identifiers come from the fixed table above, values are parameters
 
 
 def _tombstone_sql(entity: _Entity) -> str:
     return f"""
-        UPDATE {entity.table} AS t SET deleted = true, applied_at = clock_timestamp()
+        UPDATE {entity.table} AS t
+        SET deleted = true, generation = :generation, applied_at = clock_timestamp()
         WHERE NOT t.deleted
-          AND (t.last_changes_seq IS NULL OR t.last_changes_seq <= :changes_seq)
+          AND (t.generation < :generation
+               OR (t.generation = :generation
+                   AND (t.last_changes_seq IS NULL OR t.last_changes_seq <= :changes_seq)))
           AND NOT EXISTS (SELECT 1 FROM {_ROWS} AS s WHERE s.id = t.id)
     """  # noqa: S608 - identifiers come from the fixed table above, values are parameters
 
@@ -217,7 +228,8 @@ def _tombstone_sql(entity: _Entity) -> str:
 async def _is_stale(session: RequestSession, header: ExportHeader) -> bool:
     newer = await session.scalar(
         select(func.max(ImportLedger.seq)).where(
-            ImportLedger.stream == header.stream, ImportLedger.seq > header.seq
+            ImportLedger.stream == header.stream,
+            tuple_(ImportLedger.generation, ImportLedger.seq) > tuple_(*header.place),
         )
     )
     return newer is not None
@@ -226,7 +238,11 @@ async def _is_stale(session: RequestSession, header: ExportHeader) -> bool:
 async def _record(session: RequestSession, header: ExportHeader, changes: int) -> None:
     await session.execute(
         update(ImportLedger)
-        .where(ImportLedger.stream == header.stream, ImportLedger.seq == header.seq)
+        .where(
+            ImportLedger.stream == header.stream,
+            ImportLedger.generation == header.generation,
+            ImportLedger.seq == header.seq,
+        )
         .values(applied_changes=changes)
     )
 
@@ -287,21 +303,31 @@ async def _stream_batches(
             await asyncio.shield(pending)
 
 
-async def _merge(session: RequestSession, entity_name: str, changes_seq: int) -> tuple[int, int]:
+async def _merge(session: RequestSession, header: ExportHeader) -> tuple[int, int]:
     """Record the snapshot's mark, merge the rows (versions decide), remove what is gone.
 
     The mark goes first: ``heal_through`` takes the ``changes`` stream's lock, and applying a
     ``changes`` file takes it before touching rows too, so the two never wait on each other's
     rows in opposite order. A refusal below rolls the mark back with everything else.
     """
-    entity = _ENTITIES[entity_name]
-    await gaps.heal_through(session, entity_name, changes_seq)
+    # the header's validator guarantees both for snapshots
+    assert header.entity is not None
+    assert header.changes_seq is not None
+    entity = _ENTITIES[header.entity]
+    generation, changes_seq = header.generation, header.changes_seq
+    await gaps.heal_through(session, header.entity, changes_seq, generation=generation)
     try:
         await session.execute(text(f"ANALYZE {_ROWS}"))
-        merged = cast(CursorResult[Any], await session.execute(text(_merge_sql(entity))))
+        merged = cast(
+            CursorResult[Any],
+            await session.execute(text(_merge_sql(entity)), {"generation": generation}),
+        )
         tombstoned = cast(
             CursorResult[Any],
-            await session.execute(text(_tombstone_sql(entity)), {"changes_seq": changes_seq}),
+            await session.execute(
+                text(_tombstone_sql(entity)),
+                {"changes_seq": changes_seq, "generation": generation},
+            ),
         )
     except (DataError, IntegrityError, ProgrammingError) as exc:
         # an entity listed twice (ON CONFLICT cannot touch a row twice)
@@ -314,16 +340,23 @@ async def apply_streamed(session: RequestSession, export: VerifiedStream) -> Str
     """Apply a verified snapshot or results file, with its ledger row, in the caller's
     transaction (rolled back by the caller when this raises ``RejectedFile``)."""
     header = export.header
-    claimed, conflicts = await claim(session, [export])
-    if not claimed:
-        return StreamedResult(True, False, header.records, 0, 0, conflicts.get(header.seq))
+    found = await claim(session, [export])
+    if not found.claimed:
+        return StreamedResult(
+            True,
+            False,
+            header.records,
+            0,
+            0,
+            found.conflicts.get(header.seq),
+            superseded=bool(found.superseded),
+            began=found.began,
+        )
     if header.kind == "results":
         written = await apply_results(session, export)
         await _record(session, header, written)
-        return StreamedResult(False, False, header.records, written, 0)
-    # the header's validator guarantees both for snapshots
-    assert header.entity is not None
-    assert header.changes_seq is not None
+        return StreamedResult(False, False, header.records, written, 0, began=found.began)
+    assert header.entity is not None  # the header's validator guarantees it for snapshots
     stale = await _is_stale(session, header)
     try:
         await _copy_rows(session, header.entity, _stream_batches(export, header.entity))
@@ -337,6 +370,6 @@ async def apply_streamed(session: RequestSession, export: VerifiedStream) -> Str
         raise DatabaseUnavailable(repr(exc)[:300]) from exc
     written = removed = 0
     if not stale:
-        written, removed = await _merge(session, header.entity, header.changes_seq)
+        written, removed = await _merge(session, header)
     await _record(session, header, written + removed)
-    return StreamedResult(False, stale, header.records, written, removed)
+    return StreamedResult(False, stale, header.records, written, removed, began=found.began)

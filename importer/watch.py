@@ -22,6 +22,7 @@ from importer.db import RequestSessionMaker
 from importer.failures import DB_ERRORS
 from importer.files import printable
 from importer.gaps import GapStats, open_gaps, summarise
+from importer.ledger import current_generation
 from importer.models import QuarantinedFile
 from netsync import metrics
 
@@ -44,6 +45,7 @@ class GapWatch:
         try:
             async with self.sessions() as session:
                 gaps = await open_gaps(session)
+                metrics.IMPORT_GENERATION.set(await current_generation(session))
         except DB_ERRORS:
             return self.stats
         now, mono = datetime.now(UTC), time.monotonic()

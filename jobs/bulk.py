@@ -28,7 +28,7 @@ from jobs import deadletter, serialization, wakeup
 from jobs.observe import observed
 from jobs.periodic import PERIODIC_JOBS, ScheduleSettings, job_function, report_missed
 from jobs.ticks import TOMBSTONE_S, cron_job_name
-from jobs.worker import export_keys, shutdown, worker_redis
+from jobs.worker import export_keys, generation_watch, shutdown, worker_redis
 from netsync.db import make_engine
 from netsync.logging import configure_logging
 
@@ -45,6 +45,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["sessions"] = make_sessionmaker(engine)
     ctx["exports_dir"] = settings.exports_path
     ctx["signer"], ctx["recipients"] = export_keys(settings)
+    ctx["generations"] = generation_watch(ctx, ctx["sessions"], ctx["signer"])
     wakeup.install()
     ctx["wake_task"] = asyncio.create_task(wakeup.listen(ctx["redis"], settings.bulk_queue))
     try:

@@ -114,6 +114,7 @@ def _snapshot(entity: str) -> Job:
             ctx["signer"],
             entity,
             recipients=ctx["recipients"],
+            generations=ctx.get("generations"),
         )
         return done.summary()
 
@@ -133,6 +134,7 @@ async def _export_results(ctx: dict[str, Any]) -> dict[str, Any]:
         ctx["signer"],
         _queues(ctx).names,
         recipients=ctx["recipients"],
+        generations=ctx.get("generations"),
     )
 
 

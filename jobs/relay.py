@@ -29,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import ResponseSession, ResponseSessionMaker
-from app.outbox.models import ExportFile, ExportStream, OutboxEvent
-from exchange.format import CHANGES_STREAM
+from app.outbox.models import ExportFile, OutboxEvent
+from exchange.format import CHANGES_STREAM, generation_fields
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import PublishedFile, publish_export
+from jobs.numbering import ENSURE_STREAM, GenerationWatch
 from netsync import metrics
 from netsync.logging import correlation_id
 
@@ -71,19 +71,20 @@ _ALLOCATE = text(
     ), bumped AS (
         UPDATE export_streams SET last_seq = last_seq + 1
         WHERE stream = :stream AND EXISTS (SELECT 1 FROM pending)
-        RETURNING last_seq
+        RETURNING last_seq, generation, generation_base
     ), file AS (
-        INSERT INTO export_files (stream, seq, file_id, created_at, records)
-        SELECT :stream, last_seq, :file_id, :created_at, (SELECT count(*) FROM pending)
+        INSERT INTO export_files (stream, seq, file_id, created_at, records, generation, since_seq)
+        SELECT :stream, last_seq, :file_id, :created_at, (SELECT count(*) FROM pending),
+               generation, generation_base
         FROM bumped
-        RETURNING seq
+        RETURNING seq, generation, since_seq
     )
     UPDATE outbox_events AS o
     SET export_stream = :stream, export_seq = file.seq
     FROM file
     WHERE o.id IN (SELECT id FROM pending)
-    RETURNING file.seq, o.id, o.event_id, o.entity, o.entity_id, o.version, o.op, o.data,
-              o.correlation_id, o.created_at
+    RETURNING file.seq, file.generation, file.since_seq, o.id, o.event_id, o.entity,
+              o.entity_id, o.version, o.op, o.data, o.correlation_id, o.created_at
     """  # noqa: S608 - the one interpolation is the constant above
 )
 
@@ -96,6 +97,9 @@ class Allocation:
     file_id: uuid.UUID
     created_at: datetime
     events: list[OutboxEvent]
+    #: The generation it was numbered in and its stream's base there (``jobs.numbering``).
+    generation: int = 0
+    since_seq: int = 0
 
     def holds(self, event_id: uuid.UUID) -> bool:
         return any(e.event_id == event_id for e in self.events)
@@ -154,8 +158,11 @@ class OutboxRelay:
         batch_size: int = 1000,
         max_file_bytes: int = 4 * 1024 * 1024,
         stream: str = CHANGES_STREAM,
+        generations: GenerationWatch | None = None,
     ) -> None:
         self.sessions = sessions
+        #: Checks for a restored database before this process numbers its first file.
+        self.generations = generations
         self.exports_dir = exports_dir
         self.signer = signer
         self.recipients = recipients
@@ -171,14 +178,12 @@ class OutboxRelay:
 
     async def allocate(self) -> Allocation | None:
         """Give the oldest pending changes the next sequence number; ``None`` if none wait."""
+        if self.generations is not None:
+            await self.generations.ensure()
         async with self._engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             if not self._stream_ready:
-                await conn.execute(
-                    insert(ExportStream)
-                    .values(stream=self.stream, last_seq=0)
-                    .on_conflict_do_nothing(index_elements=["stream"])
-                )
+                await conn.execute(ENSURE_STREAM, {"stream": self.stream})
                 self._stream_ready = True
             file_id, created_at = uuid.uuid4(), datetime.now(UTC)
             rows = (
@@ -209,23 +214,38 @@ class OutboxRelay:
             )
             for r in sorted(rows, key=lambda r: r.id)
         ]
-        return Allocation(rows[0].seq, file_id, created_at, events)
+        first = rows[0]
+        return Allocation(first.seq, file_id, created_at, events, first.generation, first.since_seq)
 
     async def _write(
-        self, seq: int, file_id: uuid.UUID, created_at: datetime, events: Sequence[OutboxEvent]
+        self,
+        seq: int,
+        file_id: uuid.UUID,
+        created_at: datetime,
+        events: Sequence[OutboxEvent],
+        *,
+        generation: int,
+        since_seq: int,
+        mark: bool = False,
     ) -> PublishedFile:
-        published = await asyncio.to_thread(
-            publish_export,
-            self.exports_dir,
-            self.signer,
-            recipients=self.recipients,
-            stream=self.stream,
-            seq=seq,
-            kind="changes",
-            file_id=file_id,
-            created_at=created_at,
-            records=[_record(e) for e in events],
-        )
+        def write() -> PublishedFile:
+            published = publish_export(
+                self.exports_dir,
+                self.signer,
+                recipients=self.recipients,
+                stream=self.stream,
+                seq=seq,
+                kind="changes",
+                file_id=file_id,
+                created_at=created_at,
+                records=[_record(e) for e in events],
+                header=generation_fields(generation, since_seq),
+            )
+            if mark and self.generations is not None:
+                self.generations.mark(self.stream, generation, seq)
+            return published
+
+        published = await asyncio.to_thread(write)
         metrics.EXPORT_CHANGES.inc(published.records)
         log.info(
             "published export file",
@@ -241,7 +261,13 @@ class OutboxRelay:
     async def publish_allocation(self, allocation: Allocation) -> PublishedFile:
         """Write a freshly allocated file and mark it published (one more round trip)."""
         published = await self._write(
-            allocation.seq, allocation.file_id, allocation.created_at, allocation.events
+            allocation.seq,
+            allocation.file_id,
+            allocation.created_at,
+            allocation.events,
+            generation=allocation.generation,
+            since_seq=allocation.since_seq,
+            mark=True,
         )
         async with self._engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -263,7 +289,14 @@ class OutboxRelay:
         ).all()
         if len(events) != file.records:  # rows pruned since: never publish less under its id
             raise ResendIncomplete(file.seq, file.records, len(events))
-        published = await self._write(file.seq, file.file_id, file.created_at, events)
+        published = await self._write(
+            file.seq,
+            file.file_id,
+            file.created_at,
+            events,
+            generation=file.generation,
+            since_seq=file.since_seq,
+        )
         file.published_at = datetime.now(UTC)
         file.sha256 = published.sha256
         return published
@@ -310,7 +343,10 @@ class OutboxRelay:
         return resent
 
     async def run(self) -> RelayResult:
-        """The sweeper: publish leftovers, then allocate and publish until nothing is pending."""
+        """The sweeper: look for a restored database, publish leftovers, then allocate and
+        publish until nothing is pending."""
+        if self.generations is not None:
+            await self.generations.check()
         files = await self.publish_pending()
         while (allocation := await self.allocate()) is not None:
             files.append(await self.publish_allocation(allocation))

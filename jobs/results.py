@@ -10,7 +10,6 @@ steps republishes the same file, and Redis may forget a result as soon as its ro
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,13 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from app.db import ResponseSession, ResponseSessionMaker
-from app.outbox.models import ExportFile, ExportStream
+from app.outbox.models import ExportFile
 from app.scheduling.models import ExportedResult
-from exchange.format import RESULTS_STREAM
+from exchange.format import RESULTS_STREAM, generation_fields
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import publish_export
+from jobs import numbering
 from jobs.serialization import deserialize
 
 RESULT_KEY_PREFIX = "arq:result:"
@@ -104,20 +104,10 @@ async def _allocate(session: ResponseSession, records: list[dict[str, Any]]) -> 
             )
             .on_conflict_do_nothing(index_elements=[ExportedResult.job_id])
         )
-    await session.execute(
-        insert(ExportStream)
-        .values(stream=RESULTS_STREAM, last_seq=0)
-        .on_conflict_do_nothing(index_elements=["stream"])
-    )
-    stream = await session.get(ExportStream, RESULTS_STREAM, with_for_update=True)
-    assert stream is not None
-    leftover = await session.scalar(
-        select(ExportFile.seq).where(
-            ExportFile.stream == RESULTS_STREAM, ExportFile.published_at.is_(None)
-        )
-    )
+    stream = await numbering.lock_stream(session, RESULTS_STREAM)
+    leftover = await numbering.unpublished(session, RESULTS_STREAM)
     if leftover is not None:
-        return int(leftover)
+        return leftover.seq
     pending = (
         await session.scalars(
             select(ExportedResult.job_id).where(ExportedResult.export_seq.is_(None)).limit(10_000)
@@ -125,23 +115,12 @@ async def _allocate(session: ResponseSession, records: list[dict[str, Any]]) -> 
     ).all()
     if not pending:
         return None
-    stream.last_seq += 1
-    session.add(
-        ExportFile(
-            stream=RESULTS_STREAM,
-            seq=stream.last_seq,
-            file_id=uuid.uuid4(),
-            created_at=datetime.now(UTC),
-            records=len(pending),
-        )
-    )
+    file = numbering.number_file(session, stream, records=len(pending))
     await session.flush()
     await session.execute(
-        update(ExportedResult)
-        .where(ExportedResult.job_id.in_(pending))
-        .values(export_seq=stream.last_seq)
+        update(ExportedResult).where(ExportedResult.job_id.in_(pending)).values(export_seq=file.seq)
     )
-    return stream.last_seq
+    return file.seq
 
 
 async def export_results(
@@ -152,8 +131,11 @@ async def export_results(
     queues: set[str],
     *,
     recipients: Recipients | None,
+    generations: numbering.GenerationWatch | None = None,
 ) -> dict[str, Any]:
     records = await collect(redis, queues)
+    if generations is not None:
+        await generations.ensure()
     async with sessions() as session, session.begin():
         seq = await _allocate(session, records)
     if seq is None:
@@ -181,7 +163,10 @@ async def export_results(
             file_id=file.file_id,
             created_at=file.created_at,
             records=rows,
+            header=generation_fields(file.generation, file.since_seq),
         )
+        if generations is not None:
+            await asyncio.to_thread(generations.mark, RESULTS_STREAM, file.generation, seq)
         file.published_at = datetime.now(UTC)
         file.sha256 = published.sha256
         file.records = published.records

@@ -16,22 +16,21 @@ Request side a row written by a snapshot points at the file that wrote it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile, ExportStream
-from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
+from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS, generation_fields
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import ExportFileWriter
+from jobs import numbering
 
 _TAIL = """|| '","version":' || version::text || ',"op":"upsert","occurred_at":'
     || to_json(updated_at)::text || ',"data":{'"""
@@ -82,30 +81,11 @@ class SnapshotExport:
 
 async def _allocate(session: ResponseSession, stream: str) -> ExportFile:
     """The next file of ``stream`` (an unpublished one left by a dead run first)."""
-    await session.execute(
-        insert(ExportStream)
-        .values(stream=stream, last_seq=0)
-        .on_conflict_do_nothing(index_elements=["stream"])
-    )
-    row = await session.get(ExportStream, stream, with_for_update=True)
-    assert row is not None
-    leftover = await session.scalar(
-        select(ExportFile)
-        .where(ExportFile.stream == stream, ExportFile.published_at.is_(None))
-        .order_by(ExportFile.seq)
-        .limit(1)
-    )
+    row = await numbering.lock_stream(session, stream)
+    leftover = await numbering.unpublished(session, stream)
     if leftover is not None:
         return leftover
-    row.last_seq += 1
-    file = ExportFile(
-        stream=stream,
-        seq=row.last_seq,
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=0,
-    )
-    session.add(file)
+    file = numbering.number_file(session, row, records=0)
     await session.flush()
     return file
 
@@ -118,12 +98,16 @@ async def export_snapshot(
     entity: str,
     *,
     recipients: Recipients | None,
+    generations: numbering.GenerationWatch | None = None,
 ) -> SnapshotExport:
     """Write, sign and publish one snapshot of ``entity``; return what was published."""
     stream = SNAPSHOT_STREAMS[entity]
+    if generations is not None:
+        await generations.ensure()
     async with sessions() as session, session.begin():
         file = await _allocate(session, stream)
         seq, file_id = file.seq, file.file_id
+        generation, since_seq = file.generation, file.since_seq
     table = _SNAPSHOT_SQL[entity][0]
     prefix = f'{{"event_id":"{file_id}","entity":"{entity}","entity_id":"'
     async with engine.connect() as conn:
@@ -145,7 +129,11 @@ async def export_snapshot(
                 file_id=file_id,
                 created_at=created_at,
                 records=int(count or 0),
-                header={"entity": entity, "changes_seq": int(changes_seq or 0)},
+                header={
+                    "entity": entity,
+                    "changes_seq": int(changes_seq or 0),
+                    **generation_fields(generation, since_seq),
+                },
             )
 
             failed: list[BaseException] = []
@@ -176,6 +164,8 @@ async def export_snapshot(
                 if failed:
                     raise failed[0]
                 published = await asyncio.to_thread(writer.publish, latest_as=stream)
+                if generations is not None:
+                    await asyncio.to_thread(generations.mark, stream, generation, seq)
             except BaseException:
                 writer.abort()
                 raise

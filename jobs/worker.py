@@ -21,12 +21,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
-from app.db import make_sessionmaker
+from app.db import ResponseSessionMaker, make_sessionmaker
+from exchange.format import SNAPSHOT_STREAMS
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import ensure_dir
 from jobs import deadletter, schedule, serialization, wakeup
-from jobs.client import SYNC_JOB, arq_client
+from jobs.client import SYNC_JOB, JobQueue, QueueUnavailable, arq_client
+from jobs.numbering import Began, GenerationWatch
 from jobs.observe import observed
 from jobs.relay import OutboxRelay
 from jobs.shutdown import OutageRetry
@@ -69,6 +71,29 @@ def export_keys(settings: ResponseSettings) -> tuple[Signer, Recipients]:
     )
 
 
+def generation_watch(
+    ctx: dict[str, Any], sessions: ResponseSessionMaker, signer: Signer
+) -> GenerationWatch:
+    """The process's watch for a restored database (``jobs.numbering``): when it begins a new
+    generation, snapshots of every entity type are enqueued at once, so the Request side takes
+    the restored state without waiting for their schedule (which covers it if Redis is down)."""
+    settings: ResponseSettings = ctx["settings"]
+    queue = JobQueue(ctx["redis"], sync_queue=settings.sync_queue, bulk_queue=settings.bulk_queue)
+
+    async def snapshot_everything(began: Began) -> None:
+        for stream in SNAPSHOT_STREAMS.values():
+            name = stream.removeprefix("snapshot_")
+            try:
+                await queue.enqueue_export(name)
+            except QueueUnavailable as exc:
+                log.warning(
+                    "could not enqueue a snapshot for the new generation; its schedule will run it",
+                    extra={"export": name, "generation": began.generation, "error": str(exc)},
+                )
+
+    return GenerationWatch(sessions, settings.exports_path, signer, on_begin=snapshot_everything)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     settings: ResponseSettings = ctx["settings"]
     configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
@@ -76,13 +101,15 @@ async def startup(ctx: dict[str, Any]) -> None:
     ensure_dir(settings.exports_path)
     ctx["engine"] = engine
     signer, recipients = export_keys(settings)
+    sessions = make_sessionmaker(engine)
     ctx["relay"] = OutboxRelay(
-        make_sessionmaker(engine),
+        sessions,
         settings.exports_path,
         signer,
         recipients=recipients,
         batch_size=settings.export_batch_size,
         max_file_bytes=settings.export_max_file_bytes,
+        generations=generation_watch(ctx, sessions, signer),
     )
     wakeup.install()
     ctx["wake_task"] = asyncio.create_task(wakeup.listen(ctx["redis"], settings.sync_queue))

@@ -98,6 +98,12 @@ EXPORT_CHANGES = Counter(
     "netsync_export_changes",
     "Changes written into published export files of the changes stream (a resend counts again).",
 )
+EXPORT_GENERATIONS = Counter(
+    "netsync_export_generations",
+    "Export generations this process began: 'restored' (its database was found rolled back)"
+    " or 'operator' (netsync streams new-generation).",
+    ["reason"],
+)
 OUTBOX_BACKLOG = Gauge(
     "netsync_outbox_backlog", "Outbox changes not yet assigned to an export file (on scrape)."
 )
@@ -149,6 +155,20 @@ IMPORT_LAG = Histogram(
     "Time from a file's creation on the Response Network to its application here.",
     ["stream"],
     buckets=_LAG,
+)
+IMPORT_FILES_SUPERSEDED = Counter(
+    "netsync_import_files_superseded",
+    "Files of an older generation than one already applied (a restored Response database"
+    " undid what they hold): archived, nothing written.",
+    ["stream"],
+)
+IMPORT_GENERATIONS = Counter(
+    "netsync_import_generations",
+    "New generations of the Response database seen here (each follows a restore there).",
+)
+IMPORT_GENERATION = Gauge(
+    "netsync_import_generation",
+    "The newest generation of the Response database applied here (0: the first).",
 )
 IMPORT_LAST_SCAN = Gauge(
     "netsync_import_last_scan_timestamp_seconds",

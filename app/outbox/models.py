@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKeyConstraint, Index, String, func, text
+from sqlalchemy import BigInteger, DateTime, ForeignKeyConstraint, Index, String, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,12 +47,35 @@ class OutboxEvent(ResponseBase):
 
 
 class ExportStream(ResponseBase):
-    """The last sequence number handed out per stream; its row lock orders the allocators."""
+    """The last sequence number handed out per stream; its row lock orders the allocators.
+
+    ``generation`` is the generation the stream numbers its files in (``jobs.generations``) and
+    ``generation_base`` its last number before that generation began: numbers go on growing
+    across generations, and the Request side knows where each generation's files start.
+    """
 
     __tablename__ = "export_streams"
 
     stream: Mapped[str] = mapped_column(String(32), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    generation_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class ExportGeneration(ResponseBase):
+    """A generation this database began: after it was found restored, or on an operator's word.
+
+    Generation 0 is the first and has no row. A generation's number is the time it began in
+    milliseconds (or one more than the last, if larger), so a generation begun after a restore is
+    newer than any begun on the timeline the restore undid.
+    """
+
+    __tablename__ = "export_generations"
+
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
 
 
 class ExportFile(ResponseBase):
@@ -65,3 +88,7 @@ class ExportFile(ResponseBase):
     records: Mapped[int]
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sha256: Mapped[str | None] = mapped_column(String(64))
+    #: The generation the file was numbered in and its stream's base in it: a file published
+    #: again carries the header it was first allocated with.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    since_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

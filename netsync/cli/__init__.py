@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from netsync.cli import export, importing, inspect, jobs, keys, users
+from netsync.cli import export, importing, inspect, jobs, keys, streams, users
 from netsync.cli.verify import verify
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(jobs.queue_app, name="queue")
 app.add_typer(users.app, name="users")
+app.add_typer(streams.app, name="streams")
 app.command("verify")(verify)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from exchange.format import FORMAT_VERSION
+from exchange.format import FORMAT_VERSION, SNAPSHOT_STREAMS
 from exchange.sealing import SEAL_ALG, Identities, Recipients
 from exchange.signing import SIGNATURE_ALG, Signer
 from exchange.writer import ExportFileWriter, PublishedFile, publish_export
@@ -69,6 +69,7 @@ def publish(
     *records: dict[str, Any],
     stream: str = "changes",
     recipients: Recipients | None = TEST_RECIPIENTS,
+    header: dict[str, Any] | None = None,
 ) -> PublishedFile:
     return publish_export(
         directory,
@@ -80,6 +81,7 @@ def publish(
         file_id=uuid.uuid4(),
         created_at=datetime.now(UTC),
         records=list(records),
+        header=header,
     )
 
 
@@ -102,25 +104,40 @@ async def quarantined(sandbox: Sandbox) -> dict[str, str]:
     return {r["file_name"]: r["reason"] for r in rows}
 
 
-def publish_settings_snapshot(
-    sandbox: Sandbox, records: list[dict[str, Any]], seq: int = 1, *, latest: bool = False
+def publish_snapshot(
+    sandbox: Sandbox,
+    entity: str,
+    records: list[dict[str, Any]],
+    seq: int = 1,
+    *,
+    latest: bool = False,
+    **header: Any,
 ) -> PublishedFile:
-    """A ``snapshot_settings`` file of ``records``, sealed and signed as the bulk worker does."""
+    """A snapshot file of ``entity`` holding ``records``, sealed and signed as the bulk worker
+    does (``header``: more header fields, ``changes_seq`` 0 unless given)."""
+    stream = SNAPSHOT_STREAMS[entity]
     writer = ExportFileWriter(
         sandbox.exports,
         sandbox.signer,
         recipients=sandbox.recipients,
-        stream="snapshot_settings",
+        stream=stream,
         seq=seq,
         kind="snapshot",
         file_id=uuid.uuid4(),
         created_at=datetime.now(UTC),
         records=len(records),
-        header={"entity": "setting", "changes_seq": 0},
+        header={"entity": entity, "changes_seq": 0, **header},
     )
     for record in records:
         writer.write_record(record)
-    return writer.publish(latest_as="snapshot_settings" if latest else None)
+    return writer.publish(latest_as=stream if latest else None)
+
+
+def publish_settings_snapshot(
+    sandbox: Sandbox, records: list[dict[str, Any]], seq: int = 1, *, latest: bool = False
+) -> PublishedFile:
+    """A ``snapshot_settings`` file of ``records``."""
+    return publish_snapshot(sandbox, "setting", records, seq, latest=latest)
 
 
 def export_names(directory: Path) -> list[str]:

@@ -1,0 +1,108 @@
+"""Stream marks: each stream's newest file number, kept beside the exports by the Response side.
+
+A Response database restored from a backup forgets the files it numbered after the backup; the
+exports directory does not. After each newly numbered file the Response side replaces
+``latest/<stream>.mark`` with the file's generation and number, signed; before numbering again it
+compares the marks with its database (``jobs.generations``): a mark the database is behind means
+the database was rolled back, and numbering goes on in a new generation.
+
+The mark is one JSON line and a signature line, a few hundred bytes. Its signature has a domain
+of its own, so a mark's signature can never pass for an export file's. Whoever can write the
+exports directory may delete or replay marks (an old mark is lower, so it changes nothing) but
+cannot forge one, so cannot force a new generation. Marks are replaced atomically but not
+fsynced: a mark lost to a power cut only hides a restore to a backup taken just after it, which
+the Request side then reports as a ledger conflict (``docs/operations.md``). Reads are bounded,
+never follow a link, and take nothing but a regular file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from exchange.format import LATEST_DIRNAME
+from exchange.signing import Signer, key_id_for
+from exchange.writer import ensure_dir
+
+_DOMAIN = b"netsync-stream-mark-v1\n"
+MARK_SUFFIX = ".mark"
+MAX_MARK_BYTES = 1024
+
+
+@dataclass(frozen=True, order=True)
+class Mark:
+    """The newest file a stream numbered: its generation, then its sequence number."""
+
+    generation: int
+    seq: int
+
+
+def _message(body: bytes) -> bytes:
+    return _DOMAIN + hashlib.sha256(body).digest()
+
+
+def mark_path(exports_dir: Path, stream: str) -> Path:
+    return exports_dir / LATEST_DIRNAME / f"{stream}{MARK_SUFFIX}"
+
+
+def write_mark(exports_dir: Path, signer: Signer, stream: str, mark: Mark) -> None:
+    """Replace the stream's mark."""
+    body = orjson.dumps(
+        {"stream": stream, "generation": mark.generation, "seq": mark.seq, "key": signer.key_id}
+    )
+    signature = base64.b64encode(signer.private_key.sign(_message(body)))
+    final = mark_path(exports_dir, stream)
+    ensure_dir(final.parent)
+    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    try:
+        os.write(fd, body + b"\n" + signature + b"\n")
+    finally:
+        os.close(fd)
+    try:
+        os.replace(temp, final)
+    except OSError:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def read_mark(exports_dir: Path, public_key: Ed25519PublicKey, stream: str) -> Mark | None:
+    """The stream's mark if one is there and its signature holds; ``None`` otherwise."""
+    try:
+        fd = os.open(
+            mark_path(exports_dir, stream),
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+        )
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, MAX_MARK_BYTES + 1)
+    finally:
+        os.close(fd)
+    lines = data.split(b"\n")
+    if len(data) > MAX_MARK_BYTES or len(lines) != 3 or lines[2]:
+        return None
+    body, signature = lines[0], lines[1]
+    try:
+        public_key.verify(base64.b64decode(signature, validate=True), _message(body))
+        fields = orjson.loads(body)
+    except (InvalidSignature, binascii.Error, ValueError):
+        return None
+    if fields.get("stream") != stream or fields.get("key") != key_id_for(public_key):
+        return None
+    generation, seq = fields.get("generation"), fields.get("seq")
+    if type(generation) is not int or type(seq) is not int:
+        return None
+    return Mark(generation, seq)
