@@ -1,6 +1,6 @@
 """``GET /api/v1/sync/status`` on a long import ledger: milliseconds per answer.
 
-    ./run bench sync_status [--rows 10000000] [--requests 200]
+    ./run bench sync_status [--rows 10000000] [--requests 200] [--keep 100000]
 
 Creates a scratch Request database on ``NETSYNC_BENCH_DATABASE_URL`` (an admin URL, default
 ``postgresql://postgres@127.0.0.1:5432/postgres``), migrates it to 0006, fills the import
@@ -8,7 +8,9 @@ ledger with N rows (``INSERT … SELECT generate_series``), then upgrades to the
 migration that fills the per-stream counters from the ledger, timed, as an operator's upgrade
 would run it. Then the real Request API (in-process, httpx's ASGI transport, the service token)
 answers ``--requests`` status requests; the same answer computed the previous way (a scan of
-the ledger) is timed too, for comparison. Drops the database at the end.
+the ledger) is timed too, for comparison. Then the importer's ledger pruning runs as the daemon
+runs it (``importer.ledger.prune``, ``--keep`` newest rows per stream), timed, and the status
+is timed again on the pruned ledger. Drops the database at the end.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from asgi_lifespan import LifespanManager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from importer import ledger
 from importer.api import create_app
 from importer.config import RequestSettings
+from importer.db import make_sessionmaker
 from netsync.config import to_libpq_url, with_database
+from netsync.db import make_engine
 from netsync.migrate import upgrade
 
 ADMIN_URL = os.environ.get(
@@ -63,7 +68,17 @@ def _ms(samples: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"
 
 
-async def main(rows: int, requests: int) -> None:
+async def _status(client: httpx.AsyncClient, requests: int) -> list[float]:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    samples = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        (await client.get("/api/v1/sync/status", headers=headers)).raise_for_status()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+async def main(rows: int, requests: int, keep: int) -> None:
     name = f"nsbench_status_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(to_libpq_url(ADMIN_URL))
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -75,12 +90,13 @@ async def main(rows: int, requests: int) -> None:
             started = time.perf_counter()
             await conn.execute(_FILL.replace(":rows", str(int(rows))))
             print(f"filled {rows:,} ledger rows in {time.perf_counter() - started:.1f} s")
-            started = time.perf_counter()
-            await asyncio.to_thread(upgrade, "request", url)
-            print(
-                f"migration to head (counters from the ledger):"
-                f" {time.perf_counter() - started:.1f} s"
-            )
+            for revision, what in (
+                ("0007", "counters from the ledger"),
+                ("head", "generations: the ledger's key rebuilt"),
+            ):
+                started = time.perf_counter()
+                await asyncio.to_thread(upgrade, "request", url, revision)
+                print(f"migration to {revision} ({what}): {time.perf_counter() - started:.1f} s")
             await conn.execute("ANALYZE")
             scans = []
             for _ in range(5):
@@ -109,12 +125,21 @@ async def main(rows: int, requests: int) -> None:
             answer.raise_for_status()
             files = {s["stream"]: s["files_applied"] for s in answer.json()["streams"]}
             assert sum(files.values()) == rows, files
-            samples = []
-            for _ in range(requests):
+            samples = await _status(client, requests)
+            print(f"GET /api/v1/sync/status, {requests} requests, whole answer: {_ms(samples)}")
+            engine = make_engine(url, pool_size=1)
+            try:
                 started = time.perf_counter()
-                (await client.get("/api/v1/sync/status", headers=headers)).raise_for_status()
-                samples.append(time.perf_counter() - started)
-        print(f"GET /api/v1/sync/status, {requests} requests, whole answer: {_ms(samples)}")
+                removed = await ledger.prune(make_sessionmaker(engine), keep=keep)
+                took = time.perf_counter() - started
+            finally:
+                await engine.dispose()
+            print(
+                f"ledger pruned to the newest {keep:,} rows per stream: {removed:,} rows in"
+                f" {took:.1f} s ({removed / took:,.0f} rows/s, 5,000 per transaction)"
+            )
+            samples = await _status(client, requests)
+            print(f"GET /api/v1/sync/status after pruning: {_ms(samples)}")
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -124,5 +149,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--keep", type=int, default=100_000)
     args = parser.parse_args()
-    asyncio.run(main(args.rows, args.requests))
+    asyncio.run(main(args.rows, args.requests, args.keep))

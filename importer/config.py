@@ -7,7 +7,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from netsync.config import CommonSettings, ConfigurationError, is_placeholder
 from netsync.keys import decryption_dir, trusted_dir
@@ -46,7 +46,10 @@ class RequestSettings(CommonSettings):
     archive_retention_days: float = 7.0
     #: ... and quarantined files and sidecars (their rows stay in the database) this long.
     quarantine_retention_days: float = 30.0
-    #: How often the daemon prunes both.
+    #: Per stream, the newest import ledger rows kept when the daemon prunes the ledger (older
+    #: ones go once no open gap needs them: ``importer.ledger.prune``).
+    ledger_keep_files: int = Field(default=100_000, ge=1000)
+    #: How often the daemon prunes the archive, the quarantine and the ledger.
     prune_interval_s: float = 3600.0
     #: watchfiles tuning: the defaults (1,600/50 ms) would add ~80 ms to every change.
     watch_debounce_ms: int = 10

@@ -53,6 +53,7 @@ from exchange.reader import (
 )
 from exchange.sealing import Identities
 from exchange.signing import Keyring
+from importer import ledger
 from importer.apply import ApplyResult, apply_changes
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
@@ -198,7 +199,8 @@ class Importer:
                     await watcher
 
     async def prune(self) -> dict[str, int]:
-        """Delete archived and quarantined files past their retention (their rows stay)."""
+        """Delete archived and quarantined files past their retention (their rows stay), and
+        the ledger rows exactly-once no longer needs."""
         now = time.time()
         try:
             removed = await asyncio.to_thread(
@@ -217,6 +219,12 @@ class Importer:
                 removed["sign_in_throttle"] = int(getattr(result, "rowcount", 0) or 0)
         except DB_ERRORS as exc:
             log.warning("could not prune sign-in counters", extra={"error": repr(exc)[:200]})
+        try:
+            removed["ledger_rows"] = await ledger.prune(
+                self.sessions, keep=self.settings.ledger_keep_files
+            )
+        except DB_ERRORS as exc:
+            log.warning("could not prune the import ledger", extra={"error": repr(exc)[:200]})
         if any(removed.values()):
             log.info("pruned old files", extra=removed)
         return removed

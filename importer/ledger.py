@@ -20,6 +20,12 @@ larger generation (``jobs.numbering``): the claim that first meets it records it
 ``sync_generations``, and from then on a ``changes`` or snapshot file of an older generation is
 *superseded*: the restore undid what it holds, and the new generation's snapshots carry what the
 restored database has instead. Results files are never superseded: the jobs they record ran.
+
+The ledger does not grow without bound (``prune``): per stream it keeps its newest rows (a file
+seen again among them is still told from a conflict by its id) and, for ``changes``, every row
+above the lowest open gap; older rows go, and the stream's *pruned place* remembers how far. A
+``changes`` or snapshot file at or below that place was applied or superseded long ago: a
+duplicate, whatever its id. Results files are applied again instead (by job id, changing nothing).
 """
 
 from __future__ import annotations
@@ -31,12 +37,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import case, func, or_, select, tuple_
+from sqlalchemy import case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
-from exchange.format import ExportHeader, FileName
-from importer.db import RequestSession
-from importer.models import ImportLedger, SyncGeneration, SyncStreamStats
+from exchange.format import CHANGES_STREAM, ExportHeader, FileName
+from importer.db import RequestSession, RequestSessionMaker
+from importer.models import ImportLedger, SyncGap, SyncGeneration, SyncStream, SyncStreamStats
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +117,17 @@ async def _enter(session: RequestSession, files: Sequence[Claimable], result: Cl
         result.began = result.generation
 
 
+async def _pruned(session: RequestSession, stream: str) -> tuple[int, int]:
+    row = (
+        await session.execute(
+            select(SyncStreamStats.pruned_generation, SyncStreamStats.pruned_seq).where(
+                SyncStreamStats.stream == stream
+            )
+        )
+    ).first()
+    return (int(row.pruned_generation), int(row.pruned_seq)) if row is not None else (0, 0)
+
+
 async def claim(session: RequestSession, files: Sequence[Claimable]) -> Claim:
     """Insert the files' ledger rows; the files are of one stream."""
     result = Claim()
@@ -118,9 +135,14 @@ async def claim(session: RequestSession, files: Sequence[Claimable]) -> Claim:
         return result
     result.generation = await current_generation(session)
     await _enter(session, files, result)
+    pruned = (0, 0)
     if files[0].header.kind != "results":
         result.superseded = {f.header.seq for f in files if f.header.generation < result.generation}
-    candidates = [f for f in files if f.header.seq not in result.superseded]
+        pruned = await _pruned(session, files[0].header.stream)
+    # at or below the pruned place: applied (or superseded) long ago, a duplicate
+    candidates = [
+        f for f in files if f.header.seq not in result.superseded and f.header.place > pruned
+    ]
     if not candidates:
         return result
     now = datetime.now(UTC)
@@ -196,3 +218,87 @@ async def _conflicts(session: RequestSession, files: Sequence[Claimable]) -> dic
                 f" this file is {header.file_id}"
             )
     return conflicts
+
+
+#: Per stream, at least this many of the newest ledger rows stay (``NETSYNC_LEDGER_KEEP_FILES``).
+KEEP_FILES = 100_000
+_PRUNE_BATCH = 5_000
+
+
+async def _prunable(session: RequestSession, stream: str, keep: int) -> tuple[int, int] | None:
+    """The highest place of ``stream`` whose row may go, or ``None``."""
+    ledger = ImportLedger
+    row = (
+        await session.execute(
+            select(ledger.generation, ledger.seq)
+            .where(ledger.stream == stream)
+            .order_by(ledger.generation.desc(), ledger.seq.desc())
+            .offset(keep)
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return None
+    bound = (int(row.generation), int(row.seq))
+    if stream == CHANGES_STREAM:  # every row above the lowest gap stays: its files may come
+        held = (
+            await session.execute(
+                select(SyncStream.generation, SyncStream.high_seq).where(
+                    SyncStream.stream == stream
+                )
+            )
+        ).first()
+        lowest_gap = await session.scalar(
+            select(func.min(SyncGap.first_seq)).where(SyncGap.stream == stream)
+        )
+        if held is not None and lowest_gap is not None:
+            bound = min(bound, (int(held.generation), int(lowest_gap) - 1))
+    return bound
+
+
+async def prune(sessions: RequestSessionMaker, *, keep: int = KEEP_FILES) -> int:
+    """Delete the ledger rows exactly-once no longer needs, a batch per transaction (claims go
+    on meanwhile); return how many went."""
+    async with sessions() as session:
+        streams = (await session.scalars(select(SyncStreamStats.stream))).all()
+    removed = 0
+    ledger = ImportLedger
+    for stream in streams:
+        while True:
+            async with sessions() as session, session.begin():
+                bound = await _prunable(session, stream, keep)
+                if bound is None:
+                    break
+                batch = (
+                    select(ledger.generation, ledger.seq)
+                    .where(
+                        ledger.stream == stream,
+                        tuple_(ledger.generation, ledger.seq) <= tuple_(*bound),
+                    )
+                    .order_by(ledger.generation, ledger.seq)
+                    .limit(_PRUNE_BATCH)
+                )
+                gone = (
+                    await session.execute(
+                        delete(ledger)
+                        .where(
+                            ledger.stream == stream,
+                            tuple_(ledger.generation, ledger.seq).in_(batch),
+                        )
+                        .returning(ledger.generation, ledger.seq)
+                    )
+                ).all()
+                if not gone:
+                    break
+                last = max((int(g), int(q)) for g, q in gone)
+                stats = SyncStreamStats.__table__.c
+                newer = tuple_(*last) > tuple_(stats.pruned_generation, stats.pruned_seq)
+                await session.execute(
+                    update(SyncStreamStats)
+                    .where(SyncStreamStats.stream == stream, newer)
+                    .values(pruned_generation=last[0], pruned_seq=last[1])
+                )
+                removed += len(gone)
+            if len(gone) < _PRUNE_BATCH:
+                break
+    return removed

@@ -83,7 +83,8 @@ class ImportLedger(RequestBase):
 
 class SyncStreamStats(RequestBase):
     """Per stream: files applied, the last one and when; updated by the claim that applies them
-    (``importer.ledger.claim``), so the sync status never scans the ledger."""
+    (``importer.ledger.claim``), so the sync status never scans the ledger. ``pruned_*``: the
+    ledger holds no row at or below this place any more (``importer.ledger.prune``)."""
 
     __tablename__ = "sync_stream_stats"
 
@@ -93,6 +94,8 @@ class SyncStreamStats(RequestBase):
     last_seq: Mapped[int] = mapped_column(BigInteger)
     last_exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    pruned_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pruned_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class QuarantinedFile(RequestBase):

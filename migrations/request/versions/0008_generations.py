@@ -6,6 +6,9 @@ generation too: a new generation numbers its files on from the restored database
 so the same number may come back in a newer generation. ``sync_generations`` lists the
 generations seen here, the newest being the one applied.
 
+``sync_stream_stats`` also records how far the ledger was pruned per stream: a file at or below
+that place was applied (or superseded) and its row is gone, so it is a duplicate.
+
 Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-01 17:40:00
@@ -44,11 +47,18 @@ def upgrade() -> None:
         op.add_column(
             table, sa.Column("generation", sa.BigInteger(), server_default="0", nullable=False)
         )
+    for column in ("pruned_generation", "pruned_seq"):
+        op.add_column(
+            "sync_stream_stats",
+            sa.Column(column, sa.BigInteger(), server_default="0", nullable=False),
+        )
     op.drop_constraint("pk_import_ledger", "import_ledger", type_="primary")
     op.create_primary_key("pk_import_ledger", "import_ledger", ["stream", "generation", "seq"])
 
 
 def downgrade() -> None:
+    for column in ("pruned_seq", "pruned_generation"):
+        op.drop_column("sync_stream_stats", column)
     op.drop_constraint("pk_import_ledger", "import_ledger", type_="primary")
     op.create_primary_key("pk_import_ledger", "import_ledger", ["stream", "seq"])
     for table in reversed(_TABLES):
