@@ -1,12 +1,14 @@
 """Snapshot benchmark: export and import 1,000,000 settings; seconds and peak RSS of each side.
 
-    ./run bench snapshot [--rows N]
+    ./run bench snapshot [--rows N] [--users N] [--verify] [--plaintext]
 
 Creates two scratch databases on the server named by ``NETSYNC_BENCH_DATABASE_URL`` (default
-``postgresql://postgres@127.0.0.1:5432/postgres``), fills the Response one with N settings
-(``INSERT … SELECT generate_series``), then runs each side in a process of its own so that its
-``ru_maxrss`` is its own peak: the bulk worker's ``export_snapshot`` and the importer's
-``scan_once`` (streaming read, COPY, merge). Drops everything at the end.
+``postgresql://postgres@127.0.0.1:5432/postgres``), fills the Response one with N settings and
+``--users`` users (``INSERT … SELECT generate_series``), then runs each side in a process of its
+own so that its ``ru_maxrss`` is its own peak: the bulk worker's ``export_snapshot`` of every
+filled entity type (and profile types), and the importer's ``scan_once`` (streaming read, COPY,
+merge) into the empty Request database: a new Request site joining. ``--verify`` then compares
+both databases entity by entity as ``netsync verify`` does. Drops everything at the end.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _export(url: str, exports: Path, keys: Path, plaintext: bool) -> dict[str, Any]:
+async def _export(
+    url: str, exports: Path, keys: Path, plaintext: bool, entities: list[str]
+) -> dict[str, Any]:
     from app.db import make_sessionmaker
     from exchange.signing import Signer
     from jobs.snapshots import export_snapshot
@@ -45,16 +49,23 @@ async def _export(url: str, exports: Path, keys: Path, plaintext: bool) -> dict[
 
     signer = Signer.from_pem((keys / "signing.pem").read_bytes())
     recipients = None if plaintext else Recipients.from_sources(keys / "recipients")
-    started = time.perf_counter()
-    done = await export_snapshot(
-        engine, make_sessionmaker(engine), exports, signer, "setting", recipients=recipients
-    )
-    seconds = time.perf_counter() - started
+    each: dict[str, float] = {}
+    records = size = 0
+    for entity in entities:
+        started = time.perf_counter()
+        done = await export_snapshot(
+            engine, make_sessionmaker(engine), exports, signer, entity, recipients=recipients
+        )
+        each[entity] = time.perf_counter() - started
+        records += done.records
+        size += done.bytes
     await engine.dispose()
-    return {"seconds": seconds, "records": done.records, "bytes": done.bytes}
+    return {"seconds": sum(each.values()), "each": each, "records": records, "bytes": size}
 
 
-async def _import(url: str, exports: Path, keys: Path, plaintext: bool) -> dict[str, Any]:
+async def _import(
+    url: str, exports: Path, keys: Path, plaintext: bool, entities: list[str]
+) -> dict[str, Any]:
     from exchange.signing import Keyring
     from importer.config import RequestSettings
     from importer.daemon import Importer
@@ -90,7 +101,12 @@ def _side(argv: list[str]) -> dict[str, Any]:
     return result
 
 
-async def _fill(url: str, rows: int) -> None:
+#: A bcrypt hash as the previous deployment's users have them (the same for all: the hash's
+#: bytes, not its strength, are what the bench moves).
+_HASH = "$2b$12$" + "R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW"
+
+
+async def _fill(url: str, rows: int, users: int) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
@@ -100,9 +116,36 @@ async def _fill(url: str, rows: int) -> None:
             " FROM generate_series(1, $1) AS g",
             rows,
         )
+        await conn.execute(
+            "INSERT INTO users (id, username, email, password_hash, role, is_active, version)"
+            " SELECT gen_random_uuid(), 'user' || g, 'user' || g || '@example.org', $2,"
+            " 'user', g % 50 <> 0, 1 + g % 3"
+            " FROM generate_series(1, $1) AS g",
+            users,
+            _HASH,
+        )
         await conn.execute("ANALYZE settings")
+        await conn.execute("ANALYZE users")
     finally:
         await conn.close()
+
+
+async def _verify(response_url: str, request_url: str) -> tuple[float, int]:
+    from netsync.cli.verify import ENTITIES, compare_entity
+    from netsync.db import make_engine
+
+    response, request = make_engine(response_url), make_engine(request_url)
+    started = time.perf_counter()
+    try:
+        drift = [
+            d
+            for entity in ENTITIES
+            for d in await compare_entity(entity, response, request, lambda n: None)
+        ]
+    finally:
+        await response.dispose()
+        await request.dispose()
+    return time.perf_counter() - started, len(drift)
 
 
 async def _admin(admin: str, sql: str) -> None:
@@ -116,6 +159,8 @@ async def _admin(admin: str, sql: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=0, help="users to fill and snapshot too")
+    parser.add_argument("--verify", action="store_true", help="compare both sides afterwards")
     parser.add_argument(
         "--plaintext", action="store_true", help="unsealed (version 1) files: the cost of sealing"
     )
@@ -149,19 +194,30 @@ def main() -> None:
             upgrade("response", resp)
             upgrade("request", req)
             started = time.perf_counter()
-            asyncio.run(_fill(resp, args.rows))
-            print(f"filled {args.rows:,} settings in {time.perf_counter() - started:.1f} s")
-            out = _side(["--side", "export", resp, str(exports), str(root), *mode])
+            asyncio.run(_fill(resp, args.rows, args.users))
             print(
-                f"export ({mode[0]}): {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB"
-                f" (sealing child {out['child_peak_mb']:.0f} MB),"
-                f" {out['records']:,} records, {out['bytes'] / 1e6:.0f} MB file"
+                f"filled {args.rows:,} settings and {args.users:,} users"
+                f" in {time.perf_counter() - started:.1f} s"
             )
-            out = _side(["--side", "import", req, str(exports), str(root), *mode])
+            # settings alone (the 1 M-row figure), or a whole new site: every entity type
+            entities = "setting" if not args.users else "setting,user,profile_type"
+            sides = [str(exports), str(root), *mode, entities]
+            out = _side(["--side", "export", resp, *sides])
+            each = ", ".join(f"{e} {s:.2f} s" for e, s in out["each"].items())
+            print(
+                f"export ({mode[0]}): {out['seconds']:.2f} s ({each}),"
+                f" peak RSS {out['peak_mb']:.0f} MB"
+                f" (sealing child {out['child_peak_mb']:.0f} MB),"
+                f" {out['records']:,} records, {out['bytes'] / 1e6:.0f} MB of files"
+            )
+            out = _side(["--side", "import", req, *sides])
             print(
                 f"import: {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB,"
                 f" {out['changes']:,} rows written"
             )
+            if args.verify:
+                seconds, drift = asyncio.run(_verify(resp, req))
+                print(f"verify: {drift} entities differ ({seconds:.1f} s to compare)")
     finally:
         for name in names.values():
             asyncio.run(_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -169,9 +225,11 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--side":
-        side, url, exports, keys, mode = sys.argv[2:7]
+        side, url, exports, keys, mode, entities = sys.argv[2:8]
         run_side = _export if side == "export" else _import
-        result = asyncio.run(run_side(url, Path(exports), Path(keys), mode == "plaintext"))
+        result = asyncio.run(
+            run_side(url, Path(exports), Path(keys), mode == "plaintext", entities.split(","))
+        )
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(json.dumps({**result, "peak_mb": _peak_mb(), "child_peak_mb": children}))
     else:

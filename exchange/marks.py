@@ -11,18 +11,24 @@ of its own, so a mark's signature can never pass for an export file's. Whoever c
 exports directory may delete or replay marks (an old mark is lower, so it changes nothing) but
 cannot forge one, so cannot force a new generation. Marks are replaced atomically but not
 fsynced: a mark lost to a power cut only hides a restore to a backup taken just after it, which
-the Request side then reports as a ledger conflict (``docs/operations.md``). Reads are bounded,
-never follow a link, and take nothing but a regular file.
+the Request side then reports as a ledger conflict (``docs/operations.md``). A mark never goes
+down: a writer that finds a higher one keeps it. Reads are bounded (a few hundred entries of
+``latest/``, a KiB per mark), go through a directory descriptor opened without following a
+link, and take nothing but a regular file; writes go through the same descriptor.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
+import itertools
 import os
+import re
 import stat
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +43,7 @@ from exchange.writer import ensure_dir
 _DOMAIN = b"netsync-stream-mark-v1\n"
 MARK_SUFFIX = ".mark"
 MAX_MARK_BYTES = 1024
+_STREAM_NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
 
 
 @dataclass(frozen=True, order=True)
@@ -55,33 +62,83 @@ def mark_path(exports_dir: Path, stream: str) -> Path:
     return exports_dir / LATEST_DIRNAME / f"{stream}{MARK_SUFFIX}"
 
 
-def write_mark(exports_dir: Path, signer: Signer, stream: str, mark: Mark) -> None:
-    """Replace the stream's mark."""
+#: At most this many entries of ``latest/`` are looked at per read of all marks (junk included).
+MAX_ENTRIES = 256
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def _latest(exports_dir: Path, *, create: bool) -> Iterator[int]:
+    """``latest/`` as a directory descriptor, never through a link."""
+    if create:
+        ensure_dir(exports_dir / LATEST_DIRNAME)
+    fd = os.open(exports_dir / LATEST_DIRNAME, _OPEN_DIR)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_mark(exports_dir: Path, signer: Signer, stream: str, mark: Mark) -> Mark | None:
+    """Replace the stream's mark, unless it holds a higher one already: that one is kept and
+    returned (a mark never goes down; a relay that numbered below it may be on a rolled-back
+    database, which its watch then checks)."""
+    public = signer.private_key.public_key()
     body = orjson.dumps(
         {"stream": stream, "generation": mark.generation, "seq": mark.seq, "key": signer.key_id}
     )
     signature = base64.b64encode(signer.private_key.sign(_message(body)))
-    final = mark_path(exports_dir, stream)
-    ensure_dir(final.parent)
-    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-    try:
-        os.write(fd, body + b"\n" + signature + b"\n")
-    finally:
-        os.close(fd)
-    try:
-        os.replace(temp, final)
-    except OSError:
-        temp.unlink(missing_ok=True)
-        raise
+    name = f"{stream}{MARK_SUFFIX}"
+    with _latest(exports_dir, create=True) as dir_fd:
+        held = _read(dir_fd, public, stream)
+        if held is not None and held > mark:
+            return held
+        temp = f".{name}.{uuid.uuid4().hex}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o640, dir_fd=dir_fd)
+        try:
+            os.write(fd, body + b"\n" + signature + b"\n")
+        finally:
+            os.close(fd)
+        try:
+            os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError:
+            os.unlink(temp, dir_fd=dir_fd)
+            raise
+    return None
 
 
 def read_mark(exports_dir: Path, public_key: Ed25519PublicKey, stream: str) -> Mark | None:
     """The stream's mark if one is there and its signature holds; ``None`` otherwise."""
     try:
+        with _latest(exports_dir, create=False) as dir_fd:
+            return _read(dir_fd, public_key, stream)
+    except OSError:
+        return None
+
+
+def read_marks(exports_dir: Path, public_key: Ed25519PublicKey) -> dict[str, Mark]:
+    """Every stream's mark whose signature holds, from the first ``MAX_ENTRIES`` entries."""
+    marks: dict[str, Mark] = {}
+    try:
+        with _latest(exports_dir, create=False) as dir_fd, os.scandir(dir_fd) as entries:
+            for entry in itertools.islice(entries, MAX_ENTRIES):
+                stream = entry.name.removesuffix(MARK_SUFFIX)
+                if stream == entry.name or not _STREAM_NAME.fullmatch(stream):
+                    continue
+                if (mark := _read(dir_fd, public_key, stream)) is not None:
+                    marks[stream] = mark
+    except OSError:
+        return marks
+    return marks
+
+
+def _read(dir_fd: int, public_key: Ed25519PublicKey, stream: str) -> Mark | None:
+    try:
         fd = os.open(
-            mark_path(exports_dir, stream),
+            f"{stream}{MARK_SUFFIX}",
             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            dir_fd=dir_fd,
         )
     except OSError:
         return None

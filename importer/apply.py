@@ -200,7 +200,7 @@ async def apply_changes(
                 .values(applied_changes=bindparam("b_changes")),
                 [{"b_seq": seq, "b_changes": n} for seq, n in counts.items()],
             )
-        await gaps.record_applied(session, stream, locked.high, found.claimed)
+        await gaps.record_applied(session, stream, locked, found.claimed)
         await _notify(session, fresh, counts)
     return {
         e.header.seq: ApplyResult(

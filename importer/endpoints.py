@@ -209,6 +209,7 @@ async def sync_status(session: SessionDep, _: Operator) -> SyncStatus:
         open_gaps=[
             GapOut(
                 stream=g.stream,
+                generation=g.generation,
                 first_seq=g.first_seq,
                 last_seq=g.last_seq,
                 missing=g.missing,

@@ -10,11 +10,13 @@ missing file may hold a change of any of them.
 Every function here runs inside the caller's transaction after ``lock_stream``: the stream's
 ``sync_streams`` row is the lock that serialises all bookkeeping (and all applying) per stream.
 
-Numbers and gaps are those of the stream's generation. Its first file of a newer generation (a
-restored Response database, ``jobs.numbering``) closes the older generation's gaps, which the
-restore made moot, and counts on from the file's ``since_seq``. Snapshot marks are
-``(generation, changes_seq)`` pairs, compared as such: a newer generation's mark covers every
-file of an older one.
+Numbers are those of the stream's generation: its first file of a newer generation (a restored
+Response database, ``jobs.numbering``) counts on from the file's ``since_seq``. Each gap keeps
+the generation it opened in. The older generation's gaps stay open (their files will be
+superseded if they come; what they held may still be in the restored database) until snapshots
+of every entity type in a newer generation cover them. Snapshot marks are ``(generation,
+changes_seq)`` pairs, compared as such: a newer generation's mark covers every file of an older
+one.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Gap:
     first_seq: int
     last_seq: int
     first_seen_at: datetime
+    generation: int = 0
 
     @property
     def missing(self) -> int:
@@ -90,31 +93,13 @@ async def lock_stream(session: RequestSession, stream: str) -> Locked:
 async def enter_generation(
     session: RequestSession, stream: str, generation: int, since_seq: int
 ) -> Locked:
-    """The locked stream's first file of a newer ``generation``: its older gaps are closed (the
-    restore undid what they may hold; the new generation's snapshots carry what is left) and
-    numbering starts over after ``since_seq``."""
-    closed = (
-        await session.execute(
-            delete(SyncGap)
-            .where(SyncGap.stream == stream)
-            .returning(SyncGap.first_seq, SyncGap.last_seq)
-        )
-    ).all()
+    """The locked stream's first file of a newer ``generation``: numbering starts over after
+    ``since_seq`` (the older generation's gaps stay until snapshots cover them)."""
     await session.execute(
         update(SyncStream)
         .where(SyncStream.stream == stream)
         .values(generation=generation, high_seq=since_seq, healed_through=since_seq)
     )
-    for first, last in closed:
-        log.warning(
-            "sync gap superseded by a new generation",
-            extra={
-                "stream": stream,
-                "first_seq": first,
-                "last_seq": last,
-                "generation": generation,
-            },
-        )
     return Locked(generation, since_seq)
 
 
@@ -132,10 +117,11 @@ def _split(first: int, last: int, filled: Iterable[int]) -> list[tuple[int, int]
 
 
 async def record_applied(
-    session: RequestSession, stream: str, high: int, seqs: Iterable[int]
+    session: RequestSession, stream: str, locked: Locked, seqs: Iterable[int]
 ) -> None:
-    """Account for newly applied files of ``stream`` (``high`` as returned by ``lock_stream``)."""
-    now = datetime.now(UTC)
+    """Account for newly applied files of ``stream`` in its generation (``locked``, as returned
+    by ``lock_stream`` or ``enter_generation``)."""
+    now, high, generation = datetime.now(UTC), locked.high, locked.generation
     opened: list[tuple[int, int]] = []
     filled: set[int] = set()
     for seq in sorted(seqs):
@@ -146,9 +132,17 @@ async def record_applied(
         else:
             filled.add(seq)
     if filled:
-        await _fill(session, stream, filled)
+        await _fill(session, stream, generation, filled)
     for first, last in opened:
-        session.add(SyncGap(stream=stream, first_seq=first, last_seq=last, first_seen_at=now))
+        session.add(
+            SyncGap(
+                stream=stream,
+                generation=generation,
+                first_seq=first,
+                last_seq=last,
+                first_seen_at=now,
+            )
+        )
         log.warning(
             "sync gap: files missing",
             extra={"stream": stream, "first_seq": first, "last_seq": last},
@@ -161,12 +155,13 @@ async def record_applied(
     await session.flush()
 
 
-async def _fill(session: RequestSession, stream: str, filled: set[int]) -> None:
+async def _fill(session: RequestSession, stream: str, generation: int, filled: set[int]) -> None:
     # Gaps are few and usually short: a plain range walk is cheaper than clever SQL.
     gaps = (
         await session.scalars(
             select(SyncGap).where(
                 SyncGap.stream == stream,
+                SyncGap.generation == generation,
                 SyncGap.first_seq <= max(filled),
                 SyncGap.last_seq >= min(filled),
             )
@@ -182,7 +177,13 @@ async def _fill(session: RequestSession, stream: str, filled: set[int]) -> None:
         rest = _split(gap.first_seq, gap.last_seq, inside)
         for first, last in rest:
             session.add(
-                SyncGap(stream=stream, first_seq=first, last_seq=last, first_seen_at=first_seen_at)
+                SyncGap(
+                    stream=stream,
+                    generation=generation,
+                    first_seq=first,
+                    last_seq=last,
+                    first_seen_at=first_seen_at,
+                )
             )
         if not rest:
             log.info(
@@ -238,24 +239,21 @@ async def heal_through(
     )
     marks = await snapshot_marks(session)
     covered_generation, covered = min(marks.get(e, (0, 0)) for e in SNAPSHOT_STREAMS)
-    if covered_generation > locked.generation:
-        # every gap of the stream is of an older generation than all marks: all are covered
-        # (the stream's own numbers move on with its first file of the new generation)
-        return await _close_all(session, stream, covered_generation)
-    if covered_generation < locked.generation or covered <= await _healed(session, stream):
-        return 0
+    # gaps of an older generation than every mark are covered whole
+    older = await _close_older(session, stream, covered_generation)
+    if covered_generation != locked.generation or covered <= await _healed(session, stream):
+        return older
     high = locked.high
+    current = (SyncGap.stream == stream) & (SyncGap.generation == covered_generation)
     closed = (
         await session.execute(
             delete(SyncGap)
-            .where(SyncGap.stream == stream, SyncGap.last_seq <= covered)
+            .where(current, SyncGap.last_seq <= covered)
             .returning(SyncGap.first_seq, SyncGap.last_seq)
         )
     ).all()
     await session.execute(
-        update(SyncGap)
-        .where(SyncGap.stream == stream, SyncGap.first_seq <= covered)
-        .values(first_seq=covered + 1)
+        update(SyncGap).where(current, SyncGap.first_seq <= covered).values(first_seq=covered + 1)
     )
     await session.execute(
         update(SyncStream)
@@ -267,14 +265,14 @@ async def heal_through(
             "sync gap healed by snapshots",
             extra={"stream": stream, "first_seq": first, "last_seq": last, "through": covered},
         )
-    return len(closed)
+    return older + len(closed)
 
 
-async def _close_all(session: RequestSession, stream: str, generation: int) -> int:
+async def _close_older(session: RequestSession, stream: str, generation: int) -> int:
     closed = (
         await session.execute(
             delete(SyncGap)
-            .where(SyncGap.stream == stream)
+            .where(SyncGap.stream == stream, SyncGap.generation < generation)
             .returning(SyncGap.first_seq, SyncGap.last_seq)
         )
     ).all()
@@ -299,11 +297,11 @@ async def _healed(session: RequestSession, stream: str) -> int:
 
 
 async def open_gaps(session: RequestSession, stream: str | None = None) -> list[Gap]:
-    query = select(SyncGap).order_by(SyncGap.stream, SyncGap.first_seq)
+    query = select(SyncGap).order_by(SyncGap.stream, SyncGap.generation, SyncGap.first_seq)
     if stream is not None:
         query = query.where(SyncGap.stream == stream)
     rows = (await session.scalars(query)).all()
-    return [Gap(r.stream, r.first_seq, r.last_seq, r.first_seen_at) for r in rows]
+    return [Gap(r.stream, r.first_seq, r.last_seq, r.first_seen_at, r.generation) for r in rows]
 
 
 def summarise(gaps: Sequence[Gap], now: datetime | None = None) -> GapStats:

@@ -248,8 +248,14 @@ async def _prunable(session: RequestSession, stream: str, keep: int) -> tuple[in
                 )
             )
         ).first()
-        lowest_gap = await session.scalar(
-            select(func.min(SyncGap.first_seq)).where(SyncGap.stream == stream)
+        lowest_gap = (
+            await session.scalar(
+                select(func.min(SyncGap.first_seq)).where(
+                    SyncGap.stream == stream, SyncGap.generation == held.generation
+                )
+            )
+            if held is not None
+            else None
         )
         if held is not None and lowest_gap is not None:
             bound = min(bound, (int(held.generation), int(lowest_gap) - 1))

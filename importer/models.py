@@ -193,6 +193,10 @@ class SyncGap(RequestBase):
     __tablename__ = "sync_gaps"
 
     stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: The generation the gap opened in: numbers of a newer one may cover the same range.
+    generation: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, default=0, server_default="0"
+    )
     first_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger)
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -56,7 +56,11 @@ def observe_generation(generation: int, name: FileName) -> None:
 
 def observe_superseded(name: FileName) -> None:
     metrics.IMPORT_FILES_SUPERSEDED.labels(name.stream).inc()
-    log.info("file of an older generation superseded, archiving", extra={"file": name.name})
+    log.warning(
+        "file of an older generation superseded (a restore of the Response database undid what"
+        " it holds), archiving",
+        extra={"file": name.name},
+    )
 
 
 def liveness_threshold(rescan_interval_s: float) -> float:

@@ -88,6 +88,8 @@ class StreamStatus(BaseModel):
 
 class GapOut(BaseModel):
     stream: str
+    #: The Response database's generation the missing files were numbered in.
+    generation: int
     first_seq: int
     last_seq: int
     missing: int

@@ -12,14 +12,14 @@ the last if that is larger, so it is newer than any generation of the timeline t
 undid). Every file header carries its generation and its stream's last number before it
 (``since_seq``); on the Request side a newer generation outranks everything older (versions,
 ledger places, snapshot marks), its snapshots replace what the restore undid, and files of an
-older generation arriving late are superseded. Numbers go on growing across generations, so file
-names stay unique in the exports directory.
+older generation arriving late are superseded. Numbers go on above the restored last one and the
+stream's mark, so file names stay unique in the exports directory.
 
 **How a restore is noticed.** After each newly numbered file, the stream's signed mark in the
 exports directory records its generation and number (``exchange.marks``). Before a process numbers
 its first file, and on every sweeper tick, the marks are read and then the database: a mark the
 database is behind means the database was rolled back, and a new generation begins at once (with
-snapshots of every entity type, ``on_begin``). ``netsync streams new-generation`` begins one on an
+snapshots of every entity type, ``on_begin``); until one can, numbering waits (``RolledBack``). ``netsync streams new-generation`` begins one on an
 operator's word: after restoring the exports directory too, or before repointing the Response side
 at another copy of its database.
 """
@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,8 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile, ExportStream
-from exchange.format import LATEST_DIRNAME
-from exchange.marks import MARK_SUFFIX, Mark, read_mark, write_mark
+from exchange import marks
+from exchange.marks import Mark
 from exchange.signing import Signer
 from netsync import metrics
 
@@ -60,8 +58,6 @@ ENSURE_STREAM = text(
 #: An automatic new generation this soon after the last one is refused (and logged as an error):
 #: two databases writing one exports directory would otherwise take turns beginning them.
 MIN_AUTOMATIC_INTERVAL_S = 60.0
-_STREAM_NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
-_MAX_MARKS = 64
 
 
 async def lock_stream(session: ResponseSession, stream: str) -> ExportStream:
@@ -108,14 +104,32 @@ class Began:
     detail: str
 
 
+class RolledBack(RuntimeError):
+    """The database is behind its stream marks and no new generation could begin yet (one
+    began less than a minute ago): numbering waits, and the job that asked is retried."""
+
+
 async def begin_generation(
-    engine: AsyncEngine, *, reason: str, detail: str, expected: int | None = None
+    engine: AsyncEngine,
+    *,
+    reason: str,
+    detail: str,
+    expected: int | None = None,
+    marks: dict[str, Mark] | None = None,
 ) -> Began | None:
     """Begin a new generation for every stream; ``None`` if ``expected`` is no longer the
     current one (another process began one first) or an automatic one would follow the last
-    too closely."""
+    too closely.
+
+    ``marks`` (what the exports directory knows) raise the floor: the generation is newer than
+    any the marks name, even if this host's clock is behind, and each stream numbers on above
+    its mark, so no file of the new generation takes the name of one the restore undid.
+    """
+    marks = marks or {}
     async with engine.begin() as conn:
-        await conn.execute(text("LOCK TABLE export_generations IN EXCLUSIVE MODE"))
+        # ACCESS EXCLUSIVE: a stream row being created (which reads the current generation)
+        # waits for this to commit, and this waits for one created before
+        await conn.execute(text("LOCK TABLE export_generations IN ACCESS EXCLUSIVE MODE"))
         row = (
             await conn.execute(
                 text(
@@ -136,13 +150,14 @@ async def begin_generation(
                 extra={"generation": current, "detail": detail},
             )
             return None
+        floor = max([current, *(m.generation for m in marks.values())]) + 1
         generation = int(
             await conn.scalar(
                 text(
-                    "SELECT greatest(CAST(:current AS bigint) + 1,"
+                    "SELECT greatest(CAST(:floor AS bigint),"
                     " floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
                 ),
-                {"current": current},
+                {"floor": floor},
             )
         )
         await conn.execute(
@@ -156,6 +171,22 @@ async def begin_generation(
             text("UPDATE export_streams SET generation = :generation, generation_base = last_seq"),
             {"generation": generation},
         )
+        if marks:
+            await conn.execute(
+                text(
+                    """
+                    INSERT INTO export_streams (stream, last_seq, generation, generation_base)
+                    VALUES (:stream, :seq, :generation, :seq)
+                    ON CONFLICT (stream) DO UPDATE SET
+                        last_seq = greatest(export_streams.last_seq, excluded.last_seq),
+                        generation_base = greatest(export_streams.last_seq, excluded.last_seq)
+                    """
+                ),
+                [
+                    {"stream": stream, "seq": mark.seq, "generation": generation}
+                    for stream, mark in sorted(marks.items())
+                ],
+            )
     began = Began(generation, current, reason, detail)
     metrics.EXPORT_GENERATIONS.labels(reason).inc()
     log.warning(
@@ -166,21 +197,8 @@ async def begin_generation(
 
 
 def read_marks(exports_dir: Path, signer: Signer) -> dict[str, Mark]:
-    public = signer.private_key.public_key()
-    try:
-        names = sorted(os.listdir(exports_dir / LATEST_DIRNAME))
-    except OSError:
-        return {}
-    marks: dict[str, Mark] = {}
-    for name in names:
-        stream = name.removesuffix(MARK_SUFFIX)
-        if stream == name or not _STREAM_NAME.fullmatch(stream):
-            continue
-        if len(marks) >= _MAX_MARKS:
-            break
-        if (mark := read_mark(exports_dir, public, stream)) is not None:
-            marks[stream] = mark
-    return marks
+    """The marks of the exports directory that this side's key signed."""
+    return marks.read_marks(exports_dir, signer.private_key.public_key())
 
 
 def rollback_evidence(marks: dict[str, Mark], streams: dict[str, Mark]) -> list[str]:
@@ -235,30 +253,43 @@ class GenerationWatch:
 
     async def check(self) -> Began | None:
         """Compare the marks with the database (marks first: a file numbered meanwhile is in
-        the database by the time it is read) and begin a generation if the database is behind."""
-        marks = await asyncio.to_thread(read_marks, self.exports_dir, self.signer)
-        if not marks:
-            return None
-        async with self.sessions() as session:
-            current = int(await session.scalar(text(CURRENT_GENERATION)) or 0)
-            rows = (await session.execute(select(ExportStream))).scalars().all()
-            streams = {r.stream: Mark(r.generation, r.last_seq) for r in rows}
-        evidence = rollback_evidence(marks, streams)
-        if not evidence:
-            return None
-        began = await begin_generation(
-            self._engine, reason="restored", detail="; ".join(evidence), expected=current
-        )
-        if began is not None and self.on_begin is not None:
-            await self.on_begin(began)
-        return began
+        the database by the time it is read) and begin a generation if the database is behind.
+        Raises ``RolledBack`` when it is behind and none could begin yet."""
+        evidence: list[str] = []
+        for _ in range(2):  # a second look when another process began one meantime
+            found = await asyncio.to_thread(read_marks, self.exports_dir, self.signer)
+            if not found:
+                return None
+            async with self.sessions() as session:
+                current = int(await session.scalar(text(CURRENT_GENERATION)) or 0)
+                rows = (await session.execute(select(ExportStream))).scalars().all()
+                streams = {r.stream: Mark(r.generation, r.last_seq) for r in rows}
+            evidence = rollback_evidence(found, streams)
+            if not evidence:
+                return None
+            began = await begin_generation(
+                self._engine,
+                reason="restored",
+                detail="; ".join(evidence),
+                expected=current,
+                marks=found,
+            )
+            if began is not None:
+                if self.on_begin is not None:
+                    await self.on_begin(began)
+                return began
+        raise RolledBack("; ".join(evidence))
 
     def mark(self, stream: str, generation: int, seq: int) -> None:
         """Record a newly numbered, published file (called in the publishing thread). A mark
-        that cannot be written is logged: it only weakens the next check."""
+        that cannot be written is logged: it only weakens the next check. A higher mark found
+        in its place makes the next numbering look again: this database may be behind it."""
         try:
-            write_mark(self.exports_dir, self.signer, stream, Mark(generation, seq))
+            held = marks.write_mark(self.exports_dir, self.signer, stream, Mark(generation, seq))
         except OSError as exc:
             log.warning(
                 "could not write a stream mark", extra={"stream": stream, "error": repr(exc)}
             )
+            return
+        if held is not None and held.generation >= generation:
+            self._checked = False

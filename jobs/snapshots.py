@@ -83,6 +83,11 @@ async def _allocate(session: ResponseSession, stream: str) -> ExportFile:
     """The next file of ``stream`` (an unpublished one left by a dead run first)."""
     row = await numbering.lock_stream(session, stream)
     leftover = await numbering.unpublished(session, stream)
+    if leftover is not None and leftover.generation < row.generation:
+        # numbered before a new generation began (a backup taken mid-snapshot): published now,
+        # it would be superseded; it is given up for a file of the new generation
+        leftover.published_at = datetime.now(UTC)
+        leftover = None
     if leftover is not None:
         return leftover
     file = numbering.number_file(session, row, records=0)

@@ -28,7 +28,7 @@ from exchange.signing import Signer
 from exchange.writer import ensure_dir
 from jobs import deadletter, schedule, serialization, wakeup
 from jobs.client import SYNC_JOB, JobQueue, QueueUnavailable, arq_client
-from jobs.numbering import Began, GenerationWatch
+from jobs.numbering import Began, GenerationWatch, RolledBack
 from jobs.observe import observed
 from jobs.relay import OutboxRelay
 from jobs.shutdown import OutageRetry
@@ -130,7 +130,7 @@ async def sync_changes(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     relay: OutboxRelay = ctx["relay"]
     try:
         return await relay.export_event(uuid.UUID(event_id))
-    except (OSError, SQLAlchemyError, TimeoutError) as exc:
+    except (OSError, SQLAlchemyError, TimeoutError, RolledBack) as exc:
         delay = retry_delay(ctx["job_try"])
         log.warning(
             "sync failed, retrying",

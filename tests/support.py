@@ -278,7 +278,16 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
     try:
         yield worker
     finally:
-        await worker.close()
+        try:
+            await worker.close()
+        except asyncio.CancelledError:
+            # arq's close cancels the jobs still running (a sweeper tick) and gathers them
+            # without return_exceptions: their cancellation, not ours, unless ours is pending
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            worker.tasks.clear()
+            await worker.close()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 

@@ -12,11 +12,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from app.db import make_sessionmaker
 from exchange.marks import Mark, mark_path, write_mark
 from exchange.signing import Signer
-from jobs.numbering import Began, GenerationWatch
+from jobs.numbering import Began, GenerationWatch, RolledBack
 from jobs.relay import OutboxRelay
 from netsync.db import make_engine
 from tests.backups import dump, restore
@@ -83,12 +84,13 @@ async def test_a_restored_database_numbers_its_next_file_in_a_new_generation(
     after = Worker(sandbox)  # the restarted worker
     try:
         await create_user(api, admin, "lee")
-        assert await after.export() == ["changes-000000000002.jsonl"]
+        # numbered on above the mark: no name of the undone timeline is taken again
+        assert await after.export() == ["changes-000000000003.jsonl"]
     finally:
         await after.close()
-    head = header(sandbox.exports / "changes-000000000002.jsonl")
+    head = header(sandbox.exports / "changes-000000000003.jsonl")
     assert head["generation"] > 0
-    assert head["since_seq"] == 1
+    assert head["since_seq"] == 2
     assert [b.generation for b in after.began] == [head["generation"]]
     rows = await fetch(
         sandbox.services.response_url, "SELECT generation, reason, detail FROM export_generations"
@@ -99,12 +101,12 @@ async def test_a_restored_database_numbers_its_next_file_in_a_new_generation(
     again = Worker(sandbox)
     try:
         await create_user(api, admin, "max")
-        assert await again.export() == ["changes-000000000003.jsonl"]
+        assert await again.export() == ["changes-000000000004.jsonl"]
         assert again.began == []
     finally:
         await again.close()
     assert (
-        header(sandbox.exports / "changes-000000000003.jsonl")["generation"] == head["generation"]
+        header(sandbox.exports / "changes-000000000004.jsonl")["generation"] == head["generation"]
     )
 
 
@@ -165,3 +167,26 @@ async def test_an_operator_begins_a_generation_and_the_next_files_carry_it(
         await worker.close()
     head = header(sandbox.exports / "changes-000000000001.jsonl")
     assert (head["generation"], head["since_seq"]) == (began["generation"], 0)
+
+
+async def test_a_mark_never_goes_down_and_a_generation_outranks_the_marks_it_saw(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    far = 4_000_000_000_000  # a generation begun on the undone timeline, by a clock far ahead
+    write_mark(sandbox.exports, sandbox.signer, "changes", Mark(far, 7))
+    assert write_mark(sandbox.exports, sandbox.signer, "changes", Mark(far, 3)) == Mark(far, 7)
+    admin = await admin_headers(api, sandbox.response_settings())
+    worker = Worker(sandbox)
+    try:
+        await create_user(api, admin, "judy")
+        assert await worker.export() == ["changes-000000000008.jsonl"]
+        # the database had never seen generation `far`: it was restored to before it began
+        assert [b.generation > far for b in worker.began] == [True]
+        # a second restore within the minute: numbering waits rather than reuse numbers
+        write_mark(sandbox.exports, sandbox.signer, "changes", Mark(worker.began[0].generation, 99))
+        with pytest.raises(RolledBack):
+            await worker.watch.check()
+    finally:
+        await worker.close()
+    head = header(sandbox.exports / "changes-000000000008.jsonl")
+    assert (head["generation"], head["since_seq"]) == (worker.began[0].generation, 7)

@@ -171,3 +171,27 @@ async def test_a_file_lost_at_the_start_of_a_generation_is_a_gap(
     await importer.scan_once()
     assert await count(sandbox, "sync_gaps") == 0
     assert (await users(sandbox))[ann][:2] == (G1, 6)
+
+
+async def test_a_gap_of_the_undone_timeline_stays_open_until_new_snapshots_cover_it(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    importer = make_importer()
+    ann = uuid.uuid4()
+    for seq in (1, 3):  # 2 is missing: what it held may still be in the restored database
+        publish(sandbox.exports, sandbox.signer, seq, user_record(ann, seq))
+    await importer.scan_once()
+    publish(
+        sandbox.exports,
+        sandbox.signer,
+        4,
+        user_record(ann, 4),
+        header={"generation": G1, "since_seq": 3},
+    )
+    await importer.scan_once()
+    rows = await query(sandbox, "SELECT generation, first_seq, last_seq FROM sync_gaps")
+    assert [(r["generation"], r["first_seq"], r["last_seq"]) for r in rows] == [(0, 2, 2)]
+    for entity in ("user", "setting", "profile_type"):
+        publish_snapshot(sandbox, entity, [], generation=G1, since_seq=0, changes_seq=4)
+    await importer.scan_once()
+    assert await count(sandbox, "sync_gaps") == 0

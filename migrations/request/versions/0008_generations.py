@@ -32,6 +32,7 @@ _TABLES = (
     "sync_streams",
     "snapshot_marks",
     "sync_stream_stats",
+    "sync_gaps",
 )
 
 
@@ -54,9 +55,13 @@ def upgrade() -> None:
         )
     op.drop_constraint("pk_import_ledger", "import_ledger", type_="primary")
     op.create_primary_key("pk_import_ledger", "import_ledger", ["stream", "generation", "seq"])
+    op.drop_constraint("pk_sync_gaps", "sync_gaps", type_="primary")
+    op.create_primary_key("pk_sync_gaps", "sync_gaps", ["stream", "generation", "first_seq"])
 
 
 def downgrade() -> None:
+    op.drop_constraint("pk_sync_gaps", "sync_gaps", type_="primary")
+    op.create_primary_key("pk_sync_gaps", "sync_gaps", ["stream", "first_seq"])
     for column in ("pruned_seq", "pruned_generation"):
         op.drop_column("sync_stream_stats", column)
     op.drop_constraint("pk_import_ledger", "import_ledger", type_="primary")
