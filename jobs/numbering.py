@@ -19,9 +19,9 @@ stream's mark, so file names stay unique in the exports directory.
 exports directory records its generation and number (``exchange.marks``). Before a process numbers
 its first file, and on every sweeper tick, the marks are read and then the database: a mark the
 database is behind means the database was rolled back, and a new generation begins at once (with
-snapshots of every entity type, ``on_begin``); until one can, numbering waits (``RolledBack``). ``netsync streams new-generation`` begins one on an
-operator's word: after restoring the exports directory too, or before repointing the Response side
-at another copy of its database.
+snapshots of every entity type, ``on_begin``); until one can, numbering waits (``RolledBack``).
+``netsync streams new-generation`` begins one on an operator's word: after restoring the exports
+directory too, or before repointing the Response side at another copy of its database.
 """
 
 from __future__ import annotations
