@@ -227,6 +227,20 @@ async def test_export_run_changes_runs_the_sweeper_now_and_prints_its_job_id(
     assert netsync(sandbox, "export", "run", "../etc").returncode == 2
 
 
+def test_export_run_snapshots_enqueues_one_of_every_entity_type_for_a_new_site(
+    sandbox: Sandbox,
+) -> None:
+    jobs = as_json(netsync(sandbox, "export", "run", "snapshots", "--json"))
+    assert sorted(j["function"] for j in jobs) == [
+        "export_profile_types",
+        "export_settings",
+        "export_users",
+    ]
+    assert {(j["queue"], j["state"]) for j in jobs} == {(sandbox.bulk_queue, "queued")}
+    queued = as_json(netsync(sandbox, "inspect", "queued", "--queue", "bulk", "--json"))
+    assert {j["job_id"] for j in jobs} <= {j["job_id"] for j in queued}
+
+
 async def test_inspect_queued_and_active_read_the_queue_in_redis(
     api: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:

@@ -2,9 +2,10 @@
 ``netsync export resend changes --from-seq A --to-seq B``: publish lost files again.
 
 ``changes`` runs the outbox sweeper on the sync queue at once (whatever is pending leaves now);
-any other name enqueues ``export_<name>`` on the bulk queue, where the bulk worker runs snapshot
-exports. The job goes through ``jobs.client.JobQueue`` like every other enqueue, so it wakes a
-worker at once and shows up in the job metrics.
+``snapshots`` enqueues a snapshot of every entity type (what a new Request site needs); any other
+name enqueues ``export_<name>`` on the bulk queue, where the bulk worker runs snapshot exports.
+The job goes through ``jobs.client.JobQueue`` like every other enqueue, so it wakes a worker at
+once and shows up in the job metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typer
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
-from exchange.format import CHANGES_STREAM
+from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
 from jobs.client import SWEEP_JOB, JobInfo, JobQueue, export_job, redis_pool
 from jobs.relay import OutboxRelay
 from jobs.worker import export_keys
@@ -65,9 +66,15 @@ async def _run(name: str, queue: str | None, wait_s: float) -> dict[str, Any]:
     }
 
 
+#: ``netsync export run snapshots``: every entity type's snapshot, as a new Request site needs.
+SNAPSHOTS = tuple(stream.removeprefix("snapshot_") for stream in SNAPSHOT_STREAMS.values())
+
+
 @app.command("run")
 def run_export(
-    name: str = typer.Argument(..., help="changes, or the name of a snapshot export (users…)"),
+    name: str = typer.Argument(
+        ..., help="changes, snapshots (every entity type), or one snapshot export (users…)"
+    ),
     queue: str | None = typer.Option(None, "--queue", help="Override the queue."),
     wait: float = typer.Option(0, "--wait", min=0, help="Wait up to this many seconds for it."),
     as_json: bool = JsonOption,
@@ -76,13 +83,15 @@ def run_export(
     if not _NAME.fullmatch(name):
         err.print(f"[red]not an export name:[/red] {name!r}")
         raise typer.Exit(2)
-    job = run(_run(name, queue, wait))
+    names = SNAPSHOTS if name == "snapshots" else (name,)
+    jobs = [run(_run(each, queue, wait)) for each in names]
     if as_json:
-        print_json(job)
+        print_json(jobs[0] if len(jobs) == 1 else jobs)
     else:
-        out.print(job["job_id"])
-        err.print(f"{job['function']} on {job['queue']}: {job['state']}")
-    if job["state"] == "failed":
+        for job in jobs:
+            out.print(job["job_id"])
+            err.print(f"{job['function']} on {job['queue']}: {job['state']}")
+    if any(job["state"] == "failed" for job in jobs):
         raise typer.Exit(1)
 
 

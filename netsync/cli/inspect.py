@@ -121,7 +121,9 @@ def _job_json(jobs: list[JobInfo]) -> list[dict[str, Any]]:
 
 async def _from_redis(what: str, queue: str | None, limit: int) -> tuple[str, list[Any]]:
     settings = ResponseSettings()
-    name = queue or settings.sync_queue
+    # the short names the API and the dashboard use, or a queue key as it is in Redis
+    short = {"sync": settings.sync_queue, "bulk": settings.bulk_queue}
+    name = short.get(queue or "sync", queue or settings.sync_queue)
     redis = redis_pool(settings.redis_dsn, queue_name=name)
     try:
         if what == "queued":
@@ -133,7 +135,9 @@ async def _from_redis(what: str, queue: str | None, limit: int) -> tuple[str, li
         await redis.aclose(close_connection_pool=True)
 
 
-QueueOption = typer.Option(None, "--queue", help="Queue name (default: NETSYNC_SYNC_QUEUE).")
+QueueOption = typer.Option(
+    None, "--queue", help="sync (the default), bulk, or a queue key as it is in Redis."
+)
 LimitOption = typer.Option(1000, "--limit", min=1, help="Show at most this many jobs.")
 
 
