@@ -54,7 +54,11 @@ async def ensure_admin(settings: ResponseSettings) -> str | None:
 
 def main() -> None:
     settings = ResponseSettings()
-    generated = asyncio.run(ensure_admin(settings))
+    try:
+        generated = asyncio.run(ensure_admin(settings))
+    except service.WeakPassword as exc:  # a one-line answer, not a traceback, for the operator
+        print(f"netsync: NETSYNC_ADMIN_PASSWORD is refused: {exc.detail}", file=sys.stderr)
+        raise SystemExit(2) from None
     if generated is not None:
         print(
             f"\n  Created the administrator 'admin' with the generated password: {generated}\n"

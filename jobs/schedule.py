@@ -45,6 +45,8 @@ class Periodic:
     minute: CronField = None
     second: CronField = 0
     run_at_startup: bool = False
+    #: The schedule as an operator configures it (``*/5s``), shown instead of the fields.
+    spec: str | None = None
     timeout_s: float = 300
     max_tries: int = 1
     keep_result_s: int | None = None
@@ -65,7 +67,10 @@ class Periodic:
         }
 
     def crontab(self) -> str:
-        """Six crontab fields, seconds first: ``0,5,10 * * * * *``."""
+        """The schedule as configured (``*/5s``), else six crontab fields, seconds first:
+        ``0,5,10 * * * * *``."""
+        if self.spec is not None:
+            return self.spec
 
         def one(value: CronField) -> str:
             if value is None:
@@ -107,6 +112,7 @@ def periodic(settings: ResponseSettings) -> list[Periodic]:
                 "commit time, a job out of retries, a crash between two steps)."
             ),
             second=set(range(0, 60, sweep_every)),
+            spec=f"*/{sweep_every}s",
             run_at_startup=True,
             timeout_s=120,
         ),

@@ -9,8 +9,9 @@ refused at start-up rather than discovered in production.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr, model_validator
@@ -71,11 +72,16 @@ def with_database(url: str, database: str) -> str:
 
 
 class CommonSettings(BaseSettings):
-    # ``./run up`` writes the embedded servers' URLs here so that processes started by hand in
-    # development find them; real environment variables always take precedence.
-    model_config = SettingsConfigDict(
-        env_prefix="NETSYNC_", extra="ignore", env_file=".netsync/embedded.env"
-    )
+    # ``./run up`` writes the embedded servers' URLs to ``<state dir>/embedded.env`` so that
+    # processes and the CLI started by hand in development find them (``__init__``); real
+    # environment variables always take precedence.
+    model_config = SettingsConfigDict(env_prefix="NETSYNC_", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        if "_env_file" not in values:
+            state = values.get("state_dir") or os.environ.get("NETSYNC_STATE_DIR") or ".netsync"
+            values["_env_file"] = Path(state) / "embedded.env"
+        super().__init__(**values)
 
     env: Environment = "development"
     state_dir: Path = Path(".netsync")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,34 @@ def test_asyncpg_connect_gets_the_url_without_the_driver_part() -> None:
     assert to_libpq_url("postgres://u@h/d") == "postgresql://u@h/d"
     with pytest.raises(ConfigurationError):
         to_libpq_url("mysql://u@h/d")
+
+
+def test_settings_read_the_embedded_servers_file_of_the_state_dir_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second terminal finds ``./run up``'s servers whatever ``NETSYNC_STATE_DIR`` is."""
+    state = tmp_path / "elsewhere"
+    state.mkdir()
+    url = "postgresql+asyncpg://netsync@127.0.0.1:55432/netsync_response"
+    (state / "embedded.env").write_text(f"NETSYNC_RESPONSE_DATABASE_URL={url}\n")
+    monkeypatch.chdir(tmp_path)  # no .netsync/ here
+    monkeypatch.delenv("NETSYNC_RESPONSE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("NETSYNC_STATE_DIR", str(state))
+    assert ResponseSettings().database_url == url
+    monkeypatch.setenv("NETSYNC_RESPONSE_DATABASE_URL", "postgresql://x@db/y")
+    assert ResponseSettings().database_url == "postgresql://x@db/y"  # the environment wins
+
+
+def test_a_weak_admin_password_is_refused_in_one_line(sandbox: Sandbox) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.bootstrap"],
+        env=sandbox.env(NETSYNC_ADMIN_PASSWORD="the admin password 1"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "netsync: NETSYNC_ADMIN_PASSWORD is refused: the password must not contain the username"
+    ]
