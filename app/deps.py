@@ -21,8 +21,8 @@ from fastapi.security import OAuth2PasswordBearer
 from app.auth.tokens import decode_access_token
 from app.config import ResponseSettings
 from app.db import ResponseSession, ResponseSessionMaker
+from app.queue.client import JobQueue
 from app.users.models import User
-from jobs.client import JobQueue
 from netsync.errors import NotAuthenticated, NotPermitted
 from netsync.throttle import SignInGuard
 

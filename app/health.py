@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jobs.client import JobQueue
+from app.queue.client import JobQueue
 
 router = APIRouter(tags=["health"])
 

@@ -20,10 +20,10 @@ from app.health import router as health_router
 from app.operations.endpoints import router as jobs_router
 from app.outbox.endpoints import router as outbox_router
 from app.profile_types.endpoints import router as profile_types_router
+from app.queue.client import JobQueue, redis_pool
 from app.settings.endpoints import router as settings_router
 from app.users.endpoints import router as users_router
 from app.users.importing import router as users_import_router
-from jobs.client import JobQueue, redis_pool
 from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import install_error_handlers

@@ -23,11 +23,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
+from app.queue import deadletter, serialization
+from app.scheduling.registry import BULK, ScheduleSettings, cron_job_name
 from exchange.writer import ensure_dir
-from jobs import deadletter, serialization, wakeup
+from jobs import wakeup
 from jobs.observe import observed
-from jobs.periodic import PERIODIC_JOBS, ScheduleSettings, job_function, report_missed
-from jobs.ticks import TOMBSTONE_S, cron_job_name
+from jobs.periodic import job_function, report_missed
+from jobs.ticks import TOMBSTONE_S
 from jobs.worker import export_keys, generation_watch, shutdown, worker_redis
 from netsync.db import make_engine
 from netsync.logging import configure_logging
@@ -74,10 +76,10 @@ def bulk_worker_settings(
             timeout_s=job.timeout_s,
             keep_result_s=cfg.job_result_ttl_s,
         )
-        for job in PERIODIC_JOBS
+        for job in BULK
     ]
     cron_jobs = []
-    for job in PERIODIC_JOBS:
+    for job in BULK:
         fields = sch.fields(job.name)
         if fields is None:
             continue

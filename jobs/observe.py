@@ -44,8 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import ResponseSettings
 from app.outbox import service as outbox
+from app.queue.client import WORKER_KEY_PREFIX, queue_depth
 from jobs import wakeup
-from jobs.client import WORKER_KEY_PREFIX, queue_depth
 from netsync import metrics
 from netsync.probes import Probes, ProbeServer, start_probes
 

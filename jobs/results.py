@@ -22,13 +22,13 @@ from sqlalchemy.dialects.postgresql import insert
 
 from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile
+from app.queue.serialization import deserialize
 from app.scheduling.models import ExportedResult
 from exchange.format import RESULTS_STREAM, generation_fields
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import publish_export
 from jobs import numbering
-from jobs.serialization import deserialize
 
 RESULT_KEY_PREFIX = "arq:result:"
 _SUMMARY_BYTES = 4096

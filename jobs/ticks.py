@@ -38,21 +38,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db import ResponseSessionMaker
 from app.scheduling.models import CronTick
+from app.scheduling.registry import CRON_PREFIX
 
 log = logging.getLogger(__name__)
 
-CRON_PREFIX = "cron:"
 #: How long a finished tick's result stays in Redis as a tombstone (arq's ``keep_result``).
 TOMBSTONE_S = 2 * 86_400
 #: A claimed tick still marked running/retrying can be taken over: its run died (we hold the lock).
 _RETAKE = ("running", "retrying")
 
 Work = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-def cron_job_name(name: str, namespace: str = "") -> str:
-    """arq's name of the cron entry (and so its job ids): ``cron:[<namespace>:]<name>``."""
-    return f"{CRON_PREFIX}{namespace}:{name}" if namespace else f"{CRON_PREFIX}{name}"
 
 
 def tick_of(job_id: str | None) -> datetime | None:
@@ -151,7 +146,7 @@ async def run_guarded(
 
     On-demand runs (any job id that is not a cron tick) take the no-overlap lock but no tick row.
     A failure is retried with backoff (``Retry``) until ``max_tries``; the last failure is raised
-    for the dead-letter wrapper (``jobs.deadletter``) to record.
+    for the dead-letter wrapper (``app.queue.deadletter``) to record.
     """
     engine: AsyncEngine = ctx["engine"]
     sessions: ResponseSessionMaker = ctx["sessions"]

@@ -25,7 +25,7 @@ import arq.worker
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
-from jobs.client import wake_channel
+from app.queue.client import wake_channel
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,11 @@ import contextlib
 import logging
 import uuid
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from arq import Retry
+from arq import Retry, cron
 from arq.connections import ArqRedis
+from arq.cron import CronJob
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -22,12 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.config import ResponseSettings
 from app.db import ResponseSessionMaker, make_sessionmaker
+from app.queue import deadletter, serialization
+from app.queue.client import SYNC_JOB, JobQueue, QueueUnavailable, arq_client
+from app.scheduling.registry import CRON_PREFIX, SWEEP_OUTBOX
 from exchange.format import SNAPSHOT_STREAMS
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import ensure_dir
-from jobs import deadletter, schedule, serialization, wakeup
-from jobs.client import SYNC_JOB, JobQueue, QueueUnavailable, arq_client
+from jobs import wakeup
 from jobs.numbering import Began, GenerationWatch, RolledBack
 from jobs.observe import observed
 from jobs.relay import OutboxRelay
@@ -147,6 +151,23 @@ async def sweep_outbox(ctx: dict[str, Any]) -> dict[str, int]:
     return {"files": len(result.files), "events": result.events}
 
 
+def sweeper_cron(settings: ResponseSettings) -> CronJob:
+    """The sync queue's periodic entry: the outbox sweeper, also run at each worker's start."""
+    entry = SWEEP_OUTBOX
+    fields = entry.fields(settings)
+    assert fields is not None  # the sweeper is never off
+    return cron(
+        sweep_outbox,
+        name=CRON_PREFIX + entry.name,
+        **fields.as_kwargs(),  # type: ignore[arg-type]
+        run_at_startup=True,
+        unique=True,
+        timeout=entry.timeout_s,
+        max_tries=entry.max_tries,
+        keep_result=settings.job_result_ttl_s,
+    )
+
+
 def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
     cfg = settings or ResponseSettings()
     worker: dict[str, Any] = {
@@ -159,9 +180,9 @@ def worker_settings(settings: ResponseSettings | None = None) -> dict[str, Any]:
                 timeout_s=30,
             )
         ],
-        # Periodic jobs are declared in jobs.schedule, where the API reads them too.
-        "cron_jobs": schedule.cron_jobs(cfg, "sync"),
-        "timezone": schedule.timezone(cfg),
+        # Periodic jobs are declared in app.scheduling.registry, where the API reads them too.
+        "cron_jobs": [sweeper_cron(cfg)],
+        "timezone": ZoneInfo(cfg.timezone),
         "queue_name": cfg.sync_queue,
         "redis_pool": worker_redis(cfg.redis_dsn, queue_name=cfg.sync_queue),
         **serialization.OPTIONS,  # JSON, never pickle

@@ -14,11 +14,11 @@ from arq.worker import Worker, create_worker
 from asgi_lifespan import LifespanManager
 
 from app.main import create_app
+from app.queue.client import JobQueue, redis_pool
 from exchange.signing import Keyring
 from importer.config import RequestSettings
 from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
-from jobs.client import JobQueue, redis_pool
 from jobs.worker import worker_settings
 from netsync import passwords
 from netsync.db import make_engine

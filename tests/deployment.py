@@ -17,9 +17,9 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from app.config import ResponseSettings
+from app.scheduling.registry import ScheduleSettings
 from importer.config import RequestSettings
 from jobs.bulk import bulk_worker_settings
-from jobs.periodic import ScheduleSettings
 from jobs.worker import worker_settings
 from tests.manifests import Resource, containers, pod_spec, render
 

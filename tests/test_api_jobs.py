@@ -11,9 +11,9 @@ import httpx
 from arq import Retry
 from arq.worker import Function, Worker
 
-from jobs import serialization
-from jobs.client import JobQueue
-from jobs.deadletter import register
+from app.queue import serialization
+from app.queue.client import JobQueue
+from app.queue.deadletter import register
 from jobs.worker import worker_redis
 from tests.factories import admin_headers, create_user, login
 from tests.support import FLAG, Sandbox, eventually, running

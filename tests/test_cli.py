@@ -19,11 +19,11 @@ import httpx
 import pytest
 from arq.worker import Worker
 
+from app.queue.client import JobQueue, redis_pool
 from exchange.sealing import Identities, Recipients
 from exchange.signing import Keyring, Signer
 from exchange.writer import publish_export
 from importer.daemon import Importer
-from jobs.client import JobQueue, redis_pool
 from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user
 from tests.support import Sandbox, eventually

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from jobs.client import JobQueue
-from jobs.deadletter import register
+from app.queue.client import JobQueue
+from app.queue.deadletter import register
 from tests.factories import admin_headers
 from tests.support import FLAG, Sandbox, free_port
 from tests.test_api_jobs import broken, burst_worker, flaky, run_burst

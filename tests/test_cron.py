@@ -20,10 +20,11 @@ import pytest
 from arq.worker import create_worker
 
 from app.db import make_sessionmaker
+from app.queue.client import redis_pool
+from app.scheduling.registry import ScheduleSettings
 from exchange.format import parse_file_name
 from jobs.bulk import bulk_worker_settings
-from jobs.client import redis_pool
-from jobs.periodic import ScheduleSettings, report_missed
+from jobs.periodic import report_missed
 from jobs.ticks import run_guarded, tick_of
 from netsync.config import to_libpq_url
 from netsync.db import make_engine

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from jobs.cronspec import ScheduleError, parse
-from jobs.periodic import PERIODIC_JOBS, ScheduleSettings
+from app.scheduling.cronspec import ScheduleError, parse
+from app.scheduling.registry import BULK, ScheduleSettings
 
 
 def _next(spec: str, after: datetime, count: int = 3) -> list[datetime]:
@@ -49,7 +49,7 @@ def test_schedules_arq_cannot_run_are_refused_with_a_reason(spec: str) -> None:
 def test_off_disables_a_job_and_defaults_cover_every_job() -> None:
     assert parse("off") is None
     schedule = ScheduleSettings(_env_file=None)
-    assert {job.name for job in PERIODIC_JOBS} == {
+    assert {job.name for job in BULK} == {
         "export_settings",
         "export_users",
         "export_profile_types",
@@ -59,5 +59,5 @@ def test_off_disables_a_job_and_defaults_cover_every_job() -> None:
         "daily_stats",
         "retention_cleanup",
     }
-    for job in PERIODIC_JOBS:
+    for job in BULK:
         assert schedule.fields(job.name) is not None

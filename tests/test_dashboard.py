@@ -22,10 +22,10 @@ from playwright.async_api import Page, async_playwright, expect
 from pydantic import SecretStr
 
 from app.bootstrap import ensure_admin
+from app.queue import serialization
+from app.queue.client import JobQueue, redis_pool
+from app.queue.deadletter import register
 from importer.daemon import Importer
-from jobs import serialization
-from jobs.client import JobQueue, redis_pool
-from jobs.deadletter import register
 from jobs.worker import worker_redis
 from tests.factories import ADMIN_PASSWORD, create_user, login
 from tests.support import (

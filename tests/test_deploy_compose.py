@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from jobs.periodic import PERIODIC_JOBS, ScheduleSettings
+from app.scheduling.registry import BULK, ScheduleSettings
 from tests.deployment import (
     ALL_INTERFACES,
     APP_IMAGE,
@@ -110,7 +110,7 @@ def test_compose_runs_both_workers_twice_and_lets_them_finish(compose: dict[str,
 def test_compose_passes_the_schedule_on_with_the_code_defaults(compose: dict[str, Any]) -> None:
     """compose passes every schedule variable through, with the defaults the code has."""
     env = compose["services"]["bulk-worker"]["environment"]
-    for job in PERIODIC_JOBS:
+    for job in BULK:
         variable = f"NETSYNC_SCHEDULE_{job.name.upper()}"
         default = ScheduleSettings.model_fields[f"schedule_{job.name}"].default
         assert env[variable] == "${" + variable + ":-" + default + "}", variable

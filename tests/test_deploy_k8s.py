@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from app.config import ResponseSettings
+from app.scheduling.registry import BULK, ScheduleSettings
 from importer.config import RequestSettings
-from jobs.periodic import PERIODIC_JOBS, ScheduleSettings
 from tests.deployment import (
     ALL_INTERFACES,
     DAEMON_PORTS,
@@ -248,7 +248,7 @@ def test_config_maps_hold_settings_the_processes_read(rendered: list[Resource]) 
             for k, v in maps["netsync-response-config"].items()
         },
     )
-    for job in PERIODIC_JOBS:
+    for job in BULK:
         assert f"NETSYNC_SCHEDULE_{job.name.upper()}" in maps["netsync-response-config"], job.name
         schedule.fields(job.name)  # parses, or raises
 

@@ -8,8 +8,8 @@ import uuid
 import httpx
 from asgi_lifespan import LifespanManager
 
+from app.queue.client import redis_pool
 from importer.api import create_app as create_request_app
-from jobs.client import redis_pool
 from jobs.observe import sample
 from netsync.db import make_engine
 from tests.factories import admin_headers, create_user

@@ -15,8 +15,8 @@ import asyncpg
 import httpx
 import pytest
 
+from app.queue.client import list_workers, redis_pool
 from exchange.writer import publish_export
-from jobs.client import list_workers, redis_pool
 from jobs.worker import worker_settings
 from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user

@@ -23,8 +23,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.main import create_app
-from jobs import serialization
-from jobs.client import redis_pool
+from app.queue import serialization
+from app.queue.client import redis_pool
 from netsync import passwords
 from tests.factories import admin_headers, create_user, login
 from tests.queries import fetch

@@ -15,14 +15,14 @@ import orjson
 from arq.worker import create_worker
 
 from app.db import make_sessionmaker
+from app.queue.client import redis_pool
+from app.scheduling.registry import ScheduleSettings
 from exchange.format import CHANGES_STREAM
 from exchange.signing import Keyring, Signer
 from exchange.writer import publish_export
 from importer.daemon import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.bulk import bulk_worker_settings
-from jobs.client import redis_pool
-from jobs.periodic import ScheduleSettings
 from jobs.snapshots import export_snapshot
 from netsync.db import make_engine
 from tests.importer.files import publish_settings_snapshot, user_record

@@ -40,8 +40,8 @@ from app.dashboard.sync_status import applied_seqs, fetch_request_status, stream
 from app.db import ResponseSessionMaker
 from app.deps import AdminUser, QueueDep, SettingsDep
 from app.outbox.models import ExportFile, OutboxEvent
+from app.queue.client import JobQueue, QueueUnavailable
 from exchange.format import CHANGES_STREAM
-from jobs.client import JobQueue, QueueUnavailable
 from netsync.errors import ERROR_RESPONSES, ServiceUnavailable
 
 log = logging.getLogger(__name__)

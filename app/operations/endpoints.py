@@ -32,7 +32,7 @@ from app.operations.schemas import (
 )
 from app.operations.service import dead_out, job_out, schedule_entries
 from app.outbox.models import ExportFile, OutboxEvent
-from jobs.client import EXPORTS, JobInfo, QueueUnavailable, export_job
+from app.queue.client import EXPORTS, JobInfo, QueueUnavailable, export_job
 from netsync.errors import ERROR_RESPONSES, NetsyncError, NotFound, ServiceUnavailable
 
 jobs_router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)

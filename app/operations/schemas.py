@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from jobs.states import JobState
+from app.queue.states import JobState
 
 
 class JobOut(BaseModel):

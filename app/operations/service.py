@@ -9,14 +9,14 @@ so in its own way (a 503, an exit code).
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from app.config import ResponseSettings
 from app.db import ResponseSession
 from app.operations.schemas import DeadJobOut, JobOut, ScheduleEntryOut
-from jobs import periodic, schedule
-from jobs.client import DeadJob, JobInfo, JobQueue
-from jobs.periodic import ScheduleSettings
-from jobs.ticks import cron_job_name
+from app.queue.client import DeadJob, JobInfo, JobQueue
+from app.scheduling import registry
+from app.scheduling.registry import ScheduleSettings
 
 
 def job_out(info: JobInfo) -> JobOut:
@@ -45,48 +45,47 @@ async def schedule_entries(
     *,
     now: datetime | None = None,
 ) -> list[ScheduleEntryOut]:
-    """Every periodic job: its schedule, timezone, next run and last run.
-
-    Sync-queue entries (the outbox sweeper) come from ``jobs.schedule``, with their last run read
-    from arq's results; bulk entries (exports and housekeeping) from ``jobs.periodic``, with their
-    last run read from the ``cron_ticks`` table that guards each tick.
+    """Every periodic job of the registry (``app.scheduling.registry``): its schedule as
+    configured, timezone, next run and last run. The sync queue's entry (the outbox sweeper) has
+    its last run read from arq's results; the bulk entries from the ``cron_ticks`` table that
+    guards each tick.
     """
-    tz = schedule.timezone(settings)
+    tz = ZoneInfo(settings.timezone)
     now = (now or datetime.now(tz)).astimezone(tz)
-    entries = []
-    for entry in schedule.periodic(settings):
-        last = await queue.last_run(entry.job_name, queue.queues[entry.queue])
-        entries.append(
-            ScheduleEntryOut(
-                name=entry.name,
-                job_name=entry.job_name,
-                function=entry.function,
-                queue=entry.queue,
-                description=entry.description,
-                crontab=entry.crontab(),
-                timezone=settings.timezone,
-                run_at_startup=entry.run_at_startup,
-                next_run=entry.next_run(now),
-                last_run_at=(last.finished_at or last.enqueued_at) if last else None,
-                last_run=job_out(last) if last is not None else None,
-            )
-        )
     bulk = ScheduleSettings()
-    last_ticks = await periodic.last_runs(session)
-    for job in periodic.PERIODIC_JOBS:
-        fields = bulk.fields(job.name)
-        entries.append(
-            ScheduleEntryOut(
-                name=job.name,
-                job_name=cron_job_name(job.name, bulk.cron_namespace),
-                function=f"jobs.periodic.{job.name}",
-                queue="bulk",
-                description=job.description,
-                crontab=bulk.spec(job.name),
-                timezone=settings.timezone,
-                run_at_startup=False,
-                next_run=fields.next_after(now) if fields is not None else None,
-                last_run_at=last_ticks.get(job.name),
+    ticks = await registry.last_runs(session)
+    entries = []
+    for entry in registry.REGISTRY:
+        fields = entry.fields(settings, bulk)
+        common = {
+            "name": entry.name,
+            "queue": entry.queue,
+            "description": entry.description,
+            "crontab": entry.spec(settings, bulk),
+            "timezone": settings.timezone,
+            "next_run": fields.next_after(now) if fields is not None else None,
+        }
+        if entry.queue == "sync":
+            job_name = registry.CRON_PREFIX + entry.name
+            last = await queue.last_run(job_name, queue.queues[entry.queue])
+            entries.append(
+                ScheduleEntryOut(
+                    **common,
+                    job_name=job_name,
+                    function=f"jobs.worker.{entry.name}",
+                    run_at_startup=True,
+                    last_run_at=(last.finished_at or last.enqueued_at) if last else None,
+                    last_run=job_out(last) if last is not None else None,
+                )
             )
-        )
+        else:
+            entries.append(
+                ScheduleEntryOut(
+                    **common,
+                    job_name=registry.cron_job_name(entry.name, bulk.cron_namespace),
+                    function=f"jobs.periodic.{entry.name}",
+                    run_at_startup=False,
+                    last_run_at=ticks.get(entry.name),
+                )
+            )
     return entries

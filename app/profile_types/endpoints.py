@@ -16,8 +16,8 @@ from app.profile_types.schemas import (
     ProfileTypeOut,
     ProfileTypeUpdate,
 )
+from app.queue.client import sync_job_id
 from app.users.schemas import SyncAccepted
-from jobs.client import sync_job_id
 from netsync.errors import ERROR_RESPONSES
 
 router = APIRouter(

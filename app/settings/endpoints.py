@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Query, status
 from app.deps import AdminUser, CurrentUser, UowDep
 from app.fields import Limit, Offset, Page, Text
 from app.outbox.models import OutboxEvent
+from app.queue.client import sync_job_id
 from app.settings import service
 from app.settings.models import Setting
 from app.settings.schemas import (
@@ -21,7 +22,6 @@ from app.settings.schemas import (
 )
 from app.users.schemas import SyncAccepted
 from exchange.format import SETTING_KEY_PATTERN
-from jobs.client import sync_job_id
 from netsync.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1/settings", tags=["settings"], responses=ERROR_RESPONSES)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, status
 from app.deps import AdminUser, CurrentUser, UowDep, client_address, sign_in_guard
 from app.fields import Limit, Offset, Page, Text
 from app.outbox.models import OutboxEvent
+from app.queue.client import sync_job_id
 from app.users import service
 from app.users.models import User
 from app.users.schemas import (
@@ -23,7 +24,6 @@ from app.users.schemas import (
     UserOut,
     UserUpdate,
 )
-from jobs.client import sync_job_id
 from netsync.errors import ERROR_RESPONSES, NotPermitted
 from netsync.passwords import verify_password
 

@@ -4,7 +4,7 @@
 ``changes`` runs the outbox sweeper on the sync queue at once (whatever is pending leaves now);
 ``snapshots`` enqueues a snapshot of every entity type (what a new Request site needs); any other
 name enqueues ``export_<name>`` on the bulk queue, where the bulk worker runs snapshot exports.
-The job goes through ``jobs.client.JobQueue`` like every other enqueue, so it wakes a worker at
+The job goes through ``app.queue.client.JobQueue`` like every other enqueue, so it wakes a worker at
 once and shows up in the job metrics.
 """
 
@@ -20,8 +20,8 @@ import typer
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
+from app.queue.client import SWEEP_JOB, JobInfo, JobQueue, export_job, redis_pool
 from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
-from jobs.client import SWEEP_JOB, JobInfo, JobQueue, export_job, redis_pool
 from jobs.relay import OutboxRelay
 from jobs.worker import export_keys
 from netsync.cli.output import JsonOption, err, out, print_json, run

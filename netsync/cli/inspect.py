@@ -17,9 +17,9 @@ from pydantic import SecretStr
 from app.config import ResponseSettings
 from app.operations.schemas import DeadJobOut, ScheduleEntryOut
 from app.operations.service import dead_out, job_out, schedule_entries
+from app.queue.client import JobInfo, list_active, list_queued, list_workers, redis_pool
+from app.queue.listing import ListState
 from importer.config import RequestSettings
-from jobs.client import JobInfo, list_active, list_queued, list_workers, redis_pool
-from jobs.listing import ListState
 from netsync.cli.connect import job_queue, response_session
 from netsync.cli.output import JsonOption, err, moment, print_json, print_table, run
 from netsync.config import CommonSettings, ConfigurationError

@@ -1,7 +1,7 @@
 """``netsync jobs retry|discard ID`` and ``netsync queue purge NAME --yes``: acting on jobs.
 
 The same operations as ``POST /api/v1/jobs/dead/{id}/retry``, ``DELETE /api/v1/jobs/dead/{id}``
-and ``DELETE /api/v1/queues/{name}``, through the same ``jobs.client.JobQueue`` methods. Exit
+and ``DELETE /api/v1/queues/{name}``, through the same ``app.queue.client.JobQueue`` methods. Exit
 codes: 0 done, 1 no such job or queue, 2 refused (purging without ``--yes``), 3 Redis is down.
 """
 

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from app.config import ResponseSettings
 from app.db import make_sessionmaker
 from app.outbox.models import ExportGeneration, ExportStream
+from app.queue.client import JobQueue, QueueUnavailable, redis_pool
 from exchange.format import SNAPSHOT_STREAMS
 from exchange.marks import Mark
-from jobs.client import JobQueue, QueueUnavailable, redis_pool
 from jobs.numbering import begin_generation, read_marks, rollback_evidence
 from jobs.worker import export_keys
 from netsync.cli.output import JsonOption, err, out, print_json, print_table, run

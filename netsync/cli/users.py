@@ -23,8 +23,8 @@ from sqlalchemy.exc import DBAPIError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker, session_scope
+from app.queue.client import JobQueue, redis_pool
 from app.users.bulk import Format, ImportRefused, ImportSummary, import_users
-from jobs.client import JobQueue, redis_pool
 from netsync.cli.output import JsonOption, err, print_json, print_table, progress, run
 from netsync.db import make_engine
 from netsync.errors import database_unavailable

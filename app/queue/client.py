@@ -23,10 +23,10 @@ from arq.jobs import Job, JobStatus, deserialize_job
 from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
-from jobs import listing
-from jobs.deadletter import DeadJob, DeadLetters
-from jobs.serialization import deserialize, serialize
-from jobs.states import JobInfo, JobState, result_info
+from app.queue import listing
+from app.queue.deadletter import DeadJob, DeadLetters
+from app.queue.serialization import deserialize, serialize
+from app.queue.states import JobInfo, JobState, result_info
 from netsync import metrics
 from netsync.redis_conn import connection_pool
 

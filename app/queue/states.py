@@ -45,5 +45,5 @@ def result_info(result: JobResult, job_id: str, queue: str | None) -> JobInfo:
 
 
 def _error_text(value: object) -> str:
-    """A failed job's error: JSON carries it as text already (``jobs.serialization``)."""
+    """A failed job's error: JSON carries it as text already (``app.queue.serialization``)."""
     return value if isinstance(value, str) else repr(value)

@@ -26,8 +26,8 @@ from arq.constants import (
 )
 from arq.jobs import DeserializationError, deserialize_job, deserialize_result
 
-from jobs.serialization import deserialize
-from jobs.states import JobInfo, result_info
+from app.queue.serialization import deserialize
+from app.queue.states import JobInfo, result_info
 
 ListState = Literal["queued", "in_progress", "complete", "failed"]
 MAX_EXAMINED = 20_000
