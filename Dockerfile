@@ -4,9 +4,9 @@
 #   arq jobs.BulkWorkerSettings                          bulk worker (probes and metrics on 9102)
 #   python -m importer                                   importer daemon (probes and metrics on 9101)
 #   uvicorn importer.api:app --host 0.0.0.0 --port 8001  Request API
-#   python -m netsync.migrate response && python -m app.bootstrap
+#   python -m ops.migrate response && python -m app.bootstrap
 #                                                        Response migrations, then the administrator
-#   python -m netsync.migrate request                    Request migrations
+#   python -m ops.migrate request                    Request migrations
 #
 # No BuildKit-only syntax: the classic builder (DOCKER_BUILDKIT=0) builds it too, and needs no
 # registry for a frontend image. Sites without a registry or PyPI build the base images and a
@@ -44,7 +44,7 @@ RUN python deploy/images/locks.py image requirements.lock pyproject.toml > runti
     fi
 
 # The project itself, built with that setuptools (--no-build-isolation: no download).
-# netsync.migrate looks for alembic.ini and migrations/ in the directory that holds its package,
+# ops.migrate looks for alembic.ini and migrations/ in the directory that holds its package,
 # so they are copied into site-packages next to it. (README.md* : copied when it exists.)
 COPY README.md* alembic.ini ./
 COPY app app
@@ -52,6 +52,7 @@ COPY jobs jobs
 COPY importer importer
 COPY exchange exchange
 COPY netsync netsync
+COPY ops ops
 COPY migrations migrations
 RUN pip install --no-deps --no-build-isolation . \
     && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \

@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     from exchange.signing import Signer, write_key_pair
     from netsync.config import with_database
-    from netsync.migrate import upgrade
+    from ops.migrate import upgrade
 
     admin = os.environ.get(
         "NETSYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -33,7 +33,7 @@ from importer.db import make_sessionmaker
 from netsync.config import with_database
 from netsync.db import make_engine
 from netsync.logging import configure_logging
-from netsync.migrate import upgrade
+from ops.migrate import upgrade
 
 ADMIN_URL = os.environ.get(
     "NETSYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--account-guesses", type=int, default=30)
     args = parser.parse_args()
     from netsync.config import with_database
-    from netsync.migrate import upgrade
+    from ops.migrate import upgrade
 
     admin_url = os.environ.get(
         "NETSYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

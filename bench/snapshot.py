@@ -131,8 +131,8 @@ async def _fill(url: str, rows: int, users: int) -> None:
 
 
 async def _verify(response_url: str, request_url: str) -> tuple[float, int]:
-    from netsync.cli.verify import ENTITIES, compare_entity
     from netsync.db import make_engine
+    from ops.cli.verify import ENTITIES, compare_entity
 
     response, request = make_engine(response_url), make_engine(request_url)
     started = time.perf_counter()
@@ -168,7 +168,7 @@ def main() -> None:
     from exchange.sealing import generate_identity, write_identity, write_recipient
     from exchange.signing import Signer, write_key_pair
     from netsync.config import with_database
-    from netsync.migrate import upgrade
+    from ops.migrate import upgrade
 
     admin = os.environ.get(
         "NETSYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

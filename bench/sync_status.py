@@ -36,7 +36,7 @@ from importer.config import RequestSettings
 from importer.db import make_sessionmaker
 from netsync.config import to_libpq_url, with_database
 from netsync.db import make_engine
-from netsync.migrate import upgrade
+from ops.migrate import upgrade
 
 ADMIN_URL = os.environ.get(
     "NETSYNC_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

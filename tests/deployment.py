@@ -43,7 +43,7 @@ PROCESSES = [
     "arq jobs.BulkWorkerSettings",
     "python -m importer",
     "uvicorn importer.api:app",
-    "python -m netsync.migrate",
+    "python -m ops.migrate",
     "python -m app.bootstrap",
 ]
 # Each component (Kubernetes label, compose service) belongs to one network, and reads only that

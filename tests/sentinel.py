@@ -20,7 +20,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from netsync.embedded import redis_server_binary
+from ops.embedded import redis_server_binary
 from tests.support import free_port
 
 SERVICE = "netsync"

@@ -40,8 +40,8 @@ from exchange.sealing import (
 from exchange.signing import Signer, write_key_pair
 from importer.config import RequestSettings
 from netsync.config import to_libpq_url, with_database
-from netsync.embedded import EmbeddedPostgres, EmbeddedRedis
-from netsync.migrate import upgrade
+from ops.embedded import EmbeddedPostgres, EmbeddedRedis
+from ops.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Prefix of Redis keys tests use to flip a test job's behaviour (a job that fails until set).

@@ -61,8 +61,8 @@ def test_compose_services_are_checked_and_ordered(compose: dict[str, Any]) -> No
         depends = services[name]["depends_on"]
         assert depends[migration]["condition"] == "service_completed_successfully", name
     migrate = " ".join(services["migrate-response"]["command"])
-    assert "python -m netsync.migrate response && python -m app.bootstrap" in migrate
-    assert services["migrate-request"]["command"] == ["python", "-m", "netsync.migrate", "request"]
+    assert "python -m ops.migrate response && python -m app.bootstrap" in migrate
+    assert services["migrate-request"]["command"] == ["python", "-m", "ops.migrate", "request"]
 
 
 def test_compose_keeps_the_networks_apart(compose: dict[str, Any]) -> None:

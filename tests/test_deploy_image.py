@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 from deploy import runtime_requirements
 from deploy.images import locks
-from netsync import devstack
+from ops import devstack
 from tests.deployment import (
     MIGRATIONS,
     PROCESSES,
@@ -198,7 +198,7 @@ def test_every_command_names_a_module_that_exists(monkeypatch: pytest.MonkeyPatc
         if program == "python":
             spec = importlib.util.find_spec(target)
             assert spec is not None, target
-            if target == "netsync.migrate":  # one database, or both
+            if target == "ops.migrate":  # one database, or both
                 assert argv[3:] in ([], ["response"], ["request"]), argv
             if spec.submodule_search_locations is not None:  # a package runs its __main__
                 assert importlib.util.find_spec(f"{target}.__main__") is not None, target

@@ -183,10 +183,10 @@ def test_each_network_migrates_its_own_database(rendered: list[Resource]) -> Non
     }
     assert steps == {
         "migrate-response": [
-            ["python", "-m", "netsync.migrate", "response"],
+            ["python", "-m", "ops.migrate", "response"],
             ["python", "-m", "app.bootstrap"],
         ],
-        "migrate-request": [["python", "-m", "netsync.migrate", "request"]],
+        "migrate-request": [["python", "-m", "ops.migrate", "request"]],
     }
 
 

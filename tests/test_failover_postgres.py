@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 from netsync.config import to_libpq_url
-from netsync.migrate import upgrade
+from ops.migrate import upgrade
 from tests.chaos.disk import unique_dir
 from tests.chaos.harness import Chaos
 from tests.chaos.plan import Plan

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from exchange.writer import publish_export
-from netsync.embedded import EmbeddedRedis
+from ops.embedded import EmbeddedRedis
 from tests.queries import fetch
 from tests.support import (
     Process,

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from jobs.shutdown import GRACE_S
-from netsync.embedded import EmbeddedRedis
+from ops.embedded import EmbeddedRedis
 from tests.support import (
     Process,
     Sandbox,
@@ -236,7 +236,7 @@ async def test_run_up_stops_on_ctrl_c_when_its_embedded_redis_has_died(tmp_path:
 
 def _start_up(env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "netsync.devstack", "up"],
+        [sys.executable, "-m", "ops.devstack", "up"],
         env=env,
         cwd=ROOT,
         stdout=log,

@@ -2,6 +2,6 @@
 
 from importer.config import RequestSettings
 from importer.models import RequestBase
-from netsync.migrate import run_env
+from ops.migrate import run_env
 
 run_env(RequestBase.metadata, lambda: RequestSettings().database_url)

@@ -2,6 +2,6 @@
 
 from app.config import ResponseSettings
 from app.models import ResponseBase
-from netsync.migrate import run_env
+from ops.migrate import run_env
 
 run_env(ResponseBase.metadata, lambda: ResponseSettings().database_url)

@@ -27,7 +27,7 @@ import asyncpg
 import httpx
 
 from netsync.config import to_libpq_url
-from netsync.embedded import EmbeddedRedis
+from ops.embedded import EmbeddedRedis
 from tests.chaos.disk import fill
 from tests.chaos.plan import Plan, Report
 from tests.importer.files import record_lines

@@ -161,7 +161,7 @@ def write_keys(directory: Path) -> None:
     signing key for the workers, its public half for the importer, the sealing pair (public for
     the workers, private for the importer). The private keys belong to the image's user."""
     cli = shutil.which("netsync", path=str(Path(sys.executable).parent))
-    netsync = [cli] if cli else [sys.executable, "-c", "from netsync.cli import main; main()"]
+    netsync = [cli] if cli else [sys.executable, "-c", "from ops.cli import main; main()"]
     keys = directory / "keys"
     for args in (
         ["--private-key", str(keys / "signing.pem"), "--public-dir", str(keys / "trusted")],

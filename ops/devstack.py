@@ -60,7 +60,7 @@ class Stack:
         self._stoppers: list[object] = []
 
     def start_services(self) -> None:
-        from netsync.embedded import EmbeddedPostgres, EmbeddedRedis
+        from ops.embedded import EmbeddedPostgres, EmbeddedRedis
 
         state = self.settings.state_dir
         lines = []
@@ -108,7 +108,7 @@ class Stack:
             state = self.settings.state_dir
             ensure_dev_key_pair(state / "keys" / "signing.pem", state)
 
-        for argv in ([sys.executable, "-m", "netsync.migrate"],
+        for argv in ([sys.executable, "-m", "ops.migrate"],
                      [sys.executable, "-m", "app.bootstrap"]):  # fmt: skip
             subprocess.run(argv, env=self.env, check=True)  # noqa: S603
 

@@ -1,6 +1,6 @@
 """``netsync inspect …``: the effective configuration, and the jobs and workers Redis knows.
 
-Configuration is printed as every process would read it (environment, ``.netsync/embedded.env``,
+Configuration is printed as every process would read it (environment, ``.ops/embedded.env``,
 defaults), with secrets masked: ``SecretStr`` values and the password of any URL.
 """
 
@@ -20,9 +20,9 @@ from app.operations.service import dead_out, job_out, schedule_entries
 from app.queue.client import JobInfo, list_active, list_queued, list_workers, redis_pool
 from app.queue.listing import ListState
 from importer.config import RequestSettings
-from netsync.cli.connect import job_queue, response_session
-from netsync.cli.output import JsonOption, err, moment, print_json, print_table, run
 from netsync.config import CommonSettings, ConfigurationError
+from ops.cli.connect import job_queue, response_session
+from ops.cli.output import JsonOption, err, moment, print_json, print_table, run
 
 app = typer.Typer(
     help="Look at the configuration, the queues and the workers.", no_args_is_help=True

@@ -1,6 +1,6 @@
 """Alembic for two databases: one migration tree each, one async ``env.py`` body for both.
 
-``python -m netsync.migrate`` (or ``./run migrate``) upgrades both databases to head; the
+``python -m ops.migrate`` (or ``./run migrate``) upgrades both databases to head; the
 Response tree lives in ``migrations/response``, the Request tree in ``migrations/request``.
 ``alembic -n response …`` / ``alembic -n request …`` work too (see ``alembic.ini``).
 """
@@ -64,7 +64,7 @@ def run_env(metadata: MetaData, default_url: Callable[[], str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m netsync.migrate [response|request]``: both databases unless one is named
+    """``python -m ops.migrate [response|request]``: both databases unless one is named
     (each network's site migrates its own database when they are deployed apart)."""
     import sys
 

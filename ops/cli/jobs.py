@@ -11,8 +11,8 @@ import typer
 
 from app.config import ResponseSettings
 from app.operations.service import dead_out
-from netsync.cli.connect import job_queue
-from netsync.cli.output import JsonOption, err, out, print_json, run
+from ops.cli.connect import job_queue
+from ops.cli.output import JsonOption, err, out, print_json, run
 
 jobs_app = typer.Typer(help="Retry or discard dead jobs.", no_args_is_help=True)
 queue_app = typer.Typer(help="Act on a whole queue.", no_args_is_help=True)

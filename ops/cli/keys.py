@@ -17,8 +17,8 @@ import typer
 from app.config import ResponseSettings
 from exchange.sealing import generate_identity, key_id_of, write_identity, write_recipient
 from exchange.signing import Signer, write_key_pair
-from netsync.cli.output import JsonOption, out, print_json
 from netsync.config import ConfigurationError
+from ops.cli.output import JsonOption, out, print_json
 
 app = typer.Typer(help="Generate and rotate the export signing keys.", no_args_is_help=True)
 

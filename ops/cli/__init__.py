@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from netsync.cli import export, importing, inspect, jobs, keys, streams, users
-from netsync.cli.verify import verify
+from ops.cli import export, importing, inspect, jobs, keys, streams, users
+from ops.cli.verify import verify
 
 app = typer.Typer(
     name="netsync",

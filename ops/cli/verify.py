@@ -31,8 +31,8 @@ from app.settings.models import Setting
 from app.users.models import User
 from importer.config import RequestSettings
 from importer.models import SyncedProfileType, SyncedSetting, SyncedUser
-from netsync.cli.output import JsonOption, err, out, print_json, print_table, progress, run
 from netsync.db import make_engine
+from ops.cli.output import JsonOption, err, out, print_json, print_table, progress, run
 
 CHUNK = 5000
 KINDS = ("missing", "extra", "older", "newer", "different")

@@ -23,10 +23,10 @@ from importer.daemon import Importer, ScanResult
 from importer.db import make_sessionmaker
 from importer.failures import DatabaseUnavailable
 from importer.keys import load_identities
-from netsync.cli.output import JsonOption, err, print_json, print_table, progress, run
 from netsync.config import ConfigurationError
 from netsync.db import make_engine
 from netsync.logging import configure_logging
+from ops.cli.output import JsonOption, err, print_json, print_table, progress, run
 
 app = typer.Typer(help="Apply export files to the Request database.", no_args_is_help=True)
 

@@ -23,8 +23,8 @@ from exchange.format import SNAPSHOT_STREAMS
 from exchange.marks import Mark
 from jobs.numbering import begin_generation, read_marks, rollback_evidence
 from jobs.worker import export_keys
-from netsync.cli.output import JsonOption, err, out, print_json, print_table, run
 from netsync.db import make_engine
+from ops.cli.output import JsonOption, err, out, print_json, print_table, run
 
 app = typer.Typer(help="Export streams: numbering and generations.", no_args_is_help=True)
 

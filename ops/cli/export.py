@@ -24,8 +24,8 @@ from app.queue.client import SWEEP_JOB, JobInfo, JobQueue, export_job, redis_poo
 from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS
 from jobs.relay import OutboxRelay
 from jobs.worker import export_keys
-from netsync.cli.output import JsonOption, err, out, print_json, run
 from netsync.db import make_engine
+from ops.cli.output import JsonOption, err, out, print_json, run
 
 app = typer.Typer(help="Run exports now.", no_args_is_help=True)
 

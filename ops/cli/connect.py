@@ -16,8 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.config import ResponseSettings
 from app.db import ResponseSession, make_sessionmaker
 from app.queue.client import JobQueue, QueueUnavailable, redis_pool
-from netsync.cli.output import err
 from netsync.db import make_engine
+from ops.cli.output import err
 
 UNAVAILABLE = 3
 

@@ -25,10 +25,10 @@ from app.config import ResponseSettings
 from app.db import make_sessionmaker, session_scope
 from app.queue.client import JobQueue, redis_pool
 from app.users.bulk import Format, ImportRefused, ImportSummary, import_users
-from netsync.cli.output import JsonOption, err, print_json, print_table, progress, run
 from netsync.db import make_engine
 from netsync.errors import database_unavailable
 from netsync.logging import configure_logging
+from ops.cli.output import JsonOption, err, print_json, print_table, progress, run
 
 app = typer.Typer(help="Users: bring them in from another deployment.", no_args_is_help=True)
 
