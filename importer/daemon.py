@@ -11,8 +11,9 @@ one per transaction so that the bad one is quarantined and cannot hold the other
 How a file is read depends on its stream's kind alone (``exchange.format.kind_of_stream``), never
 on what the file says: ``changes`` files are taken into memory and batched; snapshots (spooled to
 the importer's own directory) and results are applied one per transaction. Either way a file is
-verified (``exchange.intake``) before anything is parsed, stored or decided about it, off the
-event loop; applied files go to the archive. A file that fails verification goes to quarantine
+verified (``importer.reading``) before anything is parsed, stored or decided about it, off the
+event loop, and what becomes of it is decided in ``importer.handling``; applied files go to the
+archive. A file that fails verification goes to quarantine
 with a sidecar ``.reason.json`` and a row in ``quarantined_files`` (``importer.quarantine``); a
 name that is not an export name, or a directory, is recorded once and left where it is
 (``importer.watch``). A database that is unreachable never gets a file
@@ -28,9 +29,6 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
 
 from sqlalchemy import text
 from watchfiles import Change, awatch
@@ -42,58 +40,20 @@ from exchange.format import (
     kind_of_stream,
     parse_file_name,
 )
-from exchange.intake import MEMORY_COPY_BYTES, SpoolError, Taken, take
-from exchange.reader import (
-    ExportFile,
-    Opener,
-    RejectedFile,
-    RejectReason,
-    VerifiedStream,
-    parse_changes,
-)
 from exchange.sealing import Identities
 from exchange.signing import Keyring
 from importer import ledger
-from importer.apply import ApplyResult, apply_changes
 from importer.config import RequestSettings
 from importer.db import RequestSessionMaker
-from importer.failures import (
-    DB_ERRORS,
-    DatabaseUnavailable,
-    LocalFault,
-    RetryLater,
-    blames_the_file,
-)
+from importer.failures import DB_ERRORS, DatabaseUnavailable, RetryLater
 from importer.files import FileMover
+from importer.handling import FileHandler, ScanResult
 from importer.keys import TrustedKeys
-from importer.probes import observe_applied, observe_generation, observe_superseded
 from importer.quarantine import Quarantine
-from importer.snapshots import apply_streamed
+from importer.reading import FileReader, Read
 from importer.watch import ForeignNames, GapWatch
-from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
-
-_Read = tuple[FileName, ExportFile | RejectedFile | None]
-
-
-@dataclass
-class ScanResult:
-    applied: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    changes: int = 0
-    #: Files of an older generation than one already applied (``importer.ledger``).
-    superseded: int = 0
-    ignored: list[str] = field(default_factory=list)
-
-    def add(self, other: ScanResult) -> None:
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.superseded += other.superseded
-        self.quarantined += other.quarantined
-        self.changes += other.changes
 
 
 class Importer:
@@ -134,8 +94,8 @@ class Importer:
         self.gaps = GapWatch(sessions, settings.gap_alert_after_s)
         #: Files applied, duplicates, quarantined and changes since start: counters.
         self.totals = ScanResult()
-        #: The stop event of the running loop, looked at by the read-ahead thread too.
-        self._stopping: asyncio.Event | None = None
+        self.reader = FileReader(settings, self.keys, self.files.spool_dir)
+        self.handler = FileHandler(sessions, self.reader, self.files, self.quarantined, self._beat)
 
     @property
     def keyring(self) -> Keyring:
@@ -143,6 +103,9 @@ class Importer:
 
     def prepare(self) -> None:
         self.files.prepare()
+
+    def _beat(self) -> None:
+        self.heartbeat = time.monotonic()
 
     def request_key_reload(self) -> None:
         """Re-read the trusted keys before the next scan (SIGHUP), and scan now."""
@@ -271,7 +234,7 @@ class Importer:
         return names, foreign
 
     async def scan_once(self, stop: asyncio.Event | None = None) -> ScanResult:
-        self._stopping = stop
+        self.reader.stopping = stop
         result = ScanResult()
         try:
             await self._scan(result, stop)
@@ -289,7 +252,7 @@ class Importer:
                 for name in group:
                     if stop is not None and stop.is_set():
                         return
-                    await self._process_single(name, result)
+                    await self.handler.process_single(name, result)
             elif not await self._scan_stream(list(group), result, stop):
                 return
         await self.gaps.check()
@@ -297,101 +260,10 @@ class Importer:
     async def process(self, name: FileName, result: ScanResult) -> None:
         """Apply one file, whatever its stream (``netsync import once`` goes file by file)."""
         if kind_of_stream(name.stream) != "changes":
-            await self._process_single(name, result)
+            await self.handler.process_single(name, result)
         else:
-            await self._handle([(name, await asyncio.to_thread(self._read_one, name))], result)
-
-    async def _beat(self) -> None:
-        while True:
-            self.heartbeat = time.monotonic()
-            await asyncio.sleep(1.0)
-
-    async def _process_single(self, name: FileName, result: ScanResult) -> None:
-        """Snapshots and results: verified first (spooled), then applied in one transaction."""
-        beat = asyncio.create_task(self._beat())  # a long snapshot is work, not a hang
-        try:
-            taken = await asyncio.to_thread(self._verified, name)
-            if isinstance(taken, RejectedFile):
-                if await self.quarantined.put(name.name, taken):
-                    result.quarantined += 1
-                return
-            if taken is None:
-                return  # taken by another importer
-            with taken:
-                await self._apply_single(taken, result)
-        finally:
-            beat.cancel()
-
-    async def _apply_single(self, taken: Taken, result: ScanResult) -> None:
-        name = taken.name
-        try:
-            # unsealed whole before a transaction starts: nothing unauthenticated is applied
-            export = await asyncio.to_thread(self._opened, VerifiedStream, taken)
-            async with self.sessions() as session, session.begin():
-                outcome = await apply_streamed(session, export)
-        except RejectedFile as rejected:  # genuine, but malformed: nothing was committed
-            await self._refuse_genuine(name, rejected, taken.inode, taken, result)
-            return
-        except SpoolError as exc:  # our own disk, not the file nor the database
-            raise LocalFault(str(exc)) from exc
-        except RetryLater:
-            raise
-        except Exception as exc:
-            if not blames_the_file(exc):
-                raise DatabaseUnavailable(repr(exc)) from exc
-            await self._refuse_genuine(name, _apply_failed(exc), taken.inode, taken, result)
-            return
-        if outcome.began is not None:
-            observe_generation(outcome.began, name)
-        if outcome.conflict is not None:
-            await self._conflict(name, outcome.conflict, taken.inode, taken, result)
-            return
-        if outcome.superseded:
-            _superseded(name, result)
-            await asyncio.to_thread(
-                self.files.archive, name.name, taken.inode, taken=taken, duplicate=False
-            )
-            return
-        if outcome.duplicate:
-            result.duplicates += 1
-            await asyncio.to_thread(
-                self.files.archive, name.name, taken.inode, taken=taken, duplicate=True
-            )
-            return
-        result.applied += 1
-        result.changes += outcome.written + outcome.removed
-        log.info(
-            "applied streamed file",
-            extra={"file": name.name, "written": outcome.written, "removed": outcome.removed},
-        )
-        await asyncio.to_thread(
-            self.files.archive, name.name, taken.inode, taken=taken, duplicate=False
-        )
-
-    async def _conflict(
-        self,
-        name: FileName,
-        detail: str,
-        inode: tuple[int, int],
-        evidence: bytes | Taken,
-        result: ScanResult,
-    ) -> None:
-        log.error("ledger conflict", extra={"file": name.name, "detail": detail})
-        rejected = RejectedFile(RejectReason.LEDGER_CONFLICT, detail)
-        await self._refuse_genuine(name, rejected, inode, evidence, result)
-
-    async def _refuse_genuine(
-        self,
-        name: FileName,
-        rejected: RejectedFile,
-        inode: tuple[int, int],
-        evidence: bytes | Taken,
-        result: ScanResult,
-    ) -> None:
-        """Quarantine a verified file: its whole private copy is kept, for the operator."""
-        rejected.inode, rejected.evidence = inode, evidence
-        if await self.quarantined.put(name.name, rejected):
-            result.quarantined += 1
+            read = await asyncio.to_thread(self.reader.read_one, name)
+            await self.handler.handle([(name, read)], result)
 
     async def _scan_stream(
         self, pending: list[FileName], result: ScanResult, stop: asyncio.Event | None
@@ -399,184 +271,22 @@ class Importer:
         """Apply one stream's files batch by batch; the next batch is read and verified (in a
         thread) while the current one is applied. False when stopped part-way."""
 
-        def read_from(start: int) -> asyncio.Task[tuple[list[_Read], int]]:
-            return asyncio.create_task(asyncio.to_thread(self._read_chunk, pending, start))
+        def read_from(start: int) -> asyncio.Task[tuple[list[Read], int]]:
+            return asyncio.create_task(asyncio.to_thread(self.reader.read_chunk, pending, start))
 
-        ahead: asyncio.Task[tuple[list[_Read], int]] | None = read_from(0)
+        ahead: asyncio.Task[tuple[list[Read], int]] | None = read_from(0)
         try:
             while ahead is not None:
                 reads, start = await ahead
                 ahead = read_from(start) if start < len(pending) else None
                 if stop is not None and stop.is_set():
                     return False  # nothing of this batch was written yet
-                await self._handle(reads, result)
+                await self.handler.handle(reads, result)
         finally:
             if ahead is not None:  # stopped or failed: the read-ahead is dropped, unapplied
                 with contextlib.suppress(Exception):
                     await ahead
         return True
-
-    def _verified(self, name: FileName) -> Taken | RejectedFile | None:
-        """Take and verify one file (in a worker thread); ``None`` if another importer took it."""
-        kind = kind_of_stream(name.stream) or "changes"
-        limit = self.settings.max_bytes_for(kind)
-        for attempt in range(2):
-            try:
-                return take(
-                    self.exports_dir,
-                    name,
-                    self.keys.keyring,
-                    max_bytes=limit,
-                    spool_dir=self.files.spool_dir,
-                    # a changes file is parsed whole anyway; anything larger is spooled
-                    memory_bytes=limit if kind == "changes" else MEMORY_COPY_BYTES,
-                )
-            except FileNotFoundError:
-                return None
-            except SpoolError as exc:
-                raise LocalFault(str(exc)) from exc
-            except OSError as exc:  # EIO, ESTALE, EMFILE …: not a verdict on the file
-                raise LocalFault(f"reading {name.name}: {exc!r}") from exc
-            except RejectedFile as rejected:
-                # the new public key may have landed a moment after the file: look once more
-                retry = rejected.reason is RejectReason.UNKNOWN_KEY and attempt == 0
-                if retry and self.keys.refresh():
-                    continue
-                return rejected
-            except Exception as exc:  # hostile input must never stop the daemon
-                log.exception("unexpected error reading a file", extra={"file": name.name})
-                return RejectedFile(RejectReason.UNREADABLE, repr(exc)[:200])
-        raise AssertionError("unreachable")
-
-    def _opener(self) -> Opener:
-        return Opener(self.keys.identities, self.settings.accepts_plaintext)
-
-    def _opened(self, parse: Callable[[Taken, Opener], _T], taken: Taken) -> _T:
-        """Unseal and parse a verified file (in a worker thread). A body sealed to a key this
-        importer lacks is tried once more if the keys changed: the new private key may have
-        landed a moment after the file."""
-        try:
-            return parse(taken, self._opener())
-        except RejectedFile as rejected:
-            if rejected.reason is RejectReason.UNKNOWN_RECIPIENT and self.keys.refresh():
-                return parse(taken, self._opener())
-            raise
-
-    def _read_one(self, name: FileName) -> ExportFile | RejectedFile | None:
-        """A ``changes`` file, verified and parsed (in a worker thread)."""
-        taken = self._verified(name)
-        if not isinstance(taken, Taken):
-            return taken
-        with taken:
-            try:
-                return self._opened(parse_changes, taken)
-            except RejectedFile as rejected:
-                rejected.inode = taken.inode
-                if taken.in_memory is not None:
-                    rejected.evidence = taken.in_memory + taken.trailer
-                return rejected
-
-    def _read_chunk(self, names: Sequence[FileName], start: int) -> tuple[list[_Read], int]:
-        """Read files from ``start`` until a batch is full (files, records or bytes)."""
-        reads: list[_Read] = []
-        files = records = size = 0
-        index = start
-        # refused files count too: a flood of forged files is read a batch at a time as well
-        while index < len(names) and files < self.settings.batch_max_files:
-            if records >= self.settings.batch_max_records or size >= self.settings.batch_max_bytes:
-                break
-            if self._stopping is not None and self._stopping.is_set():
-                break
-            outcome = self._read_one(names[index])
-            reads.append((names[index], outcome))
-            index += 1
-            files += 1
-            if isinstance(outcome, ExportFile):
-                records += len(outcome.records)
-                size += outcome.size
-        return reads, index
-
-    async def _handle(self, reads: list[_Read], result: ScanResult) -> None:
-        batch: list[ExportFile] = []
-        for name, outcome in reads:
-            if isinstance(outcome, RejectedFile):
-                if await self.quarantined.put(name.name, outcome):
-                    result.quarantined += 1
-            elif isinstance(outcome, ExportFile):
-                batch.append(outcome)
-        if batch:
-            await self._apply_group(batch, result)
-
-    async def _apply_group(self, exports: list[ExportFile], result: ScanResult) -> None:
-        token = correlation_id.set(None)
-        try:
-            async with self.sessions() as session, session.begin():
-                outcomes = await apply_changes(session, exports)
-        except Exception as exc:
-            if not blames_the_file(exc):
-                raise DatabaseUnavailable(repr(exc)) from exc
-            if len(exports) > 1:
-                log.warning(
-                    "batch failed, applying its files one per transaction",
-                    extra={"files": len(exports), "error": repr(exc)[:300]},
-                )
-                for export in exports:
-                    await self._apply_group([export], result)
-                return
-            log.error(
-                "file could not be applied", extra={"file": exports[0].name.name}, exc_info=True
-            )
-            only = exports[0]
-            await self._refuse_genuine(only.name, _apply_failed(exc), only.inode, only.data, result)
-            return
-        finally:
-            correlation_id.reset(token)
-        await self._applied(exports, outcomes, result)
-
-    async def _applied(
-        self, exports: list[ExportFile], outcomes: dict[int, ApplyResult], result: ScanResult
-    ) -> None:
-        moves: list[tuple[str, tuple[int, int], bytes, bool]] = []
-        self.heartbeat = time.monotonic()
-        if exports and (began := outcomes[exports[0].header.seq].began) is not None:
-            observe_generation(began, max(e.name for e in exports if e.header.generation == began))
-        for export in exports:
-            outcome = outcomes[export.header.seq]
-            if outcome.conflict is not None:
-                await self._conflict(
-                    export.name, outcome.conflict, export.inode, export.data, result
-                )
-                continue
-            if outcome.superseded:
-                _superseded(export.name, result)
-                moves.append((export.name.name, export.inode, export.data, False))
-                continue
-            observe_applied(export, outcome)
-            moves.append((export.name.name, export.inode, export.data, outcome.duplicate))
-            if outcome.duplicate:
-                result.duplicates += 1
-                log.info("file already applied, archiving", extra={"file": export.name.name})
-                continue
-            result.applied += 1
-            result.changes += outcome.changes
-            for record in export.records:
-                log.info(
-                    "applied change",
-                    extra={
-                        "file": export.name.name,
-                        "event_id": str(record.event_id),
-                        "entity": record.entity,
-                        "entity_id": str(record.entity_id),
-                        "version": record.version,
-                        "correlation_id": record.correlation_id,
-                    },
-                )
-        await asyncio.to_thread(self.files.archive_many, moves)
-
-
-def _superseded(name: FileName, result: ScanResult) -> None:
-    result.superseded += 1
-    observe_superseded(name)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -584,11 +294,6 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return False
-
-
-def _apply_failed(exc: Exception) -> RejectedFile:
-    detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-    return RejectedFile(RejectReason.APPLY_FAILED, detail)
 
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:

@@ -206,7 +206,7 @@ async def test_files_are_archived_as_verified_and_the_read_ahead_is_bounded_by_b
     originals = {p.path.name: p.path.read_bytes() for p in published}
     size = len(next(iter(originals.values())))
     names = sorted(FileName("changes", n) for n in range(1, 7))
-    reads, next_index = importer._read_chunk(names, 0)
+    reads, next_index = importer.reader.read_chunk(names, 0)
     assert len(reads) == -(-2000 // size) < 6, (len(reads), size)
     assert next_index == len(reads)
 
@@ -445,7 +445,7 @@ async def test_a_genuine_file_published_over_a_refused_one_is_judged_on_its_own(
     importer = make_importer()
     name = FileName("changes", 1)
     (sandbox.exports / name.name).write_bytes(header(1) + b"{}\n" + forged_trailer(sandbox.signer))
-    refused = importer._verified(name)
+    refused = importer.reader.verified(name)
     assert not isinstance(refused, type(None))
     assert getattr(refused, "reason", None) == "bad_signature"
     uid = uuid.uuid4()
@@ -536,7 +536,7 @@ async def test_refused_files_count_against_the_read_ahead_and_unknown_streams_ar
     for seq in range(1, 31):
         (sandbox.exports / FileName("changes", seq).name).write_bytes(b"junk\n")
     names = sorted(FileName("changes", seq) for seq in range(1, 31))
-    reads, index = importer._read_chunk(names, 0)
+    reads, index = importer.reader.read_chunk(names, 0)
     assert (len(reads), index) == (10, 10)
     (sandbox.exports / FileName("aaa", 1).name).write_bytes(b"x" * 100)
     result = await importer.scan_once()
