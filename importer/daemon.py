@@ -94,6 +94,8 @@ class Importer:
         self.gaps = GapWatch(sessions, settings.gap_alert_after_s)
         #: Files applied, duplicates, quarantined and changes since start: counters.
         self.totals = ScanResult()
+        #: Passes over the directory completed since start.
+        self.passes = 0
         self.reader = FileReader(settings, self.keys, self.files.spool_dir)
         self.handler = FileHandler(sessions, self.reader, self.files, self.quarantined, self._beat)
 
@@ -238,6 +240,7 @@ class Importer:
         result = ScanResult()
         try:
             await self._scan(result, stop)
+            self.passes += 1
         finally:
             self.totals.add(result)
         return result

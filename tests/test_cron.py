@@ -143,12 +143,24 @@ async def test_three_workers_export_each_tick_exactly_once(sandbox: Sandbox) -> 
 async def test_killed_and_restarted_workers_still_run_each_tick_once(sandbox: Sandbox) -> None:
     await _seed_settings(sandbox, 200)
     workers = [bulk_worker(sandbox, f"bulk-{i}", **EVERY_SECOND).start() for i in range(2)]
+
+    async def finished() -> int:
+        return sum(t["status"] == "done" for t in await _ticks(sandbox, "export_settings"))
+
+    async def five_more() -> None:
+        target = await finished() + 5
+
+        async def reached() -> bool:
+            return await finished() >= target
+
+        await eventually(reached, timeout=60, interval=0.2)
+
     try:
         for round_ in range(3):
-            await asyncio.sleep(6)
+            await five_more()  # ticks are running: kill a worker in the middle of them
             workers[round_].kill(9)  # no shutdown: whatever it held is simply gone
             workers.append(bulk_worker(sandbox, f"bulk-new-{round_}", **EVERY_SECOND).start())
-        await asyncio.sleep(5)
+        await five_more()
     finally:
         for w in workers:
             w.stop()

@@ -57,7 +57,8 @@ async def test_ten_thousand_files_apply_in_batches_with_the_watcher_off(
     importer = make_importer(watch_files=False, rescan_interval_s=0.2)
     stop, task = await run(importer)
     try:
-        await asyncio.sleep(0.3)  # the daemon is up and idle: only a rescan can find the burst
+        # the daemon is up and has looked once: only a rescan can find the burst
+        await eventually(lambda: importer.passes >= 1, timeout=10, interval=0.02)
         drop_burst(sandbox, files)
 
         async def all_applied() -> bool:
@@ -84,7 +85,9 @@ async def test_two_importers_racing_over_a_burst_apply_each_file_once(
     second = make_importer(batch_max_files=50, rescan_interval_s=0.3)
     (stop1, task1), (stop2, task2) = await run(first), await run(second)
     try:
-        await asyncio.sleep(0.2)
+        await eventually(
+            lambda: first.passes >= 1 and second.passes >= 1, timeout=10, interval=0.02
+        )
         drop_burst(sandbox, files)
 
         async def all_applied() -> bool:
