@@ -1,8 +1,9 @@
 """Where file numbers come from: stream rows, generations, and the marks that reveal a restore.
 
-Every stream's files are numbered under its ``export_streams`` row lock (the ``changes`` relay in
-one SQL statement, ``jobs.relay``; snapshots and results through ``lock_stream`` and
-``number_file`` here). Each file is numbered in its stream's *generation*.
+Every stream's files are numbered here, under its ``export_streams`` row lock: the ``changes``
+stream in one SQL statement that also takes the pending outbox rows (``ALLOCATE_CHANGES``, run by
+``jobs.relay``), snapshots and results through ``lock_stream`` and ``number_file``. Each file is
+numbered in its stream's *generation*.
 
 **Why generations.** A Response database restored from a backup numbers files and versions
 entities from where the backup left off, so its next files would take numbers the Request side
@@ -58,6 +59,51 @@ ENSURE_STREAM = text(
 #: An automatic new generation this soon after the last one is refused (and logged as an error):
 #: two databases writing one exports directory would otherwise take turns beginning them.
 MIN_AUTOMATIC_INTERVAL_S = 60.0
+
+
+#: Allocation in one statement (autocommit, so one round trip): take the oldest pending rows no
+#: other relay holds, bump the stream's sequence, record the file as unpublished, stamp the rows
+#: with its number, and hand the rows back for writing. Concurrent relays take disjoint rows and
+#: get distinct numbers (the stream row's lock orders them). A file is capped by count and by
+#: bytes (each record's data plus its fixed fields, ``RECORD_OVERHEAD``): a backlog of large
+#: settings makes several files, never one over what the importer accepts. The first row is
+#: always taken, so a single large record still leaves.
+RECORD_OVERHEAD = 320
+ALLOCATE_CHANGES = text(
+    f"""
+    WITH candidates AS (
+        SELECT id, octet_length(coalesce(data::text, '')) + {RECORD_OVERHEAD} AS bytes
+        FROM outbox_events
+        WHERE export_seq IS NULL
+        ORDER BY id
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    ), pending AS (
+        SELECT id FROM (
+            SELECT id, sum(bytes) OVER (ORDER BY id) AS running,
+                   row_number() OVER (ORDER BY id) AS n
+            FROM candidates
+        ) AS c
+        WHERE running <= :max_bytes OR n = 1
+    ), bumped AS (
+        UPDATE export_streams SET last_seq = last_seq + 1
+        WHERE stream = :stream AND EXISTS (SELECT 1 FROM pending)
+        RETURNING last_seq, generation, generation_base
+    ), file AS (
+        INSERT INTO export_files (stream, seq, file_id, created_at, records, generation, since_seq)
+        SELECT :stream, last_seq, :file_id, :created_at, (SELECT count(*) FROM pending),
+               generation, generation_base
+        FROM bumped
+        RETURNING seq, generation, since_seq
+    )
+    UPDATE outbox_events AS o
+    SET export_stream = :stream, export_seq = file.seq
+    FROM file
+    WHERE o.id IN (SELECT id FROM pending)
+    RETURNING file.seq, file.generation, file.since_seq, o.id, o.event_id, o.entity,
+              o.entity_id, o.version, o.op, o.data, o.correlation_id, o.created_at
+    """  # noqa: S608 - the one interpolation is the constant above
+)
 
 
 async def lock_stream(session: ResponseSession, stream: str) -> ExportStream:

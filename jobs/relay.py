@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import ResponseSession, ResponseSessionMaker
@@ -37,56 +37,11 @@ from exchange.format import CHANGES_STREAM, generation_fields
 from exchange.sealing import Recipients
 from exchange.signing import Signer
 from exchange.writer import PublishedFile, publish_export
-from jobs.numbering import ENSURE_STREAM, GenerationWatch
+from jobs.numbering import ALLOCATE_CHANGES, ENSURE_STREAM, GenerationWatch
 from netsync import metrics
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
-
-
-#: Allocation in one statement (autocommit, so one round trip): take the oldest pending rows no
-#: other relay holds, bump the stream's sequence, record the file as unpublished, stamp the rows
-#: with its number, and hand the rows back for writing. Concurrent relays take disjoint rows and
-#: get distinct numbers (the stream row's lock orders them). A file is capped by count and by
-#: bytes (each record's data plus its fixed fields, ``_RECORD_OVERHEAD``): a backlog of large
-#: settings makes several files, never one over what the importer accepts. The first row is
-#: always taken, so a single large record still leaves.
-_RECORD_OVERHEAD = 320
-_ALLOCATE = text(
-    f"""
-    WITH candidates AS (
-        SELECT id, octet_length(coalesce(data::text, '')) + {_RECORD_OVERHEAD} AS bytes
-        FROM outbox_events
-        WHERE export_seq IS NULL
-        ORDER BY id
-        LIMIT :batch
-        FOR UPDATE SKIP LOCKED
-    ), pending AS (
-        SELECT id FROM (
-            SELECT id, sum(bytes) OVER (ORDER BY id) AS running,
-                   row_number() OVER (ORDER BY id) AS n
-            FROM candidates
-        ) AS c
-        WHERE running <= :max_bytes OR n = 1
-    ), bumped AS (
-        UPDATE export_streams SET last_seq = last_seq + 1
-        WHERE stream = :stream AND EXISTS (SELECT 1 FROM pending)
-        RETURNING last_seq, generation, generation_base
-    ), file AS (
-        INSERT INTO export_files (stream, seq, file_id, created_at, records, generation, since_seq)
-        SELECT :stream, last_seq, :file_id, :created_at, (SELECT count(*) FROM pending),
-               generation, generation_base
-        FROM bumped
-        RETURNING seq, generation, since_seq
-    )
-    UPDATE outbox_events AS o
-    SET export_stream = :stream, export_seq = file.seq
-    FROM file
-    WHERE o.id IN (SELECT id FROM pending)
-    RETURNING file.seq, file.generation, file.since_seq, o.id, o.event_id, o.entity,
-              o.entity_id, o.version, o.op, o.data, o.correlation_id, o.created_at
-    """  # noqa: S608 - the one interpolation is the constant above
-)
 
 
 @dataclass(frozen=True)
@@ -188,7 +143,7 @@ class OutboxRelay:
             file_id, created_at = uuid.uuid4(), datetime.now(UTC)
             rows = (
                 await conn.execute(
-                    _ALLOCATE,
+                    ALLOCATE_CHANGES,
                     {
                         "batch": self.batch_size,
                         "max_bytes": self.max_file_bytes,
