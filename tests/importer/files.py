@@ -205,3 +205,20 @@ def header(seq: int, records: int = 1, **overrides: Any) -> bytes:
         **overrides,
     }
     return orjson.dumps(value) + b"\n"
+
+
+def forged_trailer(signer: Signer) -> bytes:
+    """A trailer that names a trusted key and carries a signature that is not one."""
+    return (
+        orjson.dumps(
+            {
+                "signature": {
+                    "alg": SIGNATURE_ALG,
+                    "key_id": signer.key_id,
+                    "sha256": "00" * 32,
+                    "value": base64.b64encode(b"\x01" * 64).decode(),
+                }
+            }
+        )
+        + b"\n"
+    )
