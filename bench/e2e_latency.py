@@ -9,7 +9,7 @@ in this process) is measured separately, since it happens before the response.
     ./run bench e2e_latency [--count 200] [--api http://127.0.0.1:8000]
 
 Configuration comes from the same places as the system's: ``NETSYNC_REQUEST_DATABASE_URL`` (or
-``.ops/embedded.env`` written by ``./run up``) and ``NETSYNC_ADMIN_PASSWORD`` (or
+``.netsync/embedded.env`` written by ``./run up``) and ``NETSYNC_ADMIN_PASSWORD`` (or
 ``.netsync/admin-password``).
 """
 

@@ -1,6 +1,6 @@
 """What a benchmark against a running system (``./run up`` in another terminal) needs to find it:
 the Request database's URL and the administrator's password, from the environment or from the
-files ``./run up`` writes (``.ops/embedded.env``, ``.netsync/admin-password``)."""
+files ``./run up`` writes (``.netsync/embedded.env``, ``.netsync/admin-password``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def embedded(name: str) -> str | None:
-    path = Path(".ops/embedded.env")
+    path = Path(".netsync/embedded.env")
     if path.exists():
         for line in path.read_text().splitlines():
             key, _, value = line.partition("=")

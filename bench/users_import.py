@@ -7,7 +7,7 @@ in another terminal).
 
 Prints the import's own time (rows upserted with their outbox rows), the time until the Request
 database holds every user, rows per second for both, and a sign-in on the Request API with an
-imported password. Configuration as ``bench/e2e_latency.py`` (``.ops/embedded.env`` and
+imported password. Configuration as ``bench/e2e_latency.py`` (``.netsync/embedded.env`` and
 ``.netsync/admin-password`` from ``./run up``, or the environment); the Request API is looked
 for at ``--request-api``.
 """

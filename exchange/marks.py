@@ -12,9 +12,9 @@ exports directory may delete or replay marks (an old mark is lower, so it change
 cannot forge one, so cannot force a new generation. Marks are replaced atomically but not
 fsynced: a mark lost to a power cut only hides a restore to a backup taken just after it, which
 the Request side then reports as a ledger conflict (``docs/operations.md``). A mark never goes
-down: a writer that finds a higher one keeps it. Reads are bounded (a few hundred entries of
-``latest/``, a KiB per mark), go through a directory descriptor opened without following a
-link, and take nothing but a regular file; writes go through the same descriptor.
+down: a writer that finds a higher one keeps it. Reads are bounded (the known streams' names, a
+KiB per mark), go through a directory descriptor opened without following a link, and take
+nothing but a regular file; writes go through the same descriptor.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
-import itertools
 import os
-import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -36,14 +35,13 @@ import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from exchange.format import LATEST_DIRNAME
+from exchange.format import CHANGES_STREAM, LATEST_DIRNAME, RESULTS_STREAM, SNAPSHOT_STREAMS
 from exchange.signing import Signer, key_id_for
 from exchange.writer import ensure_dir
 
 _DOMAIN = b"netsync-stream-mark-v1\n"
 MARK_SUFFIX = ".mark"
 MAX_MARK_BYTES = 1024
-_STREAM_NAME = re.compile(r"^[a-z][a-z_]{0,31}$")
 
 
 @dataclass(frozen=True, order=True)
@@ -62,8 +60,8 @@ def mark_path(exports_dir: Path, stream: str) -> Path:
     return exports_dir / LATEST_DIRNAME / f"{stream}{MARK_SUFFIX}"
 
 
-#: At most this many entries of ``latest/`` are looked at per read of all marks (junk included).
-MAX_ENTRIES = 256
+#: Every stream netsync numbers: the only marks there are to read.
+STREAMS = (CHANGES_STREAM, RESULTS_STREAM, *SNAPSHOT_STREAMS.values())
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -95,15 +93,18 @@ def write_mark(exports_dir: Path, signer: Signer, stream: str, mark: Mark) -> Ma
             return held
         temp = f".{name}.{uuid.uuid4().hex}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        data = body + b"\n" + signature + b"\n"
         fd = os.open(temp, flags, 0o640, dir_fd=dir_fd)
         try:
-            os.write(fd, body + b"\n" + signature + b"\n")
-        finally:
-            os.close(fd)
-        try:
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write of a stream mark")
+            finally:
+                os.close(fd)
             os.replace(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError:
-            os.unlink(temp, dir_fd=dir_fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
             raise
     return None
 
@@ -118,14 +119,12 @@ def read_mark(exports_dir: Path, public_key: Ed25519PublicKey, stream: str) -> M
 
 
 def read_marks(exports_dir: Path, public_key: Ed25519PublicKey) -> dict[str, Mark]:
-    """Every stream's mark whose signature holds, from the first ``MAX_ENTRIES`` entries."""
+    """The mark of every stream netsync writes whose signature holds. The names are known, so
+    nothing else in ``latest/`` (junk, leftovers of a crash) is looked at, or can crowd one out."""
     marks: dict[str, Mark] = {}
     try:
-        with _latest(exports_dir, create=False) as dir_fd, os.scandir(dir_fd) as entries:
-            for entry in itertools.islice(entries, MAX_ENTRIES):
-                stream = entry.name.removesuffix(MARK_SUFFIX)
-                if stream == entry.name or not _STREAM_NAME.fullmatch(stream):
-                    continue
+        with _latest(exports_dir, create=False) as dir_fd:
+            for stream in STREAMS:
                 if (mark := _read(dir_fd, public_key, stream)) is not None:
                     marks[stream] = mark
     except OSError:

@@ -23,16 +23,19 @@ restored database has instead. Results files are never superseded: the jobs they
 
 The ledger does not grow without bound (``prune``): per stream it keeps its newest rows (a file
 seen again among them is still told from a conflict by its id) and, for ``changes``, every row
-above the lowest open gap; older rows go, and the stream's *pruned place* remembers how far. A
-``changes`` or snapshot file at or below that place was applied or superseded long ago: a
-duplicate, whatever its id. Results files are applied again instead (by job id, changing nothing).
+above the lowest open gap; older rows go, and the stream's *pruned place* remembers how far, with
+the newest export time among them. A ``changes`` or snapshot file at or below that place and
+exported no later was applied or superseded long ago: a duplicate (a resend keeps its export
+time). One exported later had its number handed out again (a restored Response database that did
+not notice): a ledger conflict, as if its row were still there. Results files are applied again
+instead (by job id, changing nothing).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -117,15 +120,42 @@ async def _enter(session: RequestSession, files: Sequence[Claimable], result: Cl
         result.began = result.generation
 
 
-async def _pruned(session: RequestSession, stream: str) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Pruned:
+    """How far a stream's ledger was pruned, and the newest export time among what went."""
+
+    place: tuple[int, int] = (0, 0)
+    exported_at: datetime | None = None
+
+
+async def _pruned(session: RequestSession, stream: str) -> _Pruned:
+    stats = SyncStreamStats
     row = (
         await session.execute(
-            select(SyncStreamStats.pruned_generation, SyncStreamStats.pruned_seq).where(
-                SyncStreamStats.stream == stream
+            select(stats.pruned_generation, stats.pruned_seq, stats.pruned_exported_at).where(
+                stats.stream == stream
             )
         )
     ).first()
-    return (int(row.pruned_generation), int(row.pruned_seq)) if row is not None else (0, 0)
+    if row is None:
+        return _Pruned()
+    return _Pruned((int(row.pruned_generation), int(row.pruned_seq)), row.pruned_exported_at)
+
+
+def _below_pruned(file: Claimable, pruned: _Pruned) -> str | None:
+    """``None`` for a file above the pruned place. At or below it, a file exported no later than
+    the newest pruned one is a duplicate (a resend keeps its export time): ``""``; a newer one
+    was numbered again, by a restored Response database that did not notice: a conflict."""
+    header = file.header
+    if header.place > pruned.place:
+        return None
+    if pruned.exported_at is None or header.created_at <= pruned.exported_at:
+        return ""
+    return (
+        f"{header.stream}/{header.seq} is at or below the pruned ledger"
+        f" ({pruned.place[1]}, generation {pruned.place[0]}) but was exported after every pruned"
+        " file: its number was handed out again"
+    )
 
 
 async def claim(session: RequestSession, files: Sequence[Claimable]) -> Claim:
@@ -135,14 +165,19 @@ async def claim(session: RequestSession, files: Sequence[Claimable]) -> Claim:
         return result
     result.generation = await current_generation(session)
     await _enter(session, files, result)
-    pruned = (0, 0)
+    candidates = list(files)
     if files[0].header.kind != "results":
         result.superseded = {f.header.seq for f in files if f.header.generation < result.generation}
         pruned = await _pruned(session, files[0].header.stream)
-    # at or below the pruned place: applied (or superseded) long ago, a duplicate
-    candidates = [
-        f for f in files if f.header.seq not in result.superseded and f.header.place > pruned
-    ]
+        candidates = []
+        for f in files:
+            if f.header.seq in result.superseded:
+                continue
+            verdict = _below_pruned(f, pruned)
+            if verdict is None:
+                candidates.append(f)
+            elif verdict:
+                result.conflicts[f.header.seq] = verdict
     if not candidates:
         return result
     now = datetime.now(UTC)
@@ -153,7 +188,7 @@ async def claim(session: RequestSession, files: Sequence[Claimable]) -> Claim:
     if result.claimed:
         await _count(session, [f for f in candidates if f.header.seq in result.claimed], now)
     others = [f for f in candidates if f.header.seq not in result.claimed]
-    result.conflicts = await _conflicts(session, others)
+    result.conflicts.update(await _conflicts(session, others))
     return result
 
 
@@ -262,49 +297,63 @@ async def _prunable(session: RequestSession, stream: str, keep: int) -> tuple[in
     return bound
 
 
-async def prune(sessions: RequestSessionMaker, *, keep: int = KEEP_FILES) -> int:
+async def prune(
+    sessions: RequestSessionMaker,
+    *,
+    keep: int = KEEP_FILES,
+    beat: Callable[[], None] | None = None,
+) -> int:
     """Delete the ledger rows exactly-once no longer needs, a batch per transaction (claims go
-    on meanwhile); return how many went."""
+    on meanwhile; ``beat`` is called after each); return how many went. Each stream's bound is
+    worked out once per pass: it only ever grows, so deleting up to an older one stays safe."""
     async with sessions() as session:
         streams = (await session.scalars(select(SyncStreamStats.stream))).all()
     removed = 0
-    ledger = ImportLedger
     for stream in streams:
-        while True:
+        async with sessions() as session:
+            bound = await _prunable(session, stream, keep)
+        while bound is not None:
             async with sessions() as session, session.begin():
-                bound = await _prunable(session, stream, keep)
-                if bound is None:
-                    break
-                batch = (
-                    select(ledger.generation, ledger.seq)
-                    .where(
-                        ledger.stream == stream,
-                        tuple_(ledger.generation, ledger.seq) <= tuple_(*bound),
-                    )
-                    .order_by(ledger.generation, ledger.seq)
-                    .limit(_PRUNE_BATCH)
-                )
-                gone = (
-                    await session.execute(
-                        delete(ledger)
-                        .where(
-                            ledger.stream == stream,
-                            tuple_(ledger.generation, ledger.seq).in_(batch),
-                        )
-                        .returning(ledger.generation, ledger.seq)
-                    )
-                ).all()
-                if not gone:
-                    break
-                last = max((int(g), int(q)) for g, q in gone)
-                stats = SyncStreamStats.__table__.c
-                newer = tuple_(*last) > tuple_(stats.pruned_generation, stats.pruned_seq)
-                await session.execute(
-                    update(SyncStreamStats)
-                    .where(SyncStreamStats.stream == stream, newer)
-                    .values(pruned_generation=last[0], pruned_seq=last[1])
-                )
-                removed += len(gone)
-            if len(gone) < _PRUNE_BATCH:
+                gone = await _prune_batch(session, stream, bound)
+            removed += gone
+            if beat is not None:
+                beat()
+            if gone < _PRUNE_BATCH:
                 break
     return removed
+
+
+async def _prune_batch(session: RequestSession, stream: str, bound: tuple[int, int]) -> int:
+    ledger, stats = ImportLedger, SyncStreamStats
+    if stream == CHANGES_STREAM:  # a claim of this stream waits, so it sees the new place
+        await session.execute(
+            select(SyncStream.stream).where(SyncStream.stream == stream).with_for_update()
+        )
+    batch = (
+        select(ledger.generation, ledger.seq)
+        .where(ledger.stream == stream, tuple_(ledger.generation, ledger.seq) <= tuple_(*bound))
+        .order_by(ledger.generation, ledger.seq)
+        .limit(_PRUNE_BATCH)
+    )
+    gone = (
+        await session.execute(
+            delete(ledger)
+            .where(ledger.stream == stream, tuple_(ledger.generation, ledger.seq).in_(batch))
+            .returning(ledger.generation, ledger.seq, ledger.exported_at)
+        )
+    ).all()
+    if not gone:
+        return 0
+    last = max((int(g), int(q)) for g, q, _ in gone)
+    newest = max(e for _, _, e in gone)
+    newer = tuple_(*last) > tuple_(stats.pruned_generation, stats.pruned_seq)
+    await session.execute(
+        update(stats)
+        .where(stats.stream == stream)
+        .values(
+            pruned_generation=case((newer, last[0]), else_=stats.pruned_generation),
+            pruned_seq=case((newer, last[1]), else_=stats.pruned_seq),
+            pruned_exported_at=func.greatest(stats.pruned_exported_at, newest),
+        )
+    )
+    return len(gone)

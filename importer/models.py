@@ -96,6 +96,7 @@ class SyncStreamStats(RequestBase):
     last_applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     pruned_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     pruned_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    pruned_exported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class QuarantinedFile(RequestBase):

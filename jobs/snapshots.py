@@ -181,6 +181,21 @@ async def export_snapshot(
         row.sha256 = published.sha256
         row.records = published.records
         row.created_at = created_at
+        now_in = await session.scalar(
+            select(ExportStream.generation).where(ExportStream.stream == stream)
+        )
+    if generations is not None and now_in is not None and now_in > generation:
+        # a generation began while this snapshot was read: the Request side will supersede a
+        # file of the older one, so the state goes out again, numbered in the new generation
+        return await export_snapshot(
+            engine,
+            sessions,
+            exports_dir,
+            signer,
+            entity,
+            recipients=recipients,
+            generations=generations,
+        )
     return SnapshotExport(
         stream, seq, published.name, published.records, int(changes_seq or 0), published.size
     )

@@ -277,5 +277,5 @@ def test_netsync_without_arguments_shows_its_commands(sandbox: Sandbox) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_embedded_env(sandbox: Sandbox) -> None:
-    """The CLI runs in the sandbox root, where no ``.ops/embedded.env`` can leak in."""
+    """The CLI runs in the sandbox root, where no ``.netsync/embedded.env`` can leak in."""
     assert not (sandbox.root / ".netsync").exists()

@@ -1,6 +1,6 @@
 """``netsync inspect …``: the effective configuration, and the jobs and workers Redis knows.
 
-Configuration is printed as every process would read it (environment, ``.ops/embedded.env``,
+Configuration is printed as every process would read it (environment, ``.netsync/embedded.env``,
 defaults), with secrets masked: ``SecretStr`` values and the password of any URL.
 """
 

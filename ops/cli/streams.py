@@ -92,9 +92,12 @@ def show(as_json: bool = JsonOption) -> None:
 
 async def _new_generation(detail: str) -> dict[str, Any]:
     settings = ResponseSettings()
+    signer, _ = export_keys(settings)
+    # what the exports directory knows still raises the floor: numbers above the marks
+    marks = read_marks(settings.exports_path, signer)
     engine = make_engine(settings.database_url, pool_size=1, application_name="netsync-cli")
     try:
-        began = await begin_generation(engine, reason="operator", detail=detail)
+        began = await begin_generation(engine, reason="operator", detail=detail, marks=marks)
     finally:
         await engine.dispose()
     assert began is not None  # no expectation given: it always begins

@@ -8,7 +8,7 @@ import uuid
 
 from importer import ledger
 from tests.conftest import MakeImporter
-from tests.importer.files import count, publish, query, user_record, user_version
+from tests.importer.files import count, publish, quarantined, query, user_record, user_version
 from tests.support import Sandbox
 
 
@@ -42,6 +42,14 @@ async def test_pruning_keeps_the_rows_above_the_lowest_gap_and_a_replay_stays_a_
     assert await user_version(sandbox, ann) == 30
     stats = await query(sandbox, "SELECT files_applied, last_seq FROM sync_stream_stats")
     assert [(r["files_applied"], r["last_seq"]) for r in stats] == [(29, 30)]
+
+    # a genuine file numbered again after its place was pruned (a restore that went unnoticed):
+    # a conflict, as if the row were still there, never a silent duplicate
+    publish(sandbox.exports, sandbox.signer, 3, user_record(ann, 99))
+    result = await importer.scan_once()
+    assert (result.applied, result.duplicates, result.quarantined) == (0, 0, 1)
+    assert await quarantined(sandbox) == {"changes-000000000003.jsonl": "ledger_conflict"}
+    assert await user_version(sandbox, ann) == 30
 
     # the missing file still applies when it comes, and the gap closes
     publish(sandbox.exports, sandbox.signer, 20, user_record(uuid.uuid4(), 1))

@@ -6,8 +6,9 @@ generation too: a new generation numbers its files on from the restored database
 so the same number may come back in a newer generation. ``sync_generations`` lists the
 generations seen here, the newest being the one applied.
 
-``sync_stream_stats`` also records how far the ledger was pruned per stream: a file at or below
-that place was applied (or superseded) and its row is gone, so it is a duplicate.
+``sync_stream_stats`` also records how far the ledger was pruned per stream, and the newest
+export time among the pruned rows: a file at or below that place and exported no later was
+applied (or superseded) and its row is gone, a duplicate; one exported later is a conflict.
 
 Revision ID: 0008
 Revises: 0007
@@ -53,6 +54,10 @@ def upgrade() -> None:
             "sync_stream_stats",
             sa.Column(column, sa.BigInteger(), server_default="0", nullable=False),
         )
+    op.add_column(
+        "sync_stream_stats",
+        sa.Column("pruned_exported_at", sa.DateTime(timezone=True), nullable=True),
+    )
     op.drop_constraint("pk_import_ledger", "import_ledger", type_="primary")
     op.create_primary_key("pk_import_ledger", "import_ledger", ["stream", "generation", "seq"])
     op.drop_constraint("pk_sync_gaps", "sync_gaps", type_="primary")
@@ -62,7 +67,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_constraint("pk_sync_gaps", "sync_gaps", type_="primary")
     op.create_primary_key("pk_sync_gaps", "sync_gaps", ["stream", "first_seq"])
-    for column in ("pruned_seq", "pruned_generation"):
+    for column in ("pruned_exported_at", "pruned_seq", "pruned_generation"):
         op.drop_column("sync_stream_stats", column)
     op.drop_constraint("pk_import_ledger", "import_ledger", type_="primary")
     op.create_primary_key("pk_import_ledger", "import_ledger", ["stream", "seq"])
