@@ -1,8 +1,9 @@
 """Every supported CPython installs the lock and runs the system: the newcomer's two commands.
 
 The whole suite runs on one interpreter; on each of the others found on the machine, a fresh
-virtualenv is built from ``requirements.lock`` by ``./run`` itself, then ``./run up`` starts the
-whole system on its embedded PostgreSQL and Redis, a password change crosses to the Request
+virtualenv is built from ``requirements.lock`` by ``./run`` itself (all of them at once, when the
+first of these tests starts: the installs overlap instead of queueing), then ``./run up`` starts
+the whole system on its embedded PostgreSQL and Redis, a password change crosses to the Request
 Network, and Ctrl-C (SIGINT) stops every process and server.
 
 The interpreters are the ones CI's machine has (pyenv's and Debian's own ``python3``). One that is
@@ -11,6 +12,7 @@ missing is skipped with the command that provides it, never passed silently.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -56,15 +58,47 @@ def scratch() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _env(scratch: Path, python: Path, api_port: int, request_port: int) -> dict[str, str]:
+def _others() -> dict[str, Path]:
+    """The interpreters here that the suite does not run on, by label."""
+    found = {}
+    for label, where, _ in INTERPRETERS:
+        python = Path(where).expanduser()
+        if python.exists() and not _same_as_running(python):
+            found[label] = python
+    return found
+
+
+@pytest.fixture(scope="module")
+def venvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """A fresh virtualenv per interpreter, each built by ``./run`` from the lock, all at once;
+    with each, what its build printed (a failed build fails its own test, not the others)."""
+    root = tmp_path_factory.mktemp("venvs")
+
+    def build(label: str, python: Path) -> tuple[str, tuple[Path, str]]:
+        venv = root / label
+        env = _base_env(python) | {"NETSYNC_VENV": str(venv)}
+        done = subprocess.run(
+            [str(ROOT / "run"), "true"], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        return label, (venv, f"exit {done.returncode}: {done.stderr[-3000:]}")
+
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        return dict(pool.map(lambda item: build(*item), _others().items()))
+
+
+def _base_env(python: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETSYNC_")}
     env.pop("VIRTUAL_ENV", None)
     # the suite's own virtualenv must not shadow the one under test
     env["PATH"] = os.pathsep.join(
         p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(ROOT / ".venv"))
     )
+    return env | {"PYTHON": str(python)}
+
+
+def _env(scratch: Path, python: Path, api_port: int, request_port: int) -> dict[str, str]:
+    env = _base_env(python)
     env |= {
-        "PYTHON": str(python),
         "NETSYNC_VENV": str(scratch / "venv"),
         "NETSYNC_STATE_DIR": str(scratch / "state"),
         "NETSYNC_ADMIN_PASSWORD": ADMIN_PASSWORD,
@@ -140,14 +174,18 @@ def _descendants(pid: int) -> list[int]:
 @pytest.mark.parametrize(
     ("label", "where", "install"), INTERPRETERS, ids=[i[0] for i in INTERPRETERS]
 )
-def test_run_up_on_each_python(label: str, where: str, install: str, scratch: Path) -> None:
+def test_run_up_on_each_python(
+    label: str, where: str, install: str, scratch: Path, venvs: dict[str, tuple[Path, str]]
+) -> None:
     python = Path(where).expanduser()
     if not python.exists():
         pytest.skip(f"{label} is not installed here ({install})")
     if _same_as_running(python):
         pytest.skip(f"{label} runs the whole suite already")
+    venv, built = venvs[label]
+    assert (venv / ".netsync-lock").exists(), f"./run did not build the virtualenv: {built}"
     api_port, request_port = free_port(), free_port()
-    env = _env(scratch, python, api_port, request_port)
+    env = _env(scratch, python, api_port, request_port) | {"NETSYNC_VENV": str(venv)}
     started = time.monotonic()
     log = (scratch / "up.log").open("wb")
     tree: list[int] = []
@@ -170,7 +208,8 @@ def test_run_up_on_each_python(label: str, where: str, install: str, scratch: Pa
         left = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
         postmaster = scratch / "state" / "pg" / "postmaster.pid"
         print(
-            f"\n{label}: venv + up {up_s:.0f} s, password crossed in {crossed_s * 1000:.0f} ms, "
+            f"\n{label}: up {up_s:.0f} s (venv built beforehand),"
+            f" password crossed in {crossed_s * 1000:.0f} ms, "
             f"stopped in {stop_s:.1f} s"
         )
         assert code == 0, (scratch / "up.log").read_text()[-3000:]
