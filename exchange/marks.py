@@ -109,15 +109,6 @@ def write_mark(exports_dir: Path, signer: Signer, stream: str, mark: Mark) -> Ma
     return None
 
 
-def read_mark(exports_dir: Path, public_key: Ed25519PublicKey, stream: str) -> Mark | None:
-    """The stream's mark if one is there and its signature holds; ``None`` otherwise."""
-    try:
-        with _latest(exports_dir, create=False) as dir_fd:
-            return _read(dir_fd, public_key, stream)
-    except OSError:
-        return None
-
-
 def read_marks(exports_dir: Path, public_key: Ed25519PublicKey) -> dict[str, Mark]:
     """The mark of every stream netsync writes whose signature holds. The names are known, so
     nothing else in ``latest/`` (junk, leftovers of a crash) is looked at, or can crowd one out."""

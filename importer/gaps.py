@@ -134,15 +134,7 @@ async def record_applied(
     if filled:
         await _fill(session, stream, generation, filled)
     for first, last in opened:
-        session.add(
-            SyncGap(
-                stream=stream,
-                generation=generation,
-                first_seq=first,
-                last_seq=last,
-                first_seen_at=now,
-            )
-        )
+        _open(session, stream, generation, (first, last), now)
         log.warning(
             "sync gap: files missing",
             extra={"stream": stream, "first_seq": first, "last_seq": last},
@@ -153,6 +145,17 @@ async def record_applied(
         .values(high_seq=high)
     )
     await session.flush()
+
+
+def _open(
+    session: RequestSession, stream: str, generation: int, run: tuple[int, int], seen: datetime
+) -> None:
+    first, last = run
+    session.add(
+        SyncGap(
+            stream=stream, generation=generation, first_seq=first, last_seq=last, first_seen_at=seen
+        )
+    )
 
 
 async def _fill(session: RequestSession, stream: str, generation: int, filled: set[int]) -> None:
@@ -175,16 +178,8 @@ async def _fill(session: RequestSession, stream: str, generation: int, filled: s
         await session.delete(gap)
         await session.flush()
         rest = _split(gap.first_seq, gap.last_seq, inside)
-        for first, last in rest:
-            session.add(
-                SyncGap(
-                    stream=stream,
-                    generation=generation,
-                    first_seq=first,
-                    last_seq=last,
-                    first_seen_at=first_seen_at,
-                )
-            )
+        for missing in rest:
+            _open(session, stream, generation, missing, first_seen_at)
         if not rest:
             log.info(
                 "sync gap filled by late files",

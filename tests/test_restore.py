@@ -6,6 +6,7 @@ sides say what happened."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -37,50 +38,68 @@ async def signs_in(client: httpx.AsyncClient, req: str, username: str, password:
     return login.status_code == 200
 
 
+@dataclass(frozen=True)
+class Admin:
+    """The Response API's administrator, as the tests change users through it."""
+
+    client: httpx.AsyncClient
+    api: str
+    headers: dict[str, str]
+
+    @classmethod
+    async def sign_in(cls, client: httpx.AsyncClient, api: str) -> Admin:
+        bearer = await token(client, api, "admin", ADMIN_PASSWORD)
+        return cls(client, api, {"Authorization": f"Bearer {bearer}"})
+
+    async def create(self, username: str, password: str) -> str:
+        made = await self.client.post(
+            f"{self.api}/api/v1/users",
+            json={"username": username, "password": password},
+            headers=self.headers,
+        )
+        assert made.status_code == 201, made.text
+        return str(made.json()["id"])
+
+    async def reset(self, user_id: str, password: str) -> None:
+        done = await self.client.post(
+            f"{self.api}/api/v1/users/{user_id}/reset-password",
+            json={"new_password": password},
+            headers=self.headers,
+        )
+        assert done.status_code == 200, done.text
+
+
+def stop(procs: list[Process], *names: str) -> None:
+    """Stop the processes whose names start so: one network's side, before its restore."""
+    for proc in procs:
+        if proc.name.startswith(names):
+            proc.stop()
+
+
 async def test_a_response_database_restored_from_a_backup_heals_the_request_side(
     sandbox: Sandbox, procs: list[Process]
 ) -> None:
     api, req = await start_system(sandbox, procs)
     procs.append(bulk_worker(sandbox).start())
     async with httpx.AsyncClient(timeout=10) as client:
-        admin = {"Authorization": f"Bearer {await token(client, api, 'admin', ADMIN_PASSWORD)}"}
-
-        async def create(username: str, password: str) -> str:
-            made = await client.post(
-                f"{api}/api/v1/users",
-                json={"username": username, "password": password},
-                headers=admin,
-            )
-            assert made.status_code == 201, made.text
-            return str(made.json()["id"])
-
-        async def reset(user_id: str, password: str) -> None:
-            done = await client.post(
-                f"{api}/api/v1/users/{user_id}/reset-password",
-                json={"new_password": password},
-                headers=admin,
-            )
-            assert done.status_code == 200, done.text
-
-        ann = await create("ann", "before the backup 1")
-        eve = await create("eve", "before the backup 1")
-        cid = await create("cid", "before the backup 1")
+        admin = await Admin.sign_in(client, api)
+        ann = await admin.create("ann", "before the backup 1")
+        eve = await admin.create("eve", "before the backup 1")
+        cid = await admin.create("cid", "before the backup 1")
         await eventually(lambda: signs_in(client, req, "cid", "before the backup 1"), timeout=15)
         await dump(sandbox.services.response_url, sandbox.root / "response.dump")
 
         # after the backup: changes the restore will undo, all of them synced
-        await reset(ann, "after the backup 22")
-        await reset(eve, "after the backup 22")
-        await create("bob", "after the backup 22")
-        deleted = await client.delete(f"{api}/api/v1/users/{cid}", headers=admin)
+        await admin.reset(ann, "after the backup 22")
+        await admin.reset(eve, "after the backup 22")
+        await admin.create("bob", "after the backup 22")
+        deleted = await client.delete(f"{api}/api/v1/users/{cid}", headers=admin.headers)
         assert deleted.status_code == 200, deleted.text
         await eventually(lambda: signs_in(client, req, "bob", "after the backup 22"), timeout=15)
         await eventually(lambda: signs_in(client, req, "eve", "after the backup 22"), timeout=15)
 
         # the disaster: the Response side stops, its database comes back from the backup
-        response_side = [p for p in procs if p.name.startswith(("response-api", "worker", "bulk"))]
-        for proc in response_side:
-            proc.stop()
+        stop(procs, "response-api", "worker", "bulk")
         await restore(sandbox.services.response_url, sandbox.root / "response.dump")
         port = free_port()
         api = f"http://127.0.0.1:{port}"
@@ -91,12 +110,12 @@ async def test_a_response_database_restored_from_a_backup_heals_the_request_side
         ]
         await wait_http(f"{api}/ready")
         restarted = time.monotonic()
-        admin = {"Authorization": f"Bearer {await token(client, api, 'admin', ADMIN_PASSWORD)}"}
+        admin = await Admin.sign_in(client, api)
 
         # a password change after the restore reaches the Request side within seconds, though
         # the restored database versions it below what the Request side holds
         changed = time.monotonic()
-        await reset(ann, "after the restore 333")
+        await admin.reset(ann, "after the restore 333")
         await eventually(lambda: signs_in(client, req, "ann", "after the restore 333"), timeout=15)
         crossed_s = time.monotonic() - changed
 
@@ -150,33 +169,16 @@ async def test_a_request_database_restored_from_a_backup_catches_up_within_a_sna
     api, req = await start_system(sandbox, procs)
     procs.append(bulk_worker(sandbox, **schedule).start())
     async with httpx.AsyncClient(timeout=10) as client:
-        admin = {"Authorization": f"Bearer {await token(client, api, 'admin', ADMIN_PASSWORD)}"}
-        made = await client.post(
-            f"{api}/api/v1/users",
-            json={"username": "eve", "password": "before the backup 1"},
-            headers=admin,
-        )
-        assert made.status_code == 201, made.text
+        admin = await Admin.sign_in(client, api)
+        eve = await admin.create("eve", "before the backup 1")
         await eventually(lambda: signs_in(client, req, "eve", "before the backup 1"), timeout=15)
         await dump(sandbox.services.request_url, sandbox.root / "request.dump")
 
-        reset = await client.post(
-            f"{api}/api/v1/users/{made.json()['id']}/reset-password",
-            json={"new_password": "after the backup 22"},
-            headers=admin,
-        )
-        assert reset.status_code == 200, reset.text
-        bob = await client.post(
-            f"{api}/api/v1/users",
-            json={"username": "bob", "password": "after the backup 22"},
-            headers=admin,
-        )
-        assert bob.status_code == 201, bob.text
+        await admin.reset(eve, "after the backup 22")
+        await admin.create("bob", "after the backup 22")
         await eventually(lambda: signs_in(client, req, "bob", "after the backup 22"), timeout=15)
 
-        request_side = [p for p in procs if p.name.startswith(("importer", "request-api"))]
-        for proc in request_side:
-            proc.stop()
+        stop(procs, "importer", "request-api")
         await restore(sandbox.services.request_url, sandbox.root / "request.dump")
         held = await fetch(sandbox.services.request_url, "SELECT username FROM synced_users")
         assert "bob" not in {r["username"] for r in held}  # the backup's state

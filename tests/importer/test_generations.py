@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,14 @@ from tests.support import Sandbox
 
 G1 = 1_800_000_000_000  # a generation begun after a restore (its time in milliseconds)
 OLD, NEW = "o" * 30, "n" * 30
+
+
+def publish_in_g1(sandbox: Sandbox, seq: int, record: dict[str, Any], *, since: int) -> None:
+    """A changes file of the generation a restored Response database began, numbered after
+    ``since``."""
+    publish(
+        sandbox.exports, sandbox.signer, seq, record, header={"generation": G1, "since_seq": since}
+    )
 
 
 async def users(sandbox: Sandbox) -> dict[uuid.UUID, tuple[int, int, str | None, bool]]:
@@ -49,13 +58,7 @@ async def test_changes_after_a_restore_win_over_versions_the_restore_undid(
     await importer.scan_once()
     # the restored database numbers on from its file 1, in a new generation: file 2 again,
     # holding ann's next change at version 2, below the 3 the Request side holds
-    publish(
-        sandbox.exports,
-        sandbox.signer,
-        2,
-        user_record(ann, 2, password_hash=NEW),
-        header={"generation": G1, "since_seq": 1},
-    )
+    publish_in_g1(sandbox, 2, user_record(ann, 2, password_hash=NEW), since=1)
     with caplog.at_level(logging.WARNING, logger="importer"):
         result = await importer.scan_once()
     assert result.applied == 1
@@ -92,13 +95,7 @@ async def test_files_of_the_undone_timeline_arriving_late_are_superseded(
     ann = uuid.uuid4()
     publish(sandbox.exports, sandbox.signer, 1, user_record(ann, 1, password_hash=OLD))
     await importer.scan_once()
-    publish(
-        sandbox.exports,
-        sandbox.signer,
-        2,
-        user_record(ann, 2, password_hash=NEW),
-        header={"generation": G1, "since_seq": 1},
-    )
+    publish_in_g1(sandbox, 2, user_record(ann, 2, password_hash=NEW), since=1)
     await importer.scan_once()
     # a file of the old generation, numbered before the restore but carried late, with a
     # higher version: what it holds was undone by the restore
@@ -151,23 +148,11 @@ async def test_a_file_lost_at_the_start_of_a_generation_is_a_gap(
         publish(sandbox.exports, sandbox.signer, seq, user_record(ann, seq))
     await importer.scan_once()
     # restored to file 4; the new generation's first file (5) is lost, its second arrives
-    publish(
-        sandbox.exports,
-        sandbox.signer,
-        6,
-        user_record(ann, 6),
-        header={"generation": G1, "since_seq": 4},
-    )
+    publish_in_g1(sandbox, 6, user_record(ann, 6), since=4)
     await importer.scan_once()
     rows = await query(sandbox, "SELECT first_seq, last_seq FROM sync_gaps")
     assert [(r["first_seq"], r["last_seq"]) for r in rows] == [(5, 5)]
-    publish(
-        sandbox.exports,
-        sandbox.signer,
-        5,
-        user_record(ann, 5),
-        header={"generation": G1, "since_seq": 4},
-    )
+    publish_in_g1(sandbox, 5, user_record(ann, 5), since=4)
     await importer.scan_once()
     assert await count(sandbox, "sync_gaps") == 0
     assert (await users(sandbox))[ann][:2] == (G1, 6)
@@ -181,13 +166,7 @@ async def test_a_gap_of_the_undone_timeline_stays_open_until_new_snapshots_cover
     for seq in (1, 3):  # 2 is missing: what it held may still be in the restored database
         publish(sandbox.exports, sandbox.signer, seq, user_record(ann, seq))
     await importer.scan_once()
-    publish(
-        sandbox.exports,
-        sandbox.signer,
-        4,
-        user_record(ann, 4),
-        header={"generation": G1, "since_seq": 3},
-    )
+    publish_in_g1(sandbox, 4, user_record(ann, 4), since=3)
     await importer.scan_once()
     rows = await query(sandbox, "SELECT generation, first_seq, last_seq FROM sync_gaps")
     assert [(r["generation"], r["first_seq"], r["last_seq"]) for r in rows] == [(0, 2, 2)]
