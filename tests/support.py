@@ -272,11 +272,18 @@ async def truncate_all(services: Services) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(worker: Worker) -> AsyncIterator[Worker]:
-    """arq's real ``Worker`` running in this event loop for the block, closed after it."""
+async def running(worker: Worker, *, drain: bool = False) -> AsyncIterator[Worker]:
+    """arq's real ``Worker`` running in this event loop for the block, closed after it.
+
+    ``drain``: on leaving, stop taking jobs and let the running ones finish first (what the
+    workers do on SIGTERM), so no job is left cut short for a test to count."""
     task = asyncio.create_task(worker.async_run())
     try:
         yield worker
+        if drain:
+            worker.allow_pick_jobs = False
+            if worker.tasks:
+                await asyncio.wait(list(worker.tasks.values()), timeout=60)
     finally:
         try:
             await worker.close()

@@ -349,13 +349,15 @@ async def test_workers_with_clocks_a_second_apart_still_run_each_tick_once(
         for skew in (timedelta(seconds=-1), timedelta(seconds=1))
     ]
     try:
-        async with running(runner):
+        async with running(runner, drain=True):
             deadline = asyncio.get_running_loop().time() + 8
             while asyncio.get_running_loop().time() < deadline:
                 for worker, skew in skewed:
                     await worker.run_cron(datetime.now(UTC) + skew, 0.5)
                 await asyncio.sleep(0.2)
-            await asyncio.sleep(2)  # let the last enqueued ticks finish
+            await asyncio.sleep(
+                2
+            )  # let the last enqueued ticks run; the drain ends the one running
     finally:
         await pool.aclose(close_connection_pool=True)
     ticks = await _ticks(sandbox, "export_settings")
