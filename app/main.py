@@ -17,13 +17,13 @@ from app.dashboard import mount_dashboard, trends
 from app.dashboard.sync_status import router as sync_status_router
 from app.db import make_sessionmaker
 from app.health import router as health_router
+from app.imports.endpoints import router as imports_router
 from app.operations.endpoints import router as jobs_router
 from app.outbox.endpoints import router as outbox_router
 from app.profile_types.endpoints import router as profile_types_router
 from app.queue.client import JobQueue, redis_pool
 from app.settings.endpoints import router as settings_router
 from app.users.endpoints import router as users_router
-from app.users.importing import router as users_import_router
 from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import install_error_handlers
@@ -80,7 +80,7 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         health_router,
         auth_router,
         users_router,
-        users_import_router,
+        imports_router,
         settings_router,
         profile_types_router,
         jobs_router,

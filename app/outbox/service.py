@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+import orjson
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import ResponseSession
@@ -37,6 +39,38 @@ async def record_change(
     session.add(event)
     await session.flush()
     return event
+
+
+_RECORD_MANY = text(
+    """
+    INSERT INTO outbox_events (event_id, entity, entity_id, version, op, data, correlation_id)
+    SELECT gen_random_uuid(), :entity, entity_id, version, 'upsert', data, :correlation_id
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:versions AS bigint[]), CAST(:data AS jsonb[]))
+        AS t(entity_id, version, data)
+    """
+)
+
+
+async def record_upserts(
+    session: ResponseSession,
+    *,
+    entity: str,
+    changes: Sequence[tuple[uuid.UUID, int, dict[str, Any]]],
+) -> None:
+    """Outbox rows for many upserts (id, version, sync payload) in one statement: what a bulk
+    import writes per batch, instead of one ``record_change`` per row."""
+    if not changes:
+        return
+    await session.execute(
+        _RECORD_MANY,
+        {
+            "entity": entity,
+            "correlation_id": correlation_id.get(),
+            "ids": [c[0] for c in changes],
+            "versions": [c[1] for c in changes],
+            "data": [orjson.dumps(c[2]).decode() for c in changes],
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +27,16 @@ class UnknownProfileType(InvalidInput):
     code = "unknown_profile_type"
 
 
-def sync_payload(profile_type: ProfileType) -> dict[str, Any]:
+class SyncedFields(Protocol):
+    """What the Request Network receives of a profile type: a ``ProfileType``, or a row of a
+    bulk write."""
+
+    name: str
+    description: str | None
+    permissions: list[str]
+
+
+def sync_payload(profile_type: SyncedFields) -> dict[str, Any]:
     return {
         "name": profile_type.name,
         "description": profile_type.description,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import func, select
@@ -24,7 +24,15 @@ ENTITY = "setting"
 _SORTED = orjson.OPT_SORT_KEYS
 
 
-def sync_payload(setting: Setting) -> dict[str, Any]:
+class SyncedFields(Protocol):
+    """What the Request Network receives of a setting: a ``Setting``, or a row of a bulk write."""
+
+    key: str
+    value: Any
+    description: str | None
+
+
+def sync_payload(setting: SyncedFields) -> dict[str, Any]:
     return {"key": setting.key, "value": setting.value, "description": setting.description}
 
 

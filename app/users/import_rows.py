@@ -1,21 +1,14 @@
-"""The rows of a users import, read from a stream: numbered lines (one held at a time, each
-bounded), NDJSON or CSV, each checked by the API's rules for a user (``ImportedUser``).
-
-A refused row becomes a ``RowError`` with its line number and a reason that never quotes the
-row's values (a row may hold a password). ``app.users.bulk`` writes what passes.
+"""One row of a users import, checked by the API's rules for a user (``ImportedUser``), with a
+hash allowed instead of a password; ``app.imports.rows`` reads the rows, ``app.users.bulk``
+writes what passes.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,12 +19,9 @@ from pydantic import (
     model_validator,
 )
 
+from app.imports.rows import csv_bool
 from app.users.schemas import Password, Role, Username
 from netsync.passwords import acceptable_hash
-
-Format = Literal["ndjson", "csv"]
-#: A line longer than this is a bad row, not a reason to hold megabytes.
-MAX_LINE = 16 * 1024
 
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _EMAIL = TypeAdapter(EmailStr)
@@ -82,90 +72,8 @@ class ImportedUser(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
-class RowError:
-    line: int
-    error: str
-
-
-def _explain(exc: ValidationError) -> str:
-    """Pydantic's messages without the values (a row may hold a password)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'row'}: {err['msg']}" for err in exc.errors()
-    )
-
-
-def parse(line: int, row: Any) -> ImportedUser | RowError:
-    if not isinstance(row, dict):
-        return RowError(line, "a row is an object of fields")
-    try:
-        return ImportedUser.model_validate(row)
-    except ValidationError as exc:
-        return RowError(line, _explain(exc))
-
-
-async def lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes | None]]:
-    """Numbered lines of a byte stream, holding at most one line (``None``: too long)."""
-    pending = bytearray()
-    number = 0
-    overlong = False
-    async for chunk in chunks:
-        pending += chunk
-        while True:
-            end = pending.find(b"\n")
-            if end < 0:
-                if len(pending) > MAX_LINE:
-                    overlong = True
-                    pending.clear()
-                break
-            number += 1
-            yield number, None if overlong or end > MAX_LINE else bytes(pending[:end])
-            overlong = False
-            del pending[: end + 1]
-    if pending or overlong:
-        number += 1
-        yield number, None if overlong or len(pending) > MAX_LINE else bytes(pending)
-
-
-async def rows(
-    chunks: AsyncIterator[bytes], fmt: Format
-) -> AsyncIterator[tuple[int, ImportedUser | RowError | None]]:
-    """Parsed rows with their line numbers; ``None`` for a blank line (or CSV's header)."""
-    header: list[str] | None = None
-    async for number, raw in lines(chunks):
-        if raw is None:
-            yield number, RowError(number, f"line longer than {MAX_LINE} bytes")
-            continue
-        if not raw.strip():
-            yield number, None
-            continue
-        if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as spreadsheets write
-        try:
-            decoded = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            yield number, RowError(number, "not UTF-8")
-            continue
-        if fmt == "ndjson":
-            try:
-                yield number, parse(number, orjson.loads(decoded))
-            except orjson.JSONDecodeError:
-                yield number, RowError(number, "not a JSON object")
-            continue
-        try:
-            # strict: an unterminated quote is a bad row, not a field cut at the line's end
-            fields = next(csv.reader(io.StringIO(decoded), strict=True))
-        except (csv.Error, StopIteration):
-            yield number, RowError(number, "not a CSV row")
-            continue
-        if header is None:
-            header = [f.strip() for f in fields]
-            yield number, None
-            continue
-        if len(fields) != len(header):
-            yield number, RowError(number, f"{len(fields)} fields, the header has {len(header)}")
-            continue
-        record: dict[str, Any] = {k: v for k, v in zip(header, fields, strict=True) if v != ""}
-        if "is_active" in record:
-            record["is_active"] = record["is_active"].strip().lower() in ("true", "1", "yes")
-        yield number, parse(number, record)
+def csv_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A CSV record as ``ImportedUser`` reads it: ``is_active`` is a spreadsheet's yes/no."""
+    if "is_active" in record:
+        record["is_active"] = csv_bool(record["is_active"])
+    return record

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ops.cli import export, importing, inspect, jobs, keys, streams, users
+from ops.cli import bulk, export, importing, inspect, jobs, keys, streams
 from ops.cli.verify import verify
 
 app = typer.Typer(
@@ -26,7 +26,9 @@ app.add_typer(importing.app, name="import")
 app.add_typer(keys.app, name="keys")
 app.add_typer(jobs.jobs_app, name="jobs")
 app.add_typer(jobs.queue_app, name="queue")
-app.add_typer(users.app, name="users")
+app.add_typer(bulk.users, name="users")
+app.add_typer(bulk.settings, name="settings")
+app.add_typer(bulk.profile_types, name="profile-types")
 app.add_typer(streams.app, name="streams")
 app.command("verify")(verify)
 

@@ -1,0 +1,192 @@
+"""The batch driver every bulk import shares: rows in, batches written, one summary out.
+
+Non-atomic imports commit every batch, so an interrupted import keeps what it did and a re-run
+finishes it; while one batch is in the database the next is parsed (at most one of each), so
+parsing here and writing in PostgreSQL use both cores. An atomic import is one transaction,
+written batch after batch, and stops at ``MAX_ATOMIC_ROWS`` lines rather than hold more.
+
+A domain (``app.users.bulk``, ``app.settings.bulk``, ``app.profile_types.bulk``) gives a
+``Bulk``: the model of a row, an optional extra check, and how one batch is written. Writing a
+batch is one statement over arrays plus one for its outbox rows (``record_changes``), in the
+order of the rows' keys, so two imports over the same rows lock them in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from app.db import ResponseSession
+from app.imports.rows import MAX_LINE, CsvFields, Format, Record, RowError, records, validated
+from netsync.errors import InvalidInput
+
+#: Opens a unit that commits on exit and rolls back on an error (``app.db.session_scope``).
+Sessions = Callable[[], AbstractAsyncContextManager[ResponseSession]]
+#: Rows per transaction (and per pair of statements); a row is a few hundred bytes.
+BATCH = 2000
+#: An atomic import is one transaction holding every row it wrote: it stops at this many lines.
+MAX_ATOMIC_ROWS = 100_000
+#: Errors listed in a summary; the count covers the rest.
+MAX_ERRORS_LISTED = 100
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass
+class ImportSummary:
+    lines: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    def fail(self, line: int, error: str) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_ERRORS_LISTED:
+            self.errors.append(RowError(line, error))
+
+    def written(self, rows: int, versions: Sequence[int]) -> None:
+        """A batch of ``rows`` wrote rows now at ``versions`` (1: created)."""
+        created = sum(1 for v in versions if v == 1)
+        self.created += created
+        self.updated += len(versions) - created
+        self.unchanged += rows - len(versions)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "created": self.created,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "errors": [{"line": e.line, "error": e.error} for e in self.errors],
+        }
+
+
+class ImportRefused(InvalidInput):
+    """An atomic import met a bad row: nothing was kept."""
+
+    code = "import_refused"
+
+
+#: Writes one batch of (line, row) in the session and adds what it did to the summary;
+#: ``update``: existing rows take the batch's values too.
+WriteBatch = Callable[[ResponseSession, list[tuple[int, M]], ImportSummary, bool], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Bulk(Generic[M]):
+    """What a domain tells the driver: its row, an extra check, how a batch is written."""
+
+    model: type[M]
+    write: WriteBatch[M]
+    #: A check beyond the model's (a password's policy): the reason a row is refused, or None.
+    check: Callable[[M], str | None] = lambda _row: None
+    #: A CSV record's text fields as the model reads them (booleans, JSON, lists).
+    csv_fields: CsvFields = lambda record: record
+    #: The longest line a row of this kind may need.
+    max_line: int = MAX_LINE
+
+
+async def run_import(
+    bulk: Bulk[M],
+    sessions: Sessions,
+    source: AsyncIterator[tuple[int, Record | RowError | None]],
+    *,
+    atomic: bool = False,
+    update: bool = False,
+    progress: Callable[[ImportSummary], None] | None = None,
+) -> ImportSummary:
+    """Import the records of ``source`` (``app.imports.rows.records``, or a database's rows)."""
+    summary = ImportSummary()
+
+    async def write(batch: list[tuple[int, M]], session: ResponseSession) -> None:
+        await bulk.write(session, batch, summary, update)
+        if progress is not None:
+            progress(summary)
+
+    async def write_alone(batch: list[tuple[int, M]]) -> None:
+        async with sessions() as session:
+            await write(batch, session)
+
+    async def batches() -> AsyncIterator[list[tuple[int, M]]]:
+        batch: list[tuple[int, M]] = []
+        async for number, record in source:
+            summary.lines = number
+            if record is None:
+                continue
+            row = record if isinstance(record, RowError) else validated(bulk.model, number, record)
+            if not isinstance(row, RowError) and (reason := bulk.check(row)) is not None:
+                row = RowError(number, reason)
+            if atomic and summary.lines > MAX_ATOMIC_ROWS:
+                raise ImportRefused(
+                    f"an atomic import holds one transaction: at most {MAX_ATOMIC_ROWS} rows;"
+                    " import larger files without atomic (each batch commits; a re-run resumes)"
+                )
+            if isinstance(row, RowError):
+                if atomic:
+                    raise ImportRefused(f"line {row.line}: {row.error}; nothing was imported")
+                summary.fail(row.line, row.error)
+                continue
+            batch.append((number, row))
+            if len(batch) >= BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    if atomic:
+        async with sessions() as session:
+            async for batch in batches():
+                await write(batch, session)
+        return summary
+    writing: asyncio.Task[None] | None = None
+    try:
+        async for batch in batches():
+            if writing is not None:
+                await writing  # one batch in the database at a time, in order
+            writing = asyncio.create_task(write_alone(batch))
+        if writing is not None:
+            await writing
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+    return summary
+
+
+async def import_stream(
+    bulk: Bulk[M],
+    sessions: Sessions,
+    chunks: AsyncIterator[bytes],
+    fmt: Format,
+    *,
+    atomic: bool = False,
+    update: bool = False,
+    progress: Callable[[ImportSummary], None] | None = None,
+) -> ImportSummary:
+    """Import an NDJSON or CSV byte stream (a request's body, a file, standard input)."""
+    return await run_import(
+        bulk,
+        sessions,
+        records(chunks, fmt, csv_fields=bulk.csv_fields, max_line=bulk.max_line),
+        atomic=atomic,
+        update=update,
+        progress=progress,
+    )
+
+
+def latest_by(batch: list[tuple[int, M]], key: Callable[[M], str]) -> list[M]:
+    """The batch's rows, the last one of each key winning, in key order (the lock order)."""
+    latest: dict[str, M] = {}
+    for _, row in batch:
+        latest[key(row)] = row
+    return [latest[k] for k in sorted(latest)]

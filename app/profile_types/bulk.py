@@ -1,0 +1,90 @@
+"""Profile types imported in bulk (``netsync profile-types import``,
+``POST /api/v1/profile-types/import``, ``netsync migrate-from-celery``), matched by name.
+
+A row is what ``POST /api/v1/profile-types`` accepts (``ProfileTypeCreate``: name, optional
+description, permissions). Names match case-insensitively, as the unique index has it. By
+default only new names are written; with ``update`` an existing profile type takes the row's
+name (its spelling), description and permissions, and a row equal to what is stored writes
+nothing. In CSV ``permissions`` is one field of names separated by spaces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import BigInteger, Text, Uuid, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+from app.db import ResponseSession
+from app.imports.rows import Record
+from app.imports.run import Bulk, ImportSummary, latest_by
+from app.outbox.service import record_upserts
+from app.profile_types.schemas import ProfileTypeCreate
+from app.profile_types.service import ENTITY, sync_payload
+
+_RETURNED = {
+    "id": Uuid,
+    "name": Text,
+    "description": Text,
+    "permissions": JSONB,
+    "version": BigInteger,
+}
+
+_INSERT = text(
+    """
+    INSERT INTO profile_types AS p (id, name, description, permissions, version)
+    SELECT gen_random_uuid(), name, description, permissions, 1 FROM unnest(
+        CAST(:names AS text[]), CAST(:descriptions AS text[]), CAST(:permissions AS jsonb[])
+    ) AS t(name, description, permissions)
+    ON CONFLICT (lower(name)) DO NOTHING
+    RETURNING p.id, p.name, p.description, p.permissions, p.version
+    """
+).columns(**_RETURNED)
+
+_UPSERT = text(
+    """
+    INSERT INTO profile_types AS p (id, name, description, permissions, version)
+    SELECT gen_random_uuid(), name, description, permissions, 1 FROM unnest(
+        CAST(:names AS text[]), CAST(:descriptions AS text[]), CAST(:permissions AS jsonb[])
+    ) AS t(name, description, permissions)
+    ON CONFLICT (lower(name)) DO UPDATE SET
+        name = excluded.name,
+        description = excluded.description,
+        permissions = excluded.permissions,
+        version = p.version + 1,
+        updated_at = now()
+    WHERE (p.name, p.description, p.permissions)
+        IS DISTINCT FROM (excluded.name, excluded.description, excluded.permissions)
+    RETURNING p.id, p.name, p.description, p.permissions, p.version
+    """
+).columns(**_RETURNED)
+
+
+def csv_fields(record: Record) -> Record:
+    """A CSV record as ``ProfileTypeCreate`` reads it: permissions separated by spaces."""
+    if "permissions" in record:
+        record["permissions"] = record["permissions"].split()
+    return record
+
+
+async def write_batch(
+    session: ResponseSession,
+    batch: list[tuple[int, ProfileTypeCreate]],
+    summary: ImportSummary,
+    update: bool,
+) -> None:
+    rows = latest_by(batch, lambda p: p.name.lower())
+    params: dict[str, Any] = {
+        "names": [p.name for p in rows],
+        "descriptions": [p.description for p in rows],
+        "permissions": [orjson.dumps(p.permissions).decode() for p in rows],
+    }
+    written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
+    await record_upserts(
+        session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
+    )
+    summary.written(len(batch), [r.version for r in written])
+
+
+PROFILE_TYPES: Bulk[ProfileTypeCreate] = Bulk(ProfileTypeCreate, write_batch, csv_fields=csv_fields)

@@ -1,0 +1,101 @@
+"""Settings imported in bulk (``netsync settings import``, ``POST /api/v1/settings/import``,
+``netsync migrate-from-celery``): the previous deployment's configuration, by key.
+
+A row is what ``POST /api/v1/settings`` accepts (``SettingCreate``: key, a JSON value, an
+optional description), so whatever is imported is what the API could have written and what the
+Request Network accepts. By default only new keys are written; with ``update`` an existing key
+takes the row's value and description (a row without one clears it), and a row equal to what is
+stored writes nothing. Equal means equal as JSON text after PostgreSQL's normalisation: key
+order does not count, ``1`` and ``1.0`` differ, as in ``app.settings.service``. In CSV the
+``value`` column holds JSON text (``"Acme"``, ``42``, ``true``, ``[1, 2]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import BigInteger, Text, Uuid, text
+from sqlalchemy.dialects.postgresql import JSONB
+
+from app.db import ResponseSession
+from app.fields import MAX_JSON_BYTES
+from app.imports.rows import Record
+from app.imports.run import Bulk, ImportSummary, latest_by
+from app.outbox.service import record_upserts
+from app.settings.schemas import SettingCreate
+from app.settings.service import ENTITY, sync_payload
+
+#: A line holds a value of up to 64 KiB as JSON, its key and description: JSON's escapes can
+#: make the value's text up to six times longer than its bytes, which is still bounded.
+MAX_LINE = 6 * MAX_JSON_BYTES + 8 * 1024
+
+_RETURNED = {
+    "id": Uuid,
+    "key": Text,
+    "value": JSONB,
+    "description": Text,
+    "version": BigInteger,
+}
+
+_INSERT = text(
+    """
+        INSERT INTO settings AS s (id, key, value, description, version)
+        SELECT gen_random_uuid(), key, value, description, 1 FROM unnest(
+            CAST(:keys AS text[]), CAST(:values AS jsonb[]), CAST(:descriptions AS text[])
+        ) AS t(key, value, description)
+        ON CONFLICT (key) DO NOTHING
+        RETURNING s.id, s.key, s.value, s.description, s.version
+        """
+).columns(**_RETURNED)
+
+_UPSERT = text(
+    """
+        INSERT INTO settings AS s (id, key, value, description, version)
+        SELECT gen_random_uuid(), key, value, description, 1 FROM unnest(
+            CAST(:keys AS text[]), CAST(:values AS jsonb[]), CAST(:descriptions AS text[])
+        ) AS t(key, value, description)
+        ON CONFLICT (key) DO UPDATE SET
+            value = excluded.value,
+            description = excluded.description,
+            version = s.version + 1,
+            updated_at = now()
+        WHERE (s.value::text, s.description)
+            IS DISTINCT FROM (excluded.value::text, excluded.description)
+        RETURNING s.id, s.key, s.value, s.description, s.version
+        """
+).columns(**_RETURNED)
+
+
+def csv_fields(record: Record) -> Record:
+    """A CSV record as ``SettingCreate`` reads it: ``value`` is JSON text."""
+    if "value" in record:
+        try:
+            record["value"] = orjson.loads(record["value"])
+        except orjson.JSONDecodeError:
+            raise ValueError('value: not JSON (a text is quoted: "Acme")') from None
+    return record
+
+
+async def write_batch(
+    session: ResponseSession,
+    batch: list[tuple[int, SettingCreate]],
+    summary: ImportSummary,
+    update: bool,
+) -> None:
+    rows = latest_by(batch, lambda s: s.key)
+    params: dict[str, Any] = {
+        "keys": [s.key for s in rows],
+        "values": [orjson.dumps(s.value).decode() for s in rows],
+        "descriptions": [s.description for s in rows],
+    }
+    written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
+    await record_upserts(
+        session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
+    )
+    summary.written(len(batch), [r.version for r in written])
+
+
+SETTINGS: Bulk[SettingCreate] = Bulk(
+    SettingCreate, write_batch, csv_fields=csv_fields, max_line=MAX_LINE
+)

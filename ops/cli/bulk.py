@@ -1,0 +1,173 @@
+"""``netsync users|settings|profile-types import FILE|-``: another deployment's rows, brought in.
+
+The rows go through ``app.imports``, the same code as ``POST /api/v1/<kind>/import``: users keep
+their bcrypt and argon2 hashes as they are (rehashed at the next sign-in) and plain passwords
+are hashed; rows are matched by username, key or name (a re-run updates with ``--update``, never
+duplicates); a bad row is reported with its line number while the others go on (``--atomic``:
+nothing kept if one is bad). Each batch commits on its own, so an interrupted import is finished
+by running it again. The command talks to the Response database directly (as a migration tool
+runs next to it), then asks a worker to export at once; the sweeper would within seconds anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import IO, Any
+
+import typer
+from rich.markup import escape
+from sqlalchemy.exc import DBAPIError
+
+from app.config import ResponseSettings
+from app.db import make_sessionmaker, session_scope
+from app.imports.rows import Format
+from app.imports.run import Bulk, ImportRefused, ImportSummary, Sessions, import_stream
+from app.profile_types.bulk import PROFILE_TYPES
+from app.queue.client import JobQueue, redis_pool
+from app.settings.bulk import SETTINGS
+from app.users.bulk import users_bulk
+from netsync.db import make_engine
+from netsync.errors import database_unavailable
+from netsync.logging import configure_logging
+from ops.cli.output import JsonOption, err, print_json, print_table, progress, run
+
+CHUNK = 256 * 1024
+#: What a summary's table shows, in its columns' order.
+COLUMNS = ("lines", "created", "updated", "unchanged", "failed")
+
+
+async def _chunks(stream: IO[bytes], advance: Any) -> AsyncIterator[bytes]:
+    while True:
+        chunk = await asyncio.to_thread(stream.read, CHUNK)
+        if not chunk:
+            return
+        advance(len(chunk))
+        yield chunk
+
+
+def _open(source: str) -> tuple[IO[bytes], int | None]:
+    if source == "-":
+        return sys.stdin.buffer, None
+    path = Path(source)
+    return path.open("rb"), path.stat().st_size
+
+
+async def export_now(settings: ResponseSettings) -> bool:
+    """Ask a worker to export the written rows now; False when Redis cannot take the job."""
+    queue = JobQueue(
+        redis_pool(settings.redis_dsn, queue_name=settings.sync_queue),
+        sync_queue=settings.sync_queue,
+    )
+    try:
+        return await queue.enqueue_sweep() is not None
+    finally:
+        await queue.close()
+
+
+async def against_response(work: Callable[[Sessions], Any]) -> Any:
+    """``work(sessions)`` against the Response database, with the command's answers to what goes
+    wrong: an atomic import refused (exit 2), the database unavailable (exit 3)."""
+    settings = ResponseSettings()
+    engine = make_engine(settings.database_url, pool_size=2, application_name="netsync-cli")
+    maker = make_sessionmaker(engine)
+    try:
+        return await work(lambda: session_scope(maker))
+    except ImportRefused as exc:
+        err.print("[red]refused:[/red] " + escape(str(exc.detail)))
+        raise typer.Exit(2) from exc
+    except (DBAPIError, OSError) as exc:
+        if not database_unavailable(exc):
+            raise
+        err.print("[red]the Response database is unavailable[/red]; run the import again later")
+        raise typer.Exit(3) from exc
+    finally:
+        await engine.dispose()
+
+
+async def _import(
+    bulk: Bulk[Any], source: str, fmt: Format, atomic: bool, update: bool, quiet: bool
+) -> dict[str, Any]:
+    stream, total = await asyncio.to_thread(_open, source)
+
+    async def work(sessions: Sessions) -> ImportSummary:
+        with progress("B", quiet=quiet) as bar:
+            task = bar.add_task(f"importing {source}", total=total)
+
+            def shown(summary: ImportSummary) -> None:
+                bar.update(
+                    task,
+                    description=f"importing: {summary.created} new, {summary.updated} updated,"
+                    f" {summary.failed} bad",
+                )
+
+            return await import_stream(
+                bulk,
+                sessions,
+                _chunks(stream, lambda n: bar.update(task, advance=n)),
+                fmt,
+                atomic=atomic,
+                update=update,
+                progress=shown,
+            )
+
+    try:
+        summary: ImportSummary = await against_response(work)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    return {**summary.as_dict(), "export_started": await export_now(ResponseSettings())}
+
+
+def show(title: str, summary: dict[str, Any], as_json: bool) -> None:
+    """A summary as a table and its refused rows (or JSON); exit 1 if a row was refused."""
+    if as_json:
+        print_json(summary)
+    else:
+        print_table(
+            title,
+            ["lines", "created", "updated", "unchanged", "refused"],
+            [[summary[k] for k in COLUMNS]],
+        )
+        for error in summary["errors"]:
+            err.print(f"line {error['line']}: {error['error']}", markup=False, highlight=False)
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+def import_group(noun: str, bulk: Bulk[Any], help: str) -> typer.Typer:
+    """A command group with its ``import`` command for one kind of row."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+
+    @group.command("import")
+    def import_(
+        source: str = typer.Argument(..., help="An NDJSON or CSV file, or - for standard input."),
+        fmt: str = typer.Option("", "--format", help="ndjson or csv (default: from the name)."),
+        atomic: bool = typer.Option(False, "--atomic", help="Keep nothing if a row is bad."),
+        update: bool = typer.Option(
+            False, "--update", help=f"Also change {noun} that exist (default: leave them alone)."
+        ),
+        as_json: bool = JsonOption,
+    ) -> None:
+        configure_logging("netsync-cli", level="WARNING", fmt="console")
+        chosen = fmt or ("csv" if source.lower().endswith(".csv") else "ndjson")
+        if chosen not in ("ndjson", "csv"):
+            err.print(f"[red]unknown format {chosen!r}[/red]: ndjson or csv")
+            raise typer.Exit(2)
+        if source != "-" and not Path(source).is_file():
+            err.print(f"[red]no such file:[/red] {source}")
+            raise typer.Exit(2)
+        summary = run(_import(bulk, source, chosen, atomic, update, quiet=as_json))  # type: ignore[arg-type]
+        show(f"{noun} import", summary, as_json)
+
+    import_.__doc__ = f"Import {noun}; exit 1 if a row was refused (the others are imported)."
+    return group
+
+
+users = import_group("users", users_bulk(), "Users: bring them in from another deployment.")
+settings = import_group("settings", SETTINGS, "Settings: bring them in from another deployment.")
+profile_types = import_group(
+    "profile types", PROFILE_TYPES, "Profile types: bring them in from another deployment."
+)
