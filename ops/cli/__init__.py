@@ -31,6 +31,7 @@ app.add_typer(bulk.settings, name="settings")
 app.add_typer(bulk.profile_types, name="profile-types")
 app.add_typer(streams.app, name="streams")
 app.command("verify")(verify)
+app.command("migrate-from-celery")(bulk.migrate_from_celery)
 
 
 def main() -> None:

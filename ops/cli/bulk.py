@@ -17,21 +17,25 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
+import asyncpg
 import typer
 from rich.markup import escape
+from rich.progress import TaskID
 from sqlalchemy.exc import DBAPIError
 
 from app.config import ResponseSettings
 from app.db import make_sessionmaker, session_scope
 from app.imports.rows import Format
-from app.imports.run import Bulk, ImportRefused, ImportSummary, Sessions, import_stream
+from app.imports.run import Bulk, ImportRefused, ImportSummary, Sessions, import_stream, run_import
 from app.profile_types.bulk import PROFILE_TYPES
 from app.queue.client import JobQueue, redis_pool
 from app.settings.bulk import SETTINGS
 from app.users.bulk import users_bulk
+from netsync.config import to_libpq_url
 from netsync.db import make_engine
 from netsync.errors import database_unavailable
 from netsync.logging import configure_logging
+from ops import legacy
 from ops.cli.output import JsonOption, err, print_json, print_table, progress, run
 
 CHUNK = 256 * 1024
@@ -171,3 +175,87 @@ settings = import_group("settings", SETTINGS, "Settings: bring them in from anot
 profile_types = import_group(
     "profile types", PROFILE_TYPES, "Profile types: bring them in from another deployment."
 )
+
+
+async def _migrate(url: str, schema: str, update: bool, quiet: bool) -> dict[str, Any]:
+    try:
+        legacy_db = await asyncpg.connect(to_libpq_url(url), timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        err.print(f"[red]cannot reach the old database:[/red] {escape(type(exc).__name__)}")
+        raise typer.Exit(3) from exc
+    try:
+        async with legacy_db.transaction(isolation="repeatable_read", readonly=True):
+            try:
+                for kind in legacy.KINDS:  # every table checked before anything is written
+                    found = await legacy.columns(legacy_db, schema, kind.table)
+                    legacy.select(kind, schema, found)
+            except legacy.LegacySchemaError as exc:
+                err.print(f"[red]refusing to migrate:[/red] {escape(str(exc))}")
+                raise typer.Exit(2) from exc
+
+            async def work(sessions: Sessions) -> dict[str, Any]:
+                done: dict[str, Any] = {}
+                with progress("rows", quiet=quiet) as bar:
+                    for kind, bulk in zip(legacy.KINDS, _LEGACY_BULKS, strict=True):
+                        task = bar.add_task(f"importing {kind.table}", total=None)
+
+                        def shown(summary: ImportSummary, task: TaskID = task) -> None:
+                            bar.update(task, completed=summary.lines)
+
+                        summary = await run_import(
+                            bulk,
+                            sessions,
+                            legacy.rows(legacy_db, kind, schema),
+                            update=update,
+                            progress=shown,
+                        )
+                        done[kind.table] = {**summary.as_dict(), "order": kind.order}
+                return done
+
+            done: dict[str, Any] = await against_response(work)
+    finally:
+        await legacy_db.close()
+    return {"tables": done, "export_started": await export_now(ResponseSettings())}
+
+
+_LEGACY_BULKS: tuple[Bulk[Any], ...] = (PROFILE_TYPES, SETTINGS, users_bulk())
+
+
+def migrate_from_celery(
+    database_url: str = typer.Option(
+        ...,
+        "--database-url",
+        envvar="NETSYNC_CELERY_DATABASE_URL",
+        help="The old deployment's PostgreSQL (better from NETSYNC_CELERY_DATABASE_URL: a"
+        " password on the command line is visible to every user of the machine).",
+        show_default=False,
+    ),
+    schema: str = typer.Option("public", "--schema", help="The schema its tables are in."),
+    update: bool = typer.Option(
+        False, "--update", help="Also change rows that exist here (default: leave them alone)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Import the previous (Celery) deployment's profile types, settings and users, read from
+    its database; users keep their hashes. Exit 1 if a row was refused (the others are
+    imported); a re-run imports what is missing and changes nothing else."""
+    configure_logging("netsync-cli", level="WARNING", fmt="console")
+    result = run(_migrate(database_url, schema, update, quiet=as_json))
+    tables = result["tables"]
+    if as_json:
+        print_json(result)
+    else:
+        print_table(
+            "migration from the Celery deployment",
+            ["table", "rows", "created", "updated", "unchanged", "refused"],
+            [[name, *(t[k] for k in COLUMNS)] for name, t in tables.items()],
+        )
+        for name, t in tables.items():
+            for error in t["errors"]:
+                err.print(
+                    f"{name} row {error['line']} (by {t['order']}): {error['error']}",
+                    markup=False,
+                    highlight=False,
+                )
+    if any(t["failed"] for t in tables.values()):
+        raise typer.Exit(1)

@@ -1,0 +1,135 @@
+"""The previous deployment's tables (FastAPI + Celery), read as import records.
+
+``netsync migrate-from-celery`` reads them straight from that deployment's PostgreSQL and hands
+each row to the same checks and batch writes as a file import (``app.imports``), so a row the
+API would refuse is refused here too, with its number. The tables it expects, in one schema
+(``public`` unless told), are documented in ``docs/operations.md`` ("Moving off the Celery
+deployment"); columns beyond these are ignored, a missing optional column takes its default:
+
+* ``profile_types``: ``name``; optional ``description``, ``permissions`` (a JSON array or a
+  ``text[]``);
+* ``settings``: ``key``, ``value`` (``json``/``jsonb``, or text read as JSON where it parses as
+  JSON and as a string where it does not); optional ``description``;
+* ``users``: ``username``, the hash as ``hashed_password`` (or ``password_hash``); optional
+  ``email``, ``is_active``, and the role as ``role`` (``admin``/``user``) or ``is_superuser``.
+
+Everything is read in one read-only, repeatable-read transaction, so the three tables are one
+moment of the old database even while it is still in use; rows come through a server-side
+cursor in a stable order (by name, key, username), so a refused row's number finds it again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.imports.rows import Record, RowError
+
+#: Rows fetched per round trip of the cursor.
+PREFETCH = 2000
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class LegacySchemaError(Exception):
+    """The old database lacks a table or a column the migration needs; the message says which."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    table: str
+    #: The column rows are ordered by (and that a refused row's number counts along).
+    order: str
+    required: tuple[str, ...]
+
+
+PROFILE_TYPES = Kind("profile_types", "name", ("name",))
+SETTINGS = Kind("settings", "key", ("key", "value"))
+USERS = Kind("users", "username", ("username",))
+KINDS = (PROFILE_TYPES, SETTINGS, USERS)
+
+
+def quoted(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise LegacySchemaError(f"{name!r} is not a plain SQL identifier")
+    return f'"{name}"'
+
+
+async def columns(conn: asyncpg.Connection, schema: str, table: str) -> dict[str, str]:
+    """The table's columns and their types (``udt_name``: jsonb, text, _text, bool…)."""
+    rows = await conn.fetch(
+        "SELECT column_name, udt_name FROM information_schema.columns"
+        " WHERE table_schema = $1 AND table_name = $2",
+        schema,
+        table,
+    )
+    return {r["column_name"]: r["udt_name"] for r in rows}
+
+
+def select(kind: Kind, schema: str, found: dict[str, str]) -> str:
+    """The query that reads ``kind`` as import records, from the columns the table has."""
+    if not found:
+        raise LegacySchemaError(f"no table {schema}.{kind.table}")
+    missing = [c for c in kind.required if c not in found]
+    if kind is USERS and not {"hashed_password", "password_hash"} & found.keys():
+        missing.append("hashed_password")
+    if missing:
+        raise LegacySchemaError(f"{schema}.{kind.table} has no column {', '.join(missing)}")
+    fields = [quoted(c) for c in kind.required if c != "value"]
+    if kind is SETTINGS:
+        fields.append('"value"::text AS value')
+    optional = {
+        PROFILE_TYPES: ("description", "permissions"),
+        SETTINGS: ("description",),
+        USERS: ("email", "is_active", "role"),
+    }[kind]
+    fields += [quoted(c) for c in optional if c in found and c != "permissions"]
+    if "permissions" in optional and "permissions" in found:
+        cast = "" if found["permissions"].startswith("_") else "::text"
+        fields.append(f'"permissions"{cast} AS permissions')
+    if kind is USERS:
+        hash_column = "hashed_password" if "hashed_password" in found else "password_hash"
+        fields.append(f"{quoted(hash_column)} AS password_hash")
+        if "role" not in found and "is_superuser" in found:
+            fields.append("CASE WHEN is_superuser THEN 'admin' ELSE 'user' END AS role")
+    # every name in it is one of ours or passed through quoted(), which allows only plain
+    # identifiers: nothing of the caller's reaches the SQL unchecked
+    return (
+        f"SELECT {', '.join(fields)} FROM {quoted(schema)}.{quoted(kind.table)}"  # noqa: S608
+        f" ORDER BY {quoted(kind.order)}"
+    )
+
+
+def record(kind: Kind, row: asyncpg.Record, found: dict[str, str]) -> Record:
+    """One row as an import record: NULLs are absent fields, JSON text decoded."""
+    fields: dict[str, Any] = {k: v for k, v in row.items() if v is not None}
+    if kind is SETTINGS and "value" in fields:
+        text = fields["value"]
+        try:
+            fields["value"] = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            if found["value"] in ("json", "jsonb"):
+                raise
+            fields["value"] = text  # a plain text column holding a plain string
+    if kind is PROFILE_TYPES and isinstance(fields.get("permissions"), str):
+        fields["permissions"] = orjson.loads(fields["permissions"])
+    return fields
+
+
+async def rows(
+    conn: asyncpg.Connection, kind: Kind, schema: str
+) -> AsyncIterator[tuple[int, Record | RowError | None]]:
+    """``kind``'s rows, numbered from 1 in the table's order, in the caller's transaction."""
+    found = await columns(conn, schema, kind.table)
+    query = select(kind, schema, found)
+    number = 0
+    async for row in conn.cursor(query, prefetch=PREFETCH):
+        number += 1
+        try:
+            yield number, record(kind, row, found)
+        except orjson.JSONDecodeError:
+            yield number, RowError(number, "a column read as JSON holds text that is not JSON")

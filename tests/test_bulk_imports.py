@@ -1,0 +1,198 @@
+"""Settings and profile types brought in from the previous deployment:
+``POST /api/v1/settings/import``, ``POST /api/v1/profile-types/import`` and their ``netsync``
+commands, against the real API and database.
+
+What an operator checks: every good row is there with its value, a bad row is reported by its
+line and never echoed, a re-run writes nothing (no new version, no outbox row), ``update`` takes
+the file's values, and only an administrator may import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.factories import admin_headers, create_user, login
+from tests.queries import fetch
+from tests.support import Sandbox
+from tests.test_cli import BIN
+
+
+def ndjson(*rows: Any) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in rows)
+
+
+async def _post(
+    api: httpx.AsyncClient, path: str, headers: dict[str, str], body: bytes, media: str, **q: str
+) -> httpx.Response:
+    return await api.post(
+        f"/api/v1/{path}/import",
+        content=body,
+        params=q,
+        headers={**headers, "Content-Type": media},
+        timeout=60,
+    )
+
+
+async def _outbox(sandbox: Sandbox, entity: str) -> int:
+    rows = await fetch(
+        sandbox.services.response_url,
+        "SELECT count(*) AS n FROM outbox_events WHERE entity = $1",
+        entity,
+    )
+    return int(rows[0]["n"])
+
+
+async def test_settings_import_keeps_every_json_value_reports_bad_rows_and_reruns_clean(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    good: dict[str, Any] = {
+        "app.title": "Acme",
+        "mail.smtp_port": 587,
+        "ratio.float": 1.0,
+        "feature.flags": {"b": [1, 2], "a": None},
+        "big.value": "x" * 60_000,  # near the 64 KiB a value may hold: longer than a users row
+    }
+    body = ndjson(
+        *({"key": k, "value": v} for k, v in good.items()),
+        {"key": "Bad Key", "value": 1},
+        b'{"key": "nan.value", "value": NaN}',
+        {"key": "no.value"},
+        {"key": "too.big", "value": "y" * 70_000},
+        {"key": "extra.field", "value": 1, "secret": "do-not-echo"},
+    )
+    answer = await _post(api, "settings", headers, body, "application/x-ndjson")
+    assert answer.status_code == 200, answer.text
+    summary = answer.json()
+    assert (summary["created"], summary["failed"], summary["lines"]) == (5, 5, 10)
+    assert [e["line"] for e in summary["errors"]] == [6, 7, 8, 9, 10]
+    assert "do-not-echo" not in answer.text
+    assert "yyyy" not in answer.text
+    stored = await fetch(
+        sandbox.services.response_url, "SELECT key, value::text AS value, version FROM settings"
+    )
+    assert {r["key"]: orjson.loads(r["value"]) for r in stored} == good
+    assert {r["version"] for r in stored} == {1}
+    assert await _outbox(sandbox, "setting") == 5
+
+    again = (await _post(api, "settings", headers, body, "application/x-ndjson")).json()
+    assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 5)
+    changed = ndjson({"key": "ratio.float", "value": 1}, {"key": "app.title", "value": "Acme"})
+    # without update an existing key stays; with it, 1 replaces 1.0 (a different JSON value)
+    kept = (await _post(api, "settings", headers, changed, "application/x-ndjson")).json()
+    assert (kept["updated"], kept["unchanged"]) == (0, 2)
+    updated = (
+        await _post(api, "settings", headers, changed, "application/x-ndjson", update="true")
+    ).json()
+    assert (updated["updated"], updated["unchanged"]) == (1, 1)
+    ratio = await fetch(
+        sandbox.services.response_url,
+        "SELECT value::text AS value, version FROM settings WHERE key = 'ratio.float'",
+    )
+    assert (ratio[0]["value"], ratio[0]["version"]) == ("1", 2)
+    assert await _outbox(sandbox, "setting") == 6  # one new version, one outbox row
+
+
+async def test_settings_from_csv_read_the_value_column_as_json(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    body = (
+        b"\xef\xbb\xbfkey,value,description\r\n"
+        b'app.title,"""Acme""",the title\r\n'
+        b"mail.smtp_port,587,\r\n"
+        b"app.bare,Acme,not JSON\r\n"
+    )
+    answer = await _post(api, "settings", headers, body, "text/csv")
+    summary = answer.json()
+    assert (summary["created"], summary["failed"]) == (2, 1), summary
+    assert summary["errors"][0]["line"] == 4
+    assert "not JSON" in summary["errors"][0]["error"]
+    rows = await fetch(
+        sandbox.services.response_url,
+        "SELECT key, value::text AS value, description FROM settings ORDER BY key",
+    )
+    assert [(r["key"], r["value"], r["description"]) for r in rows] == [
+        ("app.title", '"Acme"', "the title"),
+        ("mail.smtp_port", "587", None),
+    ]
+
+
+async def test_profile_types_import_by_name_and_only_for_administrators(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    body = (
+        b"name,description,permissions\n"
+        b"Operator,runs the desk,users:read settings:read users:read\n"
+        b"Auditor,,audit:read\n"
+        b",nameless,x\n"
+    )
+    summary = (await _post(api, "profile-types", headers, body, "text/csv")).json()
+    assert (summary["created"], summary["failed"]) == (2, 1), summary
+    listed = (await api.get("/api/v1/profile-types", headers=headers)).json()["items"]
+    assert {p["name"]: p["permissions"] for p in listed} == {
+        "Operator": ["users:read", "settings:read"],
+        "Auditor": ["audit:read"],
+    }
+    # names match case-insensitively: OPERATOR is Operator, and update takes the file's spelling
+    renamed = ndjson({"name": "OPERATOR", "permissions": ["users:read"]})
+    same = (await _post(api, "profile-types", headers, renamed, "application/x-ndjson")).json()
+    assert (same["created"], same["unchanged"]) == (0, 1)
+    updated = (
+        await _post(api, "profile-types", headers, renamed, "application/x-ndjson", update="true")
+    ).json()
+    assert updated["updated"] == 1
+    listed = (await api.get("/api/v1/profile-types", headers=headers)).json()["items"]
+    assert sorted(p["name"] for p in listed) == ["Auditor", "OPERATOR"]
+    assert await _outbox(sandbox, "profile_type") == 3
+
+    await create_user(api, headers, "reader", "a plain user's pass phrase")
+    user = await login(api, "reader", "a plain user's pass phrase")
+    for path in ("settings", "profile-types"):
+        refused = await _post(api, path, user, b'{"name": "x"}\n', "application/x-ndjson")
+        assert refused.status_code == 403, refused.text
+        anonymous = await _post(api, path, {}, b'{"name": "x"}\n', "application/x-ndjson")
+        assert anonymous.status_code == 401
+
+
+async def test_the_commands_import_settings_and_profile_types_from_files(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    settings = tmp_path / "settings.ndjson"
+    settings.write_bytes(ndjson({"key": "app.title", "value": "From a file"}, {"key": "BAD"}))
+    types = tmp_path / "profile-types.csv"
+    types.write_text("name,permissions\nOperator,users:read\n")
+    env = sandbox.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    results = {}
+    for group, source in (("settings", settings), ("profile-types", types)):
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "netsync"),
+            group,
+            "import",
+            str(source),
+            "--json",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        results[group] = (proc.returncode, orjson.loads(out), err.decode())
+    code, summary, _ = results["settings"]
+    assert code == 1  # a row was refused
+    assert (summary["created"], summary["failed"]) == (1, 1)
+    code, summary, stderr = results["profile-types"]
+    assert code == 0, stderr
+    assert summary["created"] == 1
+    rows = await fetch(
+        sandbox.services.response_url,
+        "SELECT (SELECT value::text FROM settings WHERE key = 'app.title') AS title,"
+        " (SELECT permissions::text FROM profile_types WHERE name = 'Operator') AS perms",
+    )
+    assert (rows[0]["title"], rows[0]["perms"]) == ('"From a file"', '["users:read"]')
