@@ -11,7 +11,8 @@ deployment"); columns beyond these are ignored, a missing optional column takes 
 * ``settings``: ``key``, ``value`` (``json``/``jsonb``, or text read as JSON where it parses as
   JSON and as a string where it does not); optional ``description``;
 * ``users``: ``username``, the hash as ``hashed_password`` (or ``password_hash``); optional
-  ``email``, ``is_active``, and the role as ``role`` (``admin``/``user``) or ``is_superuser``.
+  ``email``, ``is_active``, the role as ``role`` (``admin``/``user``) or ``is_superuser``, and
+  ``profile_type_id`` (the old ``profile_types.id``, carried over by the profile type's name).
 
 Everything is read in one read-only, repeatable-read transaction, so the three tables are one
 moment of the old database even while it is still in use; rows come through a server-side
@@ -79,28 +80,35 @@ def select(kind: Kind, schema: str, found: dict[str, str]) -> str:
         missing.append("hashed_password")
     if missing:
         raise LegacySchemaError(f"{schema}.{kind.table} has no column {', '.join(missing)}")
-    fields = [quoted(c) for c in kind.required if c != "value"]
+    fields = [f"t.{quoted(c)}" for c in kind.required if c != "value"]
     if kind is SETTINGS:
-        fields.append('"value"::text AS value')
+        fields.append('t."value"::text AS value')
     optional = {
         PROFILE_TYPES: ("description", "permissions"),
         SETTINGS: ("description",),
         USERS: ("email", "is_active", "role"),
     }[kind]
-    fields += [quoted(c) for c in optional if c in found and c != "permissions"]
+    fields += [f"t.{quoted(c)}" for c in optional if c in found and c != "permissions"]
     if "permissions" in optional and "permissions" in found:
         cast = "" if found["permissions"].startswith("_") else "::text"
-        fields.append(f'"permissions"{cast} AS permissions')
+        fields.append(f't."permissions"{cast} AS permissions')
+    join = ""
     if kind is USERS:
         hash_column = "hashed_password" if "hashed_password" in found else "password_hash"
-        fields.append(f"{quoted(hash_column)} AS password_hash")
+        fields.append(f"t.{quoted(hash_column)} AS password_hash")
         if "role" not in found and "is_superuser" in found:
-            fields.append("CASE WHEN is_superuser THEN 'admin' ELSE 'user' END AS role")
+            fields.append("CASE WHEN t.is_superuser THEN 'admin' ELSE 'user' END AS role")
+        if "profile_type_id" in found:
+            fields.append("p.name AS profile_type")
+            join = (
+                f" LEFT JOIN {quoted(schema)}.{quoted(PROFILE_TYPES.table)} AS p"
+                " ON p.id = t.profile_type_id"
+            )
     # every name in it is one of ours or passed through quoted(), which allows only plain
     # identifiers: nothing of the caller's reaches the SQL unchecked
     return (
-        f"SELECT {', '.join(fields)} FROM {quoted(schema)}.{quoted(kind.table)}"  # noqa: S608
-        f" ORDER BY {quoted(kind.order)}"
+        f"SELECT {', '.join(fields)} FROM {quoted(schema)}.{quoted(kind.table)} AS t"  # noqa: S608
+        f"{join} ORDER BY t.{quoted(kind.order)}"
     )
 
 

@@ -21,6 +21,9 @@ from tests.factories import admin_headers, create_user, login
 from tests.queries import fetch
 from tests.support import Sandbox
 from tests.test_cli import BIN
+from tests.test_users_import import HASHES
+
+HASH = HASHES[0]
 
 
 def ndjson(*rows: Any) -> bytes:
@@ -196,3 +199,45 @@ async def test_the_commands_import_settings_and_profile_types_from_files(
         " (SELECT permissions::text FROM profile_types WHERE name = 'Operator') AS perms",
     )
     assert (rows[0]["title"], rows[0]["perms"]) == ('"From a file"', '["users:read"]')
+
+
+async def test_users_name_their_profile_type_and_an_unknown_one_refuses_the_row(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    types = ndjson({"name": "Operator", "permissions": ["users:read"]})
+    assert (await _post(api, "profile-types", headers, types, "application/x-ndjson")).json()[
+        "created"
+    ] == 1
+    body = ndjson(
+        {"username": "ann", "password_hash": HASH, "profile_type": "operator"},
+        {"username": "bob", "password_hash": HASH, "profile_type": "Nobody"},
+        {"username": "cid", "password_hash": HASH},
+    )
+    summary = (await _post(api, "users", headers, body, "application/x-ndjson")).json()
+    assert (summary["created"], summary["failed"]) == (2, 1), summary
+    assert summary["errors"] == [{"line": 2, "error": "profile_type: no profile type of that name"}]
+    rows = await fetch(
+        sandbox.services.response_url,
+        "SELECT u.username, p.name FROM users u LEFT JOIN profile_types p"
+        " ON p.id = u.profile_type_id WHERE u.username <> 'admin' ORDER BY u.username",
+    )
+    assert [(r["username"], r["name"]) for r in rows] == [("ann", "Operator"), ("cid", None)]
+    outbox = await fetch(
+        sandbox.services.response_url,
+        "SELECT data->>'profile_type_id' AS pt FROM outbox_events e JOIN users u"
+        " ON u.id = e.entity_id WHERE u.username = 'ann'",
+    )
+    assert outbox[0]["pt"] is not None  # and it syncs with the user
+    # a later import without a profile type leaves the one the user has
+    again = ndjson({"username": "ann", "password_hash": HASH, "email": "ann@example.org"})
+    changed = await _post(api, "users", headers, again, "application/x-ndjson", update="true")
+    assert changed.json()["updated"] == 1
+    kept = await fetch(
+        sandbox.services.response_url,
+        "SELECT profile_type_id IS NOT NULL AS has FROM users WHERE username = 'ann'",
+    )
+    assert kept[0]["has"] is True
+    atomic = await _post(api, "users", headers, body, "application/x-ndjson", atomic="true")
+    assert atomic.status_code == 422
+    assert "line 2" in atomic.json()["detail"]

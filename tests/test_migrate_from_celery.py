@@ -82,8 +82,9 @@ async def legacy(sandbox: Sandbox) -> AsyncIterator[str]:
                 [(k, orjson.dumps(v).decode()) for k, v in SETTINGS.items()],
             )
             await conn.executemany(
-                "INSERT INTO users (username, email, hashed_password, is_active, is_superuser)"
-                " VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO users"
+                " (username, email, hashed_password, is_active, is_superuser, profile_type_id)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
                 [
                     (
                         f"old{i:05d}",
@@ -91,12 +92,13 @@ async def legacy(sandbox: Sandbox) -> AsyncIterator[str]:
                         HASHES[i % len(HASHES)],
                         i != 7,
                         i == 3,
+                        1 if i % 10 == 0 else None,  # every tenth user is an Operator
                     )
                     for i in range(USERS)
                 ]
                 + [
-                    ("old00000x", "not an address", HASHES[0], True, False),
-                    ("old00001x", "x@example.org", "$1$md5crypt$notsupported", True, False),
+                    ("old00000x", "not an address", HASHES[0], True, False, None),
+                    ("old00001x", "x@example.org", "$1$md5crypt$notsupported", True, False, 2),
                 ],
             )
         finally:
@@ -165,6 +167,12 @@ async def test_the_old_deployment_arrives_whole_and_its_users_sign_in_on_the_req
         " ORDER BY username",
     )
     assert [(r["role"], r["is_active"]) for r in roles] == [("admin", True), ("user", False)]
+    operators = await fetch(
+        sandbox.services.request_url,
+        "SELECT count(*) AS n FROM synced_users u JOIN synced_profile_types p"
+        " ON p.id = u.profile_type_id WHERE p.name = 'Operator'",
+    )
+    assert operators[0]["n"] == USERS // 10  # each user's profile type came along, by name
     async with httpx.AsyncClient(base_url=req) as client:
         for i in (0, 1234, USERS - 1):
             login = await client.post(

@@ -66,7 +66,10 @@ class ImportSummary:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "failed": self.failed,
-            "errors": [{"line": e.line, "error": e.error} for e in self.errors],
+            "errors": [
+                {"line": e.line, "error": e.error}
+                for e in sorted(self.errors, key=lambda e: e.line)
+            ],
         }
 
 
@@ -77,8 +80,12 @@ class ImportRefused(InvalidInput):
 
 
 #: Writes one batch of (line, row) in the session and adds what it did to the summary;
-#: ``update``: existing rows take the batch's values too.
-WriteBatch = Callable[[ResponseSession, list[tuple[int, M]], ImportSummary, bool], Awaitable[None]]
+#: ``update``: existing rows take the batch's values too. It answers the rows it refused
+#: without writing them (one naming a profile type that does not exist), which the driver
+#: treats as any bad row: reported, or the end of an atomic import.
+WriteBatch = Callable[
+    [ResponseSession, list[tuple[int, M]], ImportSummary, bool], Awaitable[list[RowError]]
+]
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,10 @@ async def run_import(
     summary = ImportSummary()
 
     async def write(batch: list[tuple[int, M]], session: ResponseSession) -> None:
-        await bulk.write(session, batch, summary, update)
+        for refused in await bulk.write(session, batch, summary, update):
+            if atomic:
+                raise ImportRefused(f"line {refused.line}: {refused.error}; nothing was imported")
+            summary.fail(refused.line, refused.error)
         if progress is not None:
             progress(summary)
 
@@ -184,9 +194,10 @@ async def import_stream(
     )
 
 
-def latest_by(batch: list[tuple[int, M]], key: Callable[[M], str]) -> list[M]:
-    """The batch's rows, the last one of each key winning, in key order (the lock order)."""
-    latest: dict[str, M] = {}
-    for _, row in batch:
-        latest[key(row)] = row
+def latest_by(batch: list[tuple[int, M]], key: Callable[[M], str]) -> list[tuple[int, M]]:
+    """The batch's (line, row), the last row of each key winning, in key order (the lock
+    order)."""
+    latest: dict[str, tuple[int, M]] = {}
+    for line, row in batch:
+        latest[key(row)] = (line, row)
     return [latest[k] for k in sorted(latest)]

@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Text, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 
 from app.db import ResponseSession
-from app.imports.rows import Record
+from app.imports.rows import Record, RowError
 from app.imports.run import Bulk, ImportSummary, latest_by
 from app.outbox.service import record_upserts
 from app.profile_types.schemas import ProfileTypeCreate
@@ -73,8 +73,8 @@ async def write_batch(
     batch: list[tuple[int, ProfileTypeCreate]],
     summary: ImportSummary,
     update: bool,
-) -> None:
-    rows = latest_by(batch, lambda p: p.name.lower())
+) -> list[RowError]:
+    rows = [row for _, row in latest_by(batch, lambda p: p.name.lower())]
     params: dict[str, Any] = {
         "names": [p.name for p in rows],
         "descriptions": [p.description for p in rows],
@@ -85,6 +85,7 @@ async def write_batch(
         session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
     )
     summary.written(len(batch), [r.version for r in written])
+    return []
 
 
 PROFILE_TYPES: Bulk[ProfileTypeCreate] = Bulk(ProfileTypeCreate, write_batch, csv_fields=csv_fields)

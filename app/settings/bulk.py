@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from app.db import ResponseSession
 from app.fields import MAX_JSON_BYTES
-from app.imports.rows import Record
+from app.imports.rows import Record, RowError
 from app.imports.run import Bulk, ImportSummary, latest_by
 from app.outbox.service import record_upserts
 from app.settings.schemas import SettingCreate
@@ -82,8 +82,8 @@ async def write_batch(
     batch: list[tuple[int, SettingCreate]],
     summary: ImportSummary,
     update: bool,
-) -> None:
-    rows = latest_by(batch, lambda s: s.key)
+) -> list[RowError]:
+    rows = [row for _, row in latest_by(batch, lambda s: s.key)]
     params: dict[str, Any] = {
         "keys": [s.key for s in rows],
         "values": [orjson.dumps(s.value).decode() for s in rows],
@@ -94,6 +94,7 @@ async def write_batch(
         session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
     )
     summary.written(len(batch), [r.version for r in written])
+    return []
 
 
 SETTINGS: Bulk[SettingCreate] = Bulk(

@@ -14,7 +14,9 @@ one whose import was interrupted) finishes the job and never undoes what happene
 password changed, a hash converted at sign-in, an account deactivated or demoted. With
 ``update`` existing users take the row's email, role and active flag, and its ``password_hash``
 when it has one (a plain password never replaces a stored hash: hashing it again would be a new
-version and a signed-out user on every run); a row that changes nothing writes nothing. A stored
+version and a signed-out user on every run); a row that changes nothing writes nothing. A row's
+``profile_type`` names one that exists (so profile types are imported first); a row without
+one leaves the user's profile type as it is. A stored
 hash's cost is bounded (``netsync.passwords.acceptable_hash``): a hash is cheap to import and
 its parameters decide what every later sign-in costs. The outbox rows carry ``sync_payload`` as
 every other user change does, and leave in the relay's large files. A bad row is reported with
@@ -30,6 +32,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.db import ResponseSession
+from app.imports.rows import RowError
 from app.imports.run import Bulk, ImportSummary, latest_by
 from app.outbox.service import record_upserts
 from app.users.import_rows import ImportedUser, csv_fields
@@ -43,11 +46,13 @@ KEEP_HASH = "!keep"
 
 _INSERT = text(
     """
-    INSERT INTO users AS u (id, username, email, password_hash, role, is_active, version)
-    SELECT gen_random_uuid(), username, email, password_hash, role, is_active, 1 FROM unnest(
+    INSERT INTO users AS u
+        (id, username, email, password_hash, role, is_active, profile_type_id, version)
+    SELECT gen_random_uuid(), username, email, password_hash, role, is_active, profile_type_id, 1
+    FROM unnest(
         CAST(:usernames AS text[]), CAST(:emails AS text[]), CAST(:hashes AS text[]),
-        CAST(:roles AS text[]), CAST(:active AS boolean[])
-    ) AS t(username, email, password_hash, role, is_active)
+        CAST(:roles AS text[]), CAST(:active AS boolean[]), CAST(:profile_types AS uuid[])
+    ) AS t(username, email, password_hash, role, is_active, profile_type_id)
     ON CONFLICT (lower(username)) DO NOTHING
     RETURNING u.id, u.username, u.email, u.password_hash, u.role, u.is_active,
         u.profile_type_id, u.version
@@ -59,17 +64,20 @@ _UPSERT = text(
     WITH input AS (
         SELECT * FROM unnest(
             CAST(:usernames AS text[]), CAST(:emails AS text[]), CAST(:hashes AS text[]),
-            CAST(:roles AS text[]), CAST(:active AS boolean[])
-        ) AS t(username, email, password_hash, role, is_active)
+            CAST(:roles AS text[]), CAST(:active AS boolean[]), CAST(:profile_types AS uuid[])
+        ) AS t(username, email, password_hash, role, is_active, profile_type_id)
     )
-    INSERT INTO users AS u (id, username, email, password_hash, role, is_active, version)
-    SELECT gen_random_uuid(), username, email, password_hash, role, is_active, 1 FROM input
+    INSERT INTO users AS u
+        (id, username, email, password_hash, role, is_active, profile_type_id, version)
+    SELECT gen_random_uuid(), username, email, password_hash, role, is_active, profile_type_id, 1
+    FROM input
     ON CONFLICT (lower(username)) DO UPDATE SET
         email = excluded.email,
         password_hash = CASE WHEN excluded.password_hash = :keep
             THEN u.password_hash ELSE excluded.password_hash END,
         role = excluded.role,
         is_active = excluded.is_active,
+        profile_type_id = coalesce(excluded.profile_type_id, u.profile_type_id),
         version = u.version + 1,
         updated_at = now(),
         password_changed_at = CASE WHEN excluded.password_hash NOT IN (:keep, u.password_hash)
@@ -79,6 +87,8 @@ _UPSERT = text(
     WHERE (u.email, u.role, u.is_active)
             IS DISTINCT FROM (excluded.email, excluded.role, excluded.is_active)
         OR excluded.password_hash NOT IN (:keep, u.password_hash)
+        OR (excluded.profile_type_id IS NOT NULL
+            AND excluded.profile_type_id IS DISTINCT FROM u.profile_type_id)
     RETURNING u.id, u.username, u.email, u.password_hash, u.role, u.is_active,
         u.profile_type_id, u.version
     """
@@ -90,19 +100,42 @@ async def write_batch(
     batch: list[tuple[int, ImportedUser]],
     summary: ImportSummary,
     update: bool,
-) -> None:
+) -> list[RowError]:
     """Write one batch and its outbox rows: new users only, or (``update``) existing ones too.
 
-    Plain passwords are hashed only for users that do not exist yet, one at a time, so an
-    import never takes more than one slot of the hashing pool from sign-ins."""
+    A row naming a profile type that does not exist is refused; the ones named are locked
+    (``FOR KEY SHARE``) until the batch commits, so none is deleted in between. Plain passwords
+    are hashed only for users that do not exist yet, one at a time, so an import never takes
+    more than one slot of the hashing pool from sign-ins."""
     latest = latest_by(batch, lambda u: u.username.lower())
     existing = set(
         await session.scalars(
             text("SELECT lower(username) FROM users WHERE lower(username) = ANY(:names)"),
-            {"names": [u.username.lower() for u in latest]},
+            {"names": [u.username.lower() for _, u in latest]},
         )
     )
-    users = [u for u in latest if update or u.username.lower() not in existing]
+    named = {u.profile_type.lower() for _, u in latest if u.profile_type}
+    profile_types: dict[str, Any] = {}
+    if named:
+        found = await session.execute(
+            text(
+                "SELECT lower(name), id FROM profile_types WHERE lower(name) = ANY(:names)"
+                " ORDER BY id FOR KEY SHARE"
+            ),
+            {"names": sorted(named)},
+        )
+        profile_types = dict(found.all())
+    refused = [
+        RowError(line, "profile_type: no profile type of that name")
+        for line, u in latest
+        if u.profile_type and u.profile_type.lower() not in profile_types
+    ]
+    users = [
+        u
+        for _, u in latest
+        if (update or u.username.lower() not in existing)
+        and (not u.profile_type or u.profile_type.lower() in profile_types)
+    ]
     hashes = []
     for user in users:
         if user.password_hash is not None:
@@ -120,6 +153,9 @@ async def write_batch(
             "hashes": hashes,
             "roles": [u.role for u in users],
             "active": [u.is_active for u in users],
+            "profile_types": [
+                profile_types[u.profile_type.lower()] if u.profile_type else None for u in users
+            ],
         }
         if update:
             params["keep"] = KEEP_HASH
@@ -127,7 +163,8 @@ async def write_batch(
     await record_upserts(
         session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
     )
-    summary.written(len(batch), [r.version for r in written])
+    summary.written(len(batch) - len(refused), [r.version for r in written])
+    return refused
 
 
 def _check(protect: str | None) -> Callable[[ImportedUser], str | None]:

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from app.imports.rows import csv_bool
+from app.profile_types.schemas import Name as ProfileTypeName
 from app.users.schemas import Password, Role, Username
 from netsync.passwords import acceptable_hash
 
@@ -59,6 +60,9 @@ class ImportedUser(BaseModel):
     password_hash: str | None = None
     role: Role = "user"
     is_active: bool = True
+    #: The name of a profile type that exists (imported before the users); absent: the user's
+    #: profile type is left as it is.
+    profile_type: ProfileTypeName | None = None
 
     @model_validator(mode="after")
     def _one_secret(self) -> ImportedUser:
