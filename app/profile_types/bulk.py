@@ -31,24 +31,22 @@ _RETURNED = {
     "version": BigInteger,
 }
 
-_INSERT = text(
-    """
+#: The batch's rows as a table, into the entity's, on the name they match by; then what a
+#: conflict does, then what comes back (typed, so ``permissions`` comes back as JSON).
+_WRITE = """
     INSERT INTO profile_types AS p (id, name, description, permissions, version)
     SELECT gen_random_uuid(), name, description, permissions, 1 FROM unnest(
         CAST(:names AS text[]), CAST(:descriptions AS text[]), CAST(:permissions AS jsonb[])
     ) AS t(name, description, permissions)
-    ON CONFLICT (lower(name)) DO NOTHING
-    RETURNING p.id, p.name, p.description, p.permissions, p.version
-    """
-).columns(**_RETURNED)
+    ON CONFLICT (lower(name))
+"""
+_RETURNING = " RETURNING p.id, p.name, p.description, p.permissions, p.version"
+
+_INSERT = text(_WRITE + " DO NOTHING" + _RETURNING).columns(**_RETURNED)
 
 _UPSERT = text(
-    """
-    INSERT INTO profile_types AS p (id, name, description, permissions, version)
-    SELECT gen_random_uuid(), name, description, permissions, 1 FROM unnest(
-        CAST(:names AS text[]), CAST(:descriptions AS text[]), CAST(:permissions AS jsonb[])
-    ) AS t(name, description, permissions)
-    ON CONFLICT (lower(name)) DO UPDATE SET
+    _WRITE
+    + """ DO UPDATE SET
         name = excluded.name,
         description = excluded.description,
         permissions = excluded.permissions,
@@ -56,8 +54,8 @@ _UPSERT = text(
         updated_at = now()
     WHERE (p.name, p.description, p.permissions)
         IS DISTINCT FROM (excluded.name, excluded.description, excluded.permissions)
-    RETURNING p.id, p.name, p.description, p.permissions, p.version
     """
+    + _RETURNING
 ).columns(**_RETURNED)
 
 

@@ -38,32 +38,30 @@ _RETURNED = {
     "version": BigInteger,
 }
 
-_INSERT = text(
-    """
-        INSERT INTO settings AS s (id, key, value, description, version)
-        SELECT gen_random_uuid(), key, value, description, 1 FROM unnest(
-            CAST(:keys AS text[]), CAST(:values AS jsonb[]), CAST(:descriptions AS text[])
-        ) AS t(key, value, description)
-        ON CONFLICT (key) DO NOTHING
-        RETURNING s.id, s.key, s.value, s.description, s.version
-        """
-).columns(**_RETURNED)
+#: The batch's rows as a table, into the entity's, on the key they match by; then what a
+#: conflict does, then what comes back (typed, so ``value`` comes back as JSON).
+_WRITE = """
+    INSERT INTO settings AS s (id, key, value, description, version)
+    SELECT gen_random_uuid(), key, value, description, 1 FROM unnest(
+        CAST(:keys AS text[]), CAST(:values AS jsonb[]), CAST(:descriptions AS text[])
+    ) AS t(key, value, description)
+    ON CONFLICT (key)
+"""
+_RETURNING = " RETURNING s.id, s.key, s.value, s.description, s.version"
+
+_INSERT = text(_WRITE + " DO NOTHING" + _RETURNING).columns(**_RETURNED)
 
 _UPSERT = text(
+    _WRITE
+    + """ DO UPDATE SET
+        value = excluded.value,
+        description = excluded.description,
+        version = s.version + 1,
+        updated_at = now()
+    WHERE (s.value::text, s.description)
+        IS DISTINCT FROM (excluded.value::text, excluded.description)
     """
-        INSERT INTO settings AS s (id, key, value, description, version)
-        SELECT gen_random_uuid(), key, value, description, 1 FROM unnest(
-            CAST(:keys AS text[]), CAST(:values AS jsonb[]), CAST(:descriptions AS text[])
-        ) AS t(key, value, description)
-        ON CONFLICT (key) DO UPDATE SET
-            value = excluded.value,
-            description = excluded.description,
-            version = s.version + 1,
-            updated_at = now()
-        WHERE (s.value::text, s.description)
-            IS DISTINCT FROM (excluded.value::text, excluded.description)
-        RETURNING s.id, s.key, s.value, s.description, s.version
-        """
+    + _RETURNING
 ).columns(**_RETURNED)
 
 
