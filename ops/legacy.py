@@ -55,7 +55,7 @@ KINDS = (PROFILE_TYPES, SETTINGS, USERS)
 
 
 def quoted(name: str) -> str:
-    if not _IDENTIFIER.match(name):
+    if not _IDENTIFIER.fullmatch(name):
         raise LegacySchemaError(f"{name!r} is not a plain SQL identifier")
     return f'"{name}"'
 
@@ -126,6 +126,19 @@ def record(kind: Kind, row: asyncpg.Record, found: dict[str, str]) -> Record:
     if kind is PROFILE_TYPES and isinstance(fields.get("permissions"), str):
         fields["permissions"] = orjson.loads(fields["permissions"])
     return fields
+
+
+async def check(conn: asyncpg.Connection, kind: Kind, schema: str) -> None:
+    """Raise ``LegacySchemaError`` unless ``kind``'s query runs here: tried with ``LIMIT 0``,
+    so a column of the wrong type (an ``is_superuser`` that is not a boolean, a
+    ``profile_type_id`` that is not the old ``profile_types.id``'s type) stops the migration
+    before anything is written, not half-way."""
+    query = select(kind, schema, await columns(conn, schema, kind.table))
+    try:
+        async with conn.transaction():  # a savepoint: the snapshot's transaction goes on
+            await conn.fetch(query + " LIMIT 0")
+    except asyncpg.PostgresError as exc:
+        raise LegacySchemaError(f"{schema}.{kind.table} cannot be read: {exc}") from exc
 
 
 async def rows(

@@ -283,7 +283,8 @@ async def running(worker: Worker, *, drain: bool = False) -> AsyncIterator[Worke
         if drain:
             worker.allow_pick_jobs = False
             if worker.tasks:
-                await asyncio.wait(list(worker.tasks.values()), timeout=60)
+                _, pending = await asyncio.wait(list(worker.tasks.values()), timeout=60)
+                assert not pending, f"{len(pending)} jobs still running 60 s after the drain began"
     finally:
         try:
             await worker.close()

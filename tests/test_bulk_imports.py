@@ -241,3 +241,75 @@ async def test_users_name_their_profile_type_and_an_unknown_one_refuses_the_row(
     atomic = await _post(api, "users", headers, body, "application/x-ndjson", atomic="true")
     assert atomic.status_code == 422
     assert "line 2" in atomic.json()["detail"]
+
+
+async def test_a_csv_without_its_header_row_never_echoes_the_first_rows_secrets(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    body = (
+        b"alice,alice@example.org,Sup3rSecret-Pass-phrase\n"
+        b"bob,bob@example.org,another-Secret-phrase\n"
+    )
+    answer = await _post(api, "users", headers, body, "text/csv")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["failed"] == 1
+    for secret in ("Sup3rSecret", "alice", "another-Secret"):
+        assert secret not in answer.text
+    assert "a field that is not one of" in answer.text
+
+
+async def test_update_changes_only_the_fields_a_row_gives(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    first = ndjson(
+        {"username": "boss", "password_hash": HASH, "role": "admin", "email": "b@example.org"},
+        {"username": "gone", "password_hash": HASH, "is_active": False},
+    )
+    assert (await _post(api, "users", headers, first, "application/x-ndjson")).json()[
+        "created"
+    ] == 2
+    # a later file without role, is_active or email: update must not demote, reactivate, clear
+    later = ndjson(
+        {"username": "boss", "password_hash": HASH},
+        {"username": "gone", "password_hash": HASH, "email": None},
+    )
+    summary = (
+        await _post(api, "users", headers, later, "application/x-ndjson", update="true")
+    ).json()
+    assert (summary["updated"], summary["unchanged"]) == (0, 2)
+    users = await fetch(
+        sandbox.services.response_url,
+        "SELECT username, role, is_active, email FROM users WHERE username IN ('boss', 'gone')"
+        " ORDER BY username",
+    )
+    assert [(r["role"], r["is_active"], r["email"]) for r in users] == [
+        ("admin", True, "b@example.org"),
+        ("user", False, None),
+    ]
+    settings = ndjson({"key": "app.title", "value": "A", "description": "kept"})
+    await _post(api, "settings", headers, settings, "application/x-ndjson")
+    newer = ndjson({"key": "app.title", "value": "B"})
+    await _post(api, "settings", headers, newer, "application/x-ndjson", update="true")
+    types = ndjson({"name": "Ops", "description": "kept", "permissions": ["a:b"]})
+    await _post(api, "profile-types", headers, types, "application/x-ndjson")
+    renamed = ndjson({"name": "OPS"})
+    await _post(api, "profile-types", headers, renamed, "application/x-ndjson", update="true")
+    rows = await fetch(
+        sandbox.services.response_url,
+        "SELECT (SELECT value::text || ' ' || description FROM settings) AS setting,"
+        " (SELECT name || ' ' || description || ' ' || permissions::text FROM profile_types)"
+        " AS profile_type",
+    )
+    assert (rows[0]["setting"], rows[0]["profile_type"]) == ('"B" kept', 'OPS kept ["a:b"]')
+
+
+async def test_a_yes_no_field_that_says_neither_is_a_bad_row(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    body = f"username,password_hash,is_active\nann,{HASH},Y\nbob,{HASH},maybe\n".encode()
+    summary = (await _post(api, "users", headers, body, "text/csv")).json()
+    assert (summary["created"], summary["failed"]) == (1, 1)
+    assert summary["errors"][0]["line"] == 3

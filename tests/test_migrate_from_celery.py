@@ -218,3 +218,23 @@ async def test_an_unreachable_old_database_is_a_clear_error_without_its_password
     assert code == 3
     assert "cannot reach the old database" in stderr
     assert "s3cret-pw" not in stderr
+
+
+async def test_a_column_of_the_wrong_type_stops_the_migration_before_anything_is_written(
+    sandbox: Sandbox, legacy: str
+) -> None:
+    conn = await asyncpg.connect(legacy)
+    try:
+        await conn.execute(
+            "ALTER TABLE users ALTER COLUMN is_superuser TYPE text USING is_superuser::text"
+        )
+    finally:
+        await conn.close()
+    code, _, stderr = await _migrate(sandbox, legacy)
+    assert code == 2, stderr
+    assert "public.users cannot be read" in stderr
+    written = await fetch(
+        sandbox.services.response_url,
+        "SELECT (SELECT count(*) FROM profile_types) + (SELECT count(*) FROM settings) AS n",
+    )
+    assert written[0]["n"] == 0

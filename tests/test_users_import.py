@@ -191,8 +191,14 @@ async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
     assert kept[1]["is_active"] is False  # and so does the deactivation
     assert kept[2]["email"] == "old00007@example.org"  # nothing changes without update
     updated = await _import(api, headers, body.replace(b"old00007@", b"seven@"), update="true")
-    # update: the three that differ from the file take its values (the file is the authority)
-    assert (updated.json()["updated"], updated.json()["unchanged"]) == (3, 297)
+    # update: the two that differ from the file in what it gives take its values (the hash of
+    # old00003, the email of old00007); old00004's file row says nothing of is_active, so its
+    # deactivation stays
+    assert (updated.json()["updated"], updated.json()["unchanged"]) == (2, 298)
+    still_off = await fetch(
+        sandbox.services.response_url, "SELECT is_active FROM users WHERE username = 'old00004'"
+    )
+    assert still_off[0]["is_active"] is False
     row = await fetch(
         sandbox.services.response_url,
         "SELECT email, version FROM users WHERE username = 'old00007'",

@@ -3,10 +3,11 @@
 The body is read as it arrives, a line at a time, so a file of a million rows costs the process
 one batch, never the file; the administrator is checked in a session that ends before the body
 is read, so no transaction (nor its locks) stays open while it streams in. Batches commit one by
-one (``atomic=true``: one transaction for all, nothing kept if a row is bad); the answer is the
-summary, with each refused row's line number and reason. When rows were written, the outbox
-sweeper is asked to run at once: the rows leave in the relay's large files rather than one sync
-job per row.
+one (``atomic=true``: one transaction for all, nothing kept if a row is bad; that one is open
+while the rest of the body arrives, which is why an atomic import stops at 100,000 rows); the
+answer is the summary, with each refused row's line number and reason. When rows were written,
+the outbox sweeper is asked to run at once: the rows leave in the relay's large files rather
+than one sync job per row.
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ async def import_users(
     """Import users: one JSON object per line (or CSV with a header row) with ``username``,
     ``email``, ``role``, ``is_active`` and either ``password_hash`` (bcrypt or argon2, kept as it
     is) or ``password``. New usernames are created; existing ones are left as they are unless
-    ``update=true`` (then their email, role, active flag and, from ``password_hash``, their hash
-    follow the row). Your own account is never changed. A re-run changes nothing."""
+    ``update=true`` (then the email, role, active flag and ``password_hash`` the row gives
+    replace the stored ones; a field it leaves out stays as it is). Your own account is never changed. A re-run changes nothing."""
     bulk = users_bulk(protect=admin.username)
     return await _import(request, queue, bulk, format, atomic=atomic, update=update)
 
@@ -123,8 +124,8 @@ async def import_settings(
 ) -> Imported:
     """Import settings: one JSON object per line (or CSV with a header row; its ``value`` column
     holds JSON text) with ``key``, ``value`` and an optional ``description``. New keys are
-    created; existing ones are left as they are unless ``update=true`` (then their value and
-    description follow the row). A re-run changes nothing."""
+    created; existing ones are left as they are unless ``update=true`` (then the value and the
+    description the row gives replace the stored ones). A re-run changes nothing."""
     return await _import(request, queue, SETTINGS, format, atomic=atomic, update=update)
 
 

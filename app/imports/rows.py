@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -21,8 +21,7 @@ Format = Literal["ndjson", "csv"]
 #: What a line may hold unless a domain says otherwise: a bad row, not a reason to hold megabytes.
 MAX_LINE = 16 * 1024
 
-#: A raw record (a dict of fields), a row refused before its model saw it, or ``None`` (a blank
-#: line, CSV's header).
+#: A raw record: a row's fields by name, before its model has seen them.
 Record = dict[str, Any]
 #: Turns one CSV record's text fields into what the model reads (booleans, JSON, lists).
 CsvFields = Callable[[Record], Record]
@@ -36,11 +35,18 @@ class RowError:
     error: str
 
 
-def explain(exc: ValidationError) -> str:
-    """Pydantic's messages without the values (a row may hold a password)."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'row'}: {err['msg']}" for err in exc.errors()
-    )
+def explain(exc: ValidationError, fields: Iterable[str]) -> str:
+    """Pydantic's messages without the values (a row may hold a password), and without the
+    names of fields the model does not have: those come from the input too (a CSV without a
+    header row makes its first row's values the names)."""
+    known = set(fields)
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        if loc and loc[0] not in known:
+            return "a field that is not one of " + ", ".join(sorted(known))
+        return ".".join(str(p) for p in loc) or "row"
+
+    return "; ".join(f"{where(err['loc'])}: {err['msg']}" for err in exc.errors())
 
 
 def validated(model: type[M], line: int, record: Any) -> M | RowError:
@@ -50,7 +56,7 @@ def validated(model: type[M], line: int, record: Any) -> M | RowError:
     try:
         return model.model_validate(record)
     except ValidationError as exc:
-        return RowError(line, explain(exc))
+        return RowError(line, explain(exc, model.model_fields))
 
 
 async def lines(
@@ -132,6 +138,14 @@ async def records(
             yield number, RowError(number, str(exc))
 
 
+_YES = ("true", "1", "yes", "y", "t", "on")
+_NO = ("false", "0", "no", "n", "f", "off")
+
+
 def csv_bool(value: str) -> bool:
-    """A spreadsheet's yes/no: ``true``, ``1``, ``yes`` (any case) are true, the rest false."""
-    return value.strip().lower() in ("true", "1", "yes")
+    """A spreadsheet's yes/no (``true``/``false``, ``1``/``0``, ``yes``/``no``… any case);
+    anything else is a bad row, never a silent false."""
+    word = value.strip().lower()
+    if word not in _YES + _NO:
+        raise ValueError("a yes/no field holds neither (true/false, 1/0, yes/no)")
+    return word in _YES

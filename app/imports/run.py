@@ -7,8 +7,9 @@ written batch after batch, and stops at ``MAX_ATOMIC_ROWS`` lines rather than ho
 
 A domain (``app.users.bulk``, ``app.settings.bulk``, ``app.profile_types.bulk``) gives a
 ``Bulk``: the model of a row, an optional extra check, and how one batch is written. Writing a
-batch is one statement over arrays plus one for its outbox rows (``record_changes``), in the
-order of the rows' keys, so two imports over the same rows lock them in the same order.
+batch is one statement over arrays plus one for its outbox rows
+(``app.outbox.service.record_upserts``), in the order of the rows' keys, so two imports over
+the same rows lock them in the same order.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class Bulk(Generic[M]):
     csv_fields: CsvFields = lambda record: record
     #: The longest line a row of this kind may need.
     max_line: int = MAX_LINE
+    #: Rows per batch: fewer where a row may be large (two batches are held at a time).
+    batch: int = BATCH
 
 
 async def run_import(
@@ -146,7 +149,7 @@ async def run_import(
                 summary.fail(row.line, row.error)
                 continue
             batch.append((number, row))
-            if len(batch) >= BATCH:
+            if len(batch) >= bulk.batch:
                 yield batch
                 batch = []
         if batch:

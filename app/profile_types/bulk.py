@@ -1,11 +1,12 @@
-"""Profile types imported in bulk (``netsync profile-types import``,
-``POST /api/v1/profile-types/import``, ``netsync migrate-from-celery``), matched by name.
+"""Profile types imported in bulk (``netsync profile-types import``, ``POST
+/api/v1/profile-types/import``, ``netsync migrate-from-celery``), matched by name.
 
 A row is what ``POST /api/v1/profile-types`` accepts (``ProfileTypeCreate``: name, optional
 description, permissions). Names match case-insensitively, as the unique index has it. By
 default only new names are written; with ``update`` an existing profile type takes the row's
-name (its spelling), description and permissions, and a row equal to what is stored writes
-nothing. In CSV ``permissions`` is one field of names separated by spaces.
+name (its spelling) and the description and permissions it gives (a field it leaves out keeps
+its stored value), and a row equal to what is stored writes nothing. In CSV ``permissions`` is
+one field of names separated by spaces.
 """
 
 from __future__ import annotations
@@ -72,11 +73,39 @@ async def write_batch(
     summary: ImportSummary,
     update: bool,
 ) -> list[RowError]:
-    rows = [row for _, row in latest_by(batch, lambda p: p.name.lower())]
+    # the names as PostgreSQL lowers them (the unique index's lower(), not Python's): two names
+    # equal there are one profile type, and must not reach one statement twice
+    folded = (
+        await session.scalars(
+            text("SELECT lower(n) FROM unnest(CAST(:names AS text[])) AS n"),
+            {"names": [p.name for _, p in batch]},
+        )
+    ).all()
+    keyed = {id(p): key for (_, p), key in zip(batch, folded, strict=True)}
+    rows = [row for _, row in latest_by(batch, lambda p: keyed[id(p)])]
+    stored: dict[str, Any] = {}
+    if update:  # a field a row leaves out keeps its stored value (rows locked, in name order)
+        stored = {
+            r.key: r
+            for r in await session.execute(
+                text(
+                    "SELECT lower(name) AS key, description, permissions FROM profile_types"
+                    " WHERE lower(name) = ANY(:keys) ORDER BY lower(name) FOR UPDATE"
+                ).columns(key=Text, description=Text, permissions=JSONB),
+                {"keys": sorted(set(folded))},
+            )
+        }
+
+    def given(row: ProfileTypeCreate, field: str) -> Any:
+        old = stored.get(keyed[id(row)])
+        if old is None or field in row.model_fields_set:
+            return getattr(row, field)
+        return getattr(old, field)
+
     params: dict[str, Any] = {
         "names": [p.name for p in rows],
-        "descriptions": [p.description for p in rows],
-        "permissions": [orjson.dumps(p.permissions).decode() for p in rows],
+        "descriptions": [given(p, "description") for p in rows],
+        "permissions": [orjson.dumps(given(p, "permissions")).decode() for p in rows],
     }
     written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
     await record_upserts(

@@ -4,10 +4,11 @@
 A row is what ``POST /api/v1/settings`` accepts (``SettingCreate``: key, a JSON value, an
 optional description), so whatever is imported is what the API could have written and what the
 Request Network accepts. By default only new keys are written; with ``update`` an existing key
-takes the row's value and description (a row without one clears it), and a row equal to what is
-stored writes nothing. Equal means equal as JSON text after PostgreSQL's normalisation: key
-order does not count, ``1`` and ``1.0`` differ, as in ``app.settings.service``. In CSV the
-``value`` column holds JSON text (``"Acme"``, ``42``, ``true``, ``[1, 2]``).
+takes the row's value and the description it gives (a row without one keeps the stored one;
+``"description": null`` clears it), and a row equal to what is stored writes nothing. Equal
+means equal as JSON text after PostgreSQL's normalisation: key order does not count, ``1`` and
+``1.0`` differ, as in ``app.settings.service``. In CSV the ``value`` column holds JSON text
+(``"Acme"``, ``42``, ``true``, ``[1, 2]``).
 """
 
 from __future__ import annotations
@@ -82,10 +83,23 @@ async def write_batch(
     update: bool,
 ) -> list[RowError]:
     rows = [row for _, row in latest_by(batch, lambda s: s.key)]
+    kept: dict[str, str | None] = {}
+    if update:  # a row without a description keeps the stored one (locked, in key order)
+        kept = dict(
+            (
+                await session.execute(
+                    text(
+                        "SELECT key, description FROM settings WHERE key = ANY(:keys)"
+                        " ORDER BY key FOR UPDATE"
+                    ),
+                    {"keys": [s.key for s in rows if "description" not in s.model_fields_set]},
+                )
+            ).all()
+        )
     params: dict[str, Any] = {
         "keys": [s.key for s in rows],
         "values": [orjson.dumps(s.value).decode() for s in rows],
-        "descriptions": [s.description for s in rows],
+        "descriptions": [kept.get(s.key, s.description) for s in rows],
     }
     written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
     await record_upserts(
@@ -95,6 +109,7 @@ async def write_batch(
     return []
 
 
+#: A value may be 64 KiB: 250 of them are 16 MB of JSON a batch, where 2,000 could be 128 MB.
 SETTINGS: Bulk[SettingCreate] = Bulk(
-    SettingCreate, write_batch, csv_fields=csv_fields, max_line=MAX_LINE
+    SettingCreate, write_batch, csv_fields=csv_fields, max_line=MAX_LINE, batch=250
 )

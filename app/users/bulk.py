@@ -12,7 +12,8 @@ one statement over arrays plus one for the batch's outbox rows. By default only 
 are written and existing users are left exactly as they are, so a re-run of the same file (or of
 one whose import was interrupted) finishes the job and never undoes what happened since: a
 password changed, a hash converted at sign-in, an account deactivated or demoted. With
-``update`` existing users take the row's email, role and active flag, and its ``password_hash``
+``update`` existing users take the email, role and active flag the row gives (a field it
+leaves out keeps its stored value; ``"email": null`` clears it), and its ``password_hash``
 when it has one (a plain password never replaces a stored hash: hashing it again would be a new
 version and a signed-out user on every run); a row that changes nothing writes nothing. A row's
 ``profile_type`` names one that exists (so profile types are imported first); a row without
@@ -95,6 +96,13 @@ _UPSERT = text(
 )
 
 
+_STORED = text(
+    "SELECT lower(username) AS name, email, role, is_active FROM users"
+    " WHERE lower(username) = ANY(:names) ORDER BY lower(username)"
+)
+_LOCK_STORED = text(str(_STORED) + " FOR UPDATE")
+
+
 async def write_batch(
     session: ResponseSession,
     batch: list[tuple[int, ImportedUser]],
@@ -108,19 +116,25 @@ async def write_batch(
     are hashed only for users that do not exist yet, one at a time, so an import never takes
     more than one slot of the hashing pool from sign-ins."""
     latest = latest_by(batch, lambda u: u.username.lower())
-    existing = set(
-        await session.scalars(
-            text("SELECT lower(username) FROM users WHERE lower(username) = ANY(:names)"),
+    # with update the existing rows are locked (in username order, as the upsert goes) and
+    # read, so a field a row does not give keeps its stored value
+    stored = {
+        r.name: r
+        for r in await session.execute(
+            _LOCK_STORED if update else _STORED,
             {"names": [u.username.lower() for _, u in latest]},
         )
-    )
-    named = {u.profile_type.lower() for _, u in latest if u.profile_type}
-    profile_types: dict[str, Any] = {}
+    }
+    existing = set(stored)
+    named = {u.profile_type for _, u in latest if u.profile_type}
+    profile_types: dict[str, Any] = {}  # as the rows spell them → id
     if named:
+        # matched by PostgreSQL's lower(), as the unique index has it (Python's differs)
         found = await session.execute(
             text(
-                "SELECT lower(name), id FROM profile_types WHERE lower(name) = ANY(:names)"
-                " ORDER BY id FOR KEY SHARE"
+                "SELECT n.name, p.id FROM unnest(CAST(:names AS text[])) AS n(name)"
+                " JOIN profile_types p ON lower(p.name) = lower(n.name)"
+                " ORDER BY p.id FOR KEY SHARE OF p"
             ),
             {"names": sorted(named)},
         )
@@ -128,13 +142,13 @@ async def write_batch(
     refused = [
         RowError(line, "profile_type: no profile type of that name")
         for line, u in latest
-        if u.profile_type and u.profile_type.lower() not in profile_types
+        if u.profile_type and u.profile_type not in profile_types
     ]
     users = [
         u
         for _, u in latest
         if (update or u.username.lower() not in existing)
-        and (not u.profile_type or u.profile_type.lower() in profile_types)
+        and (not u.profile_type or u.profile_type in profile_types)
     ]
     hashes = []
     for user in users:
@@ -147,14 +161,21 @@ async def write_batch(
             hashes.append(await hash_password(user.password))
     written: Sequence[Any] = []
     if users:
+
+        def given(user: ImportedUser, field: str) -> Any:
+            old = stored.get(user.username.lower())
+            if old is None or field in user.model_fields_set:
+                return getattr(user, field)
+            return getattr(old, field)
+
         params: dict[str, Any] = {
             "usernames": [u.username for u in users],
-            "emails": [u.email for u in users],
+            "emails": [given(u, "email") for u in users],
             "hashes": hashes,
-            "roles": [u.role for u in users],
-            "active": [u.is_active for u in users],
+            "roles": [given(u, "role") for u in users],
+            "active": [given(u, "is_active") for u in users],
             "profile_types": [
-                profile_types[u.profile_type.lower()] if u.profile_type else None for u in users
+                profile_types[u.profile_type] if u.profile_type else None for u in users
             ],
         }
         if update:

@@ -180,15 +180,15 @@ profile_types = import_group(
 async def _migrate(url: str, schema: str, update: bool, quiet: bool) -> dict[str, Any]:
     try:
         legacy_db = await asyncpg.connect(to_libpq_url(url), timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # the exception's type alone: its text may quote the URL, password and all
         err.print(f"[red]cannot reach the old database:[/red] {escape(type(exc).__name__)}")
         raise typer.Exit(3) from exc
     try:
         async with legacy_db.transaction(isolation="repeatable_read", readonly=True):
             try:
-                for kind in legacy.KINDS:  # every table checked before anything is written
-                    found = await legacy.columns(legacy_db, schema, kind.table)
-                    legacy.select(kind, schema, found)
+                for kind in legacy.KINDS:  # every query tried before anything is written
+                    await legacy.check(legacy_db, kind, schema)
             except legacy.LegacySchemaError as exc:
                 err.print(f"[red]refusing to migrate:[/red] {escape(str(exc))}")
                 raise typer.Exit(2) from exc
