@@ -108,7 +108,8 @@ async def import_users(
     ``email``, ``role``, ``is_active`` and either ``password_hash`` (bcrypt or argon2, kept as it
     is) or ``password``. New usernames are created; existing ones are left as they are unless
     ``update=true`` (then the email, role, active flag and ``password_hash`` the row gives
-    replace the stored ones; a field it leaves out stays as it is). Your own account is never changed. A re-run changes nothing."""
+    replace the stored ones; a field it leaves out stays as it is). Your own account is never
+    changed. A re-run changes nothing."""
     bulk = users_bulk(protect=admin.username)
     return await _import(request, queue, bulk, format, atomic=atomic, update=update)
 
