@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
+from app.imports import run
 from tests.factories import admin_headers, create_user, login
 from tests.queries import fetch
 from tests.support import Sandbox
@@ -313,3 +315,19 @@ async def test_a_yes_no_field_that_says_neither_is_a_bad_row(
     summary = (await _post(api, "users", headers, body, "text/csv")).json()
     assert (summary["created"], summary["failed"]) == (1, 1)
     assert summary["errors"][0]["line"] == 3
+
+
+async def test_an_atomic_import_is_held_whole_first_and_a_larger_one_is_refused(
+    api: httpx.AsyncClient, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = await admin_headers(api, sandbox.response_settings())
+    rows = ndjson(*({"key": f"held.k{i}", "value": i} for i in range(40)))
+    monkeypatch.setattr(run, "MAX_ATOMIC_BYTES", len(rows))
+    held = await _post(api, "settings", headers, rows, "application/x-ndjson", atomic="true")
+    assert held.json()["created"] == 40
+    larger = rows + ndjson({"key": "held.extra", "value": 1})
+    refused = await _post(api, "settings", headers, larger, "application/x-ndjson", atomic="true")
+    assert refused.status_code == 413, refused.text
+    assert refused.json()["error"] == "payload_too_large"
+    kept = await fetch(sandbox.services.response_url, "SELECT count(*) AS n FROM settings")
+    assert kept[0]["n"] == 40

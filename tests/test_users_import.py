@@ -191,19 +191,31 @@ async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
     assert kept[1]["is_active"] is False  # and so does the deactivation
     assert kept[2]["email"] == "old00007@example.org"  # nothing changes without update
     updated = await _import(api, headers, body.replace(b"old00007@", b"seven@"), update="true")
-    # update: the two that differ from the file in what it gives take its values (the hash of
-    # old00003, the email of old00007); old00004's file row says nothing of is_active, so its
-    # deactivation stays
-    assert (updated.json()["updated"], updated.json()["unchanged"]) == (2, 298)
-    still_off = await fetch(
-        sandbox.services.response_url, "SELECT is_active FROM users WHERE username = 'old00004'"
+    # update: the one that differs from the file in what it gives takes its values (the email
+    # of old00007); old00003's new password stays (hashes are replaced only when asked), and
+    # old00004's file row says nothing of is_active, so its deactivation stays
+    assert (updated.json()["updated"], updated.json()["unchanged"]) == (1, 299)
+    now = await fetch(
+        sandbox.services.response_url,
+        "SELECT username, password_hash, is_active FROM users"
+        " WHERE username IN ('old00003', 'old00004') ORDER BY username",
     )
-    assert still_off[0]["is_active"] is False
+    assert now[0]["password_hash"].startswith("$argon2id$")
+    assert now[1]["is_active"] is False
+    replaced = await _import(api, headers, body, update="true", replace_hashes="true")
+    # and asked to, the file's hashes go back over the stored ones: old00003's old password
+    # again, and old00007's old email (the file is the authority)
+    assert (replaced.json()["updated"], replaced.json()["unchanged"]) == (2, 298)
+    back = await fetch(
+        sandbox.services.response_url,
+        "SELECT password_hash FROM users WHERE username = 'old00003'",
+    )
+    assert back[0]["password_hash"] == HASHES[3]
     row = await fetch(
         sandbox.services.response_url,
         "SELECT email, version FROM users WHERE username = 'old00007'",
     )
-    assert (row[0]["email"], row[0]["version"]) == ("seven@example.org", 2)
+    assert (row[0]["email"], row[0]["version"]) == ("old00007@example.org", 3)
     count = await fetch(sandbox.services.response_url, "SELECT count(*) AS n FROM users")
     assert count[0]["n"] == 301  # and the administrator
     assert (await api.post("/api/v1/users/import", content=body)).status_code == 401

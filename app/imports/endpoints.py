@@ -3,8 +3,8 @@
 The body is read as it arrives, a line at a time, so a file of a million rows costs the process
 one batch, never the file; the administrator is checked in a session that ends before the body
 is read, so no transaction (nor its locks) stays open while it streams in. Batches commit one by
-one (``atomic=true``: one transaction for all, nothing kept if a row is bad; that one is open
-while the rest of the body arrives, which is why an atomic import stops at 100,000 rows); the
+one (``atomic=true``: one transaction for all, nothing kept if a row is bad; the body is held
+in a temporary file first, at most 48 MiB, so that transaction opens once it is in); the
 answer is the summary, with each refused row's line number and reason. When rows were written,
 the outbox sweeper is asked to run at once: the rows leave in the relay's large files rather
 than one sync job per row.
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from app.db import session_scope
 from app.deps import BriefAdmin, QueueDep
 from app.imports.rows import Format
-from app.imports.run import Bulk, import_stream
+from app.imports.run import Bulk, import_stream, spooled
 from app.profile_types.bulk import PROFILE_TYPES
 from app.queue.client import JobQueue
 from app.settings.bulk import SETTINGS
@@ -87,8 +87,9 @@ async def _import(
     if fmt is None:
         raise InvalidInput(f"unsupported Content-Type {media!r}: application/x-ndjson or text/csv")
     maker = request.app.state.sessionmaker
+    body = await spooled(request.stream()) if atomic else request.stream()
     summary = await import_stream(
-        bulk, lambda: session_scope(maker), request.stream(), fmt, atomic=atomic, update=update
+        bulk, lambda: session_scope(maker), body, fmt, atomic=atomic, update=update
     )
     written = summary.created + summary.updated
     started = bool(written) and await queue.enqueue_sweep() is not None
@@ -103,14 +104,22 @@ async def import_users(
     format: FormatQuery = None,
     atomic: AtomicQuery = False,
     update: UpdateQuery = False,
+    replace_hashes: Annotated[
+        bool,
+        Query(
+            description="With update, put the rows' password hashes over the stored ones too"
+            " (default: a stored hash stays: its owner may have changed the password since)."
+        ),
+    ] = False,
 ) -> Imported:
     """Import users: one JSON object per line (or CSV with a header row) with ``username``,
     ``email``, ``role``, ``is_active`` and either ``password_hash`` (bcrypt or argon2, kept as it
     is) or ``password``. New usernames are created; existing ones are left as they are unless
-    ``update=true`` (then the email, role, active flag and ``password_hash`` the row gives
-    replace the stored ones; a field it leaves out stays as it is). Your own account is never
+    ``update=true`` (then the email, role and active flag the row gives replace the stored
+    ones, and its ``password_hash`` too with ``replace_hashes=true``; a field it leaves out
+    stays as it is). Your own account is never
     changed. A re-run changes nothing."""
-    bulk = users_bulk(protect=admin.username)
+    bulk = users_bulk(protect=admin.username, replace_hashes=replace_hashes)
     return await _import(request, queue, bulk, format, atomic=atomic, update=update)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pydantic import BaseModel
 
 from app.db import ResponseSession
 from app.imports.rows import MAX_LINE, CsvFields, Format, Record, RowError, records, validated
-from netsync.errors import InvalidInput
+from netsync.errors import InvalidInput, ServiceUnavailable
 
 #: Opens a unit that commits on exit and rolls back on an error (``app.db.session_scope``).
 Sessions = Callable[[], AbstractAsyncContextManager[ResponseSession]]
@@ -33,6 +34,10 @@ Sessions = Callable[[], AbstractAsyncContextManager[ResponseSession]]
 BATCH = 2000
 #: An atomic import is one transaction holding every row it wrote: it stops at this many lines.
 MAX_ATOMIC_ROWS = 100_000
+#: An atomic import's request body is held in a temporary file before its transaction opens:
+#: at most this much (the containers' /tmp is 64 MiB).
+MAX_ATOMIC_BYTES = 48 * 1024 * 1024
+SPOOL_CHUNK = 256 * 1024
 #: Errors listed in a summary; the count covers the rest.
 MAX_ERRORS_LISTED = 100
 
@@ -103,6 +108,9 @@ class Bulk(Generic[M]):
     max_line: int = MAX_LINE
     #: Rows per batch: fewer where a row may be large (two batches are held at a time).
     batch: int = BATCH
+    #: Work on a batch before its transaction opens (hashing plain passwords), in sessions of
+    #: its own.
+    prepare: Callable[[Sessions, list[tuple[int, M]]], Awaitable[None]] | None = None
 
 
 async def run_import(
@@ -118,6 +126,7 @@ async def run_import(
     summary = ImportSummary()
 
     async def write(batch: list[tuple[int, M]], session: ResponseSession) -> None:
+        """Write a prepared batch in ``session``."""
         for refused in await bulk.write(session, batch, summary, update):
             if atomic:
                 raise ImportRefused(f"line {refused.line}: {refused.error}; nothing was imported")
@@ -125,7 +134,12 @@ async def run_import(
         if progress is not None:
             progress(summary)
 
+    async def prepare(batch: list[tuple[int, M]]) -> None:
+        if bulk.prepare is not None:
+            await bulk.prepare(sessions, batch)
+
     async def write_alone(batch: list[tuple[int, M]]) -> None:
+        await prepare(batch)
         async with sessions() as session:
             await write(batch, session)
 
@@ -158,6 +172,7 @@ async def run_import(
     if atomic:
         async with sessions() as session:
             async for batch in batches():
+                await prepare(batch)
                 await write(batch, session)
         return summary
     writing: asyncio.Task[None] | None = None
@@ -174,6 +189,46 @@ async def run_import(
             with contextlib.suppress(asyncio.CancelledError):
                 await writing
     return summary
+
+
+class AtomicTooLarge(ImportRefused):
+    status_code = 413
+    code = "payload_too_large"
+
+
+async def spooled(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The whole stream, held in a temporary file (bounded) before it is given back: the API's
+    atomic imports read their body so, and their one transaction opens only once the body is
+    in, so a slow client cannot hold it (nor the rows it locked) open while it sends. Where the
+    temporary file cannot be written (a full ``/tmp``) the import is unavailable (503), not the
+    client's fault."""
+    spool = await asyncio.to_thread(tempfile.TemporaryFile)
+    try:
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_ATOMIC_BYTES:
+                raise AtomicTooLarge(
+                    f"an atomic import is held whole first: at most {MAX_ATOMIC_BYTES} bytes;"
+                    " import larger files without atomic (each batch commits; a re-run resumes)"
+                )
+            await asyncio.to_thread(spool.write, chunk)
+        await asyncio.to_thread(spool.seek, 0)
+    except OSError as exc:
+        spool.close()
+        raise ServiceUnavailable("no room to hold the import; try again later") from exc
+    except BaseException:
+        spool.close()
+        raise
+
+    async def replay() -> AsyncIterator[bytes]:
+        try:
+            while chunk := await asyncio.to_thread(spool.read, SPOOL_CHUNK):
+                yield chunk
+        finally:
+            spool.close()
+
+    return replay()
 
 
 async def import_stream(

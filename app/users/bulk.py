@@ -13,9 +13,10 @@ are written and existing users are left exactly as they are, so a re-run of the 
 one whose import was interrupted) finishes the job and never undoes what happened since: a
 password changed, a hash converted at sign-in, an account deactivated or demoted. With
 ``update`` existing users take the email, role and active flag the row gives (a field it
-leaves out keeps its stored value; ``"email": null`` clears it), and its ``password_hash``
-when it has one (a plain password never replaces a stored hash: hashing it again would be a new
-version and a signed-out user on every run); a row that changes nothing writes nothing. A row's
+leaves out keeps its stored value; ``"email": null`` clears it); the stored hash stays unless
+``replace_hashes`` is asked for as well (then the row's ``password_hash`` replaces it; a plain
+password never does: hashing it again would be a new version and a signed-out user on every
+run); a row that changes nothing writes nothing. A row's
 ``profile_type`` names one that exists (so profile types are imported first); a row without
 one leaves the user's profile type as it is. A stored
 hash's cost is bounded (``netsync.passwords.acceptable_hash``): a hash is cheap to import and
@@ -27,6 +28,7 @@ is kept (``app.imports.run``, the driver every bulk import shares).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +36,7 @@ from sqlalchemy import text
 
 from app.db import ResponseSession
 from app.imports.rows import RowError
-from app.imports.run import Bulk, ImportSummary, latest_by
+from app.imports.run import Bulk, ImportSummary, Sessions, latest_by
 from app.outbox.service import record_upserts
 from app.users.import_rows import ImportedUser, csv_fields
 from app.users.service import ENTITY, check_password, sync_payload
@@ -103,18 +105,42 @@ _STORED = text(
 _LOCK_STORED = text(str(_STORED) + " FOR UPDATE")
 
 
+async def hash_new(sessions: Sessions, batch: list[tuple[int, ImportedUser]]) -> None:
+    """Hash the plain passwords of users that do not exist yet, before the batch's transaction
+    opens (a hash takes tens of milliseconds: 2,000 of them must not hold a transaction, nor
+    the rows an update locks). One at a time, so an import never takes more than one slot of
+    the hashing pool from sign-ins; users that exist keep their hash and cost nothing."""
+    plain = [u for _, u in batch if u.password is not None]
+    if not plain:
+        return
+    async with sessions() as session:
+        existing = set(
+            await session.scalars(
+                text("SELECT lower(username) FROM users WHERE lower(username) = ANY(:names)"),
+                {"names": [u.username.lower() for u in plain]},
+            )
+        )
+    for user in plain:
+        if user.username.lower() not in existing:
+            assert user.password is not None
+            user._hashed = await hash_password(user.password)
+
+
 async def write_batch(
     session: ResponseSession,
     batch: list[tuple[int, ImportedUser]],
     summary: ImportSummary,
     update: bool,
+    *,
+    replace_hashes: bool = False,
 ) -> list[RowError]:
     """Write one batch and its outbox rows: new users only, or (``update``) existing ones too.
 
     A row naming a profile type that does not exist is refused; the ones named are locked
-    (``FOR KEY SHARE``) until the batch commits, so none is deleted in between. Plain passwords
-    are hashed only for users that do not exist yet, one at a time, so an import never takes
-    more than one slot of the hashing pool from sign-ins."""
+    (``FOR KEY SHARE``) until the batch commits, so none is deleted in between. An existing
+    user's hash is replaced by the row's ``password_hash`` only with ``replace_hashes``: since
+    the first import its owner may have changed the password, or signed in and been rehashed,
+    and an update run would otherwise put the old hash back and sign them out."""
     latest = latest_by(batch, lambda u: u.username.lower())
     # with update the existing rows are locked (in username order, as the upsert goes) and
     # read, so a field a row does not give keeps its stored value
@@ -152,13 +178,14 @@ async def write_batch(
     ]
     hashes = []
     for user in users:
-        if user.password_hash is not None:
+        if user.username.lower() in existing:
+            replace = replace_hashes and user.password_hash is not None
+            hashes.append(user.password_hash if replace else KEEP_HASH)
+        elif user.password_hash is not None:
             hashes.append(user.password_hash)
-        elif user.username.lower() in existing:
-            hashes.append(KEEP_HASH)
-        else:
+        else:  # created since hash_new looked (or earlier in this atomic import's transaction)
             assert user.password is not None
-            hashes.append(await hash_password(user.password))
+            hashes.append(user._hashed or await hash_password(user.password))
     written: Sequence[Any] = []
     if users:
 
@@ -203,6 +230,13 @@ def _check(protect: str | None) -> Callable[[ImportedUser], str | None]:
     return check
 
 
-def users_bulk(protect: str | None = None) -> Bulk[ImportedUser]:
-    """How users are imported (``protect``: an account no row may change)."""
-    return Bulk(ImportedUser, write_batch, _check(protect), csv_fields=csv_fields)
+def users_bulk(protect: str | None = None, *, replace_hashes: bool = False) -> Bulk[ImportedUser]:
+    """How users are imported (``protect``: an account no row may change; ``replace_hashes``:
+    an update also puts the rows' hashes over the stored ones)."""
+    return Bulk(
+        ImportedUser,
+        functools.partial(write_batch, replace_hashes=replace_hashes),
+        _check(protect),
+        csv_fields=csv_fields,
+        prepare=hash_new,
+    )

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     EmailStr,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     model_validator,
@@ -63,6 +64,10 @@ class ImportedUser(BaseModel):
     #: The name of a profile type that exists (imported before the users); absent: the user's
     #: profile type is left as it is.
     profile_type: ProfileTypeName | None = None
+
+    #: The plain password's hash, once ``app.users.bulk.hash_new`` has made it (private: no
+    #: row can set it).
+    _hashed: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_secret(self) -> ImportedUser:

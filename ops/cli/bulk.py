@@ -141,43 +141,85 @@ def show(title: str, summary: dict[str, Any], as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+SourceArgument = typer.Argument(..., help="An NDJSON or CSV file, or - for standard input.")
+FormatOption = typer.Option("", "--format", help="ndjson or csv (default: from the name).")
+AtomicOption = typer.Option(False, "--atomic", help="Keep nothing if a row is bad.")
+UpdateOption = typer.Option(
+    False, "--update", help="Also change rows that exist (default: leave them alone)."
+)
+ReplaceHashesOption = typer.Option(
+    False,
+    "--replace-hashes",
+    help="With --update, put the rows' password hashes over the stored ones too (default: a"
+    " stored hash stays: its owner may have changed the password since).",
+)
+
+
+def import_file(
+    noun: str, bulk: Bulk[Any], source: str, fmt: str, atomic: bool, update: bool, as_json: bool
+) -> None:
+    """The ``import`` command of every group: check the arguments, import, show the summary."""
+    configure_logging("netsync-cli", level="WARNING", fmt="console")
+    chosen = fmt or ("csv" if source.lower().endswith(".csv") else "ndjson")
+    if chosen not in ("ndjson", "csv"):
+        err.print(f"[red]unknown format {chosen!r}[/red]: ndjson or csv")
+        raise typer.Exit(2)
+    if source != "-" and not Path(source).is_file():
+        err.print(f"[red]no such file:[/red] {source}")
+        raise typer.Exit(2)
+    summary = run(_import(bulk, source, chosen, atomic, update, quiet=as_json))  # type: ignore[arg-type]
+    show(f"{noun} import", summary, as_json)
+
+
 def import_group(noun: str, bulk: Bulk[Any], help: str) -> typer.Typer:
     """A command group with its ``import`` command for one kind of row."""
     group = typer.Typer(help=help, no_args_is_help=True)
 
     @group.command("import")
     def import_(
-        source: str = typer.Argument(..., help="An NDJSON or CSV file, or - for standard input."),
-        fmt: str = typer.Option("", "--format", help="ndjson or csv (default: from the name)."),
-        atomic: bool = typer.Option(False, "--atomic", help="Keep nothing if a row is bad."),
-        update: bool = typer.Option(
-            False, "--update", help=f"Also change {noun} that exist (default: leave them alone)."
-        ),
+        source: str = SourceArgument,
+        fmt: str = FormatOption,
+        atomic: bool = AtomicOption,
+        update: bool = UpdateOption,
         as_json: bool = JsonOption,
     ) -> None:
-        configure_logging("netsync-cli", level="WARNING", fmt="console")
-        chosen = fmt or ("csv" if source.lower().endswith(".csv") else "ndjson")
-        if chosen not in ("ndjson", "csv"):
-            err.print(f"[red]unknown format {chosen!r}[/red]: ndjson or csv")
-            raise typer.Exit(2)
-        if source != "-" and not Path(source).is_file():
-            err.print(f"[red]no such file:[/red] {source}")
-            raise typer.Exit(2)
-        summary = run(_import(bulk, source, chosen, atomic, update, quiet=as_json))  # type: ignore[arg-type]
-        show(f"{noun} import", summary, as_json)
+        import_file(noun, bulk, source, fmt, atomic, update, as_json)
 
     import_.__doc__ = f"Import {noun}; exit 1 if a row was refused (the others are imported)."
     return group
 
 
-users = import_group("users", users_bulk(), "Users: bring them in from another deployment.")
+users = typer.Typer(help="Users: bring them in from another deployment.", no_args_is_help=True)
+
+
+@users.command("import")
+def import_users(
+    source: str = SourceArgument,
+    fmt: str = FormatOption,
+    atomic: bool = AtomicOption,
+    update: bool = UpdateOption,
+    replace_hashes: bool = ReplaceHashesOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import users; exit 1 if a row was refused (the others are imported)."""
+    bulk = users_bulk(replace_hashes=replace_hashes)
+    import_file("users", bulk, source, fmt, atomic, update, as_json)
+
+
 settings = import_group("settings", SETTINGS, "Settings: bring them in from another deployment.")
 profile_types = import_group(
     "profile types", PROFILE_TYPES, "Profile types: bring them in from another deployment."
 )
 
 
-async def _migrate(url: str, schema: str, update: bool, quiet: bool) -> dict[str, Any]:
+async def _migrate(
+    url: str, schema: str, update: bool, replace_hashes: bool, quiet: bool
+) -> dict[str, Any]:
+    bulks: tuple[Bulk[Any], ...] = (
+        PROFILE_TYPES,
+        SETTINGS,
+        users_bulk(replace_hashes=replace_hashes),
+    )
     try:
         legacy_db = await asyncpg.connect(to_libpq_url(url), timeout=10)
     except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -196,7 +238,7 @@ async def _migrate(url: str, schema: str, update: bool, quiet: bool) -> dict[str
             async def work(sessions: Sessions) -> dict[str, Any]:
                 done: dict[str, Any] = {}
                 with progress("rows", quiet=quiet) as bar:
-                    for kind, bulk in zip(legacy.KINDS, _LEGACY_BULKS, strict=True):
+                    for kind, bulk in zip(legacy.KINDS, bulks, strict=True):
                         task = bar.add_task(f"importing {kind.table}", total=None)
 
                         def shown(summary: ImportSummary, task: TaskID = task) -> None:
@@ -218,9 +260,6 @@ async def _migrate(url: str, schema: str, update: bool, quiet: bool) -> dict[str
     return {"tables": done, "export_started": await export_now(ResponseSettings())}
 
 
-_LEGACY_BULKS: tuple[Bulk[Any], ...] = (PROFILE_TYPES, SETTINGS, users_bulk())
-
-
 def migrate_from_celery(
     database_url: str = typer.Option(
         ...,
@@ -231,16 +270,15 @@ def migrate_from_celery(
         show_default=False,
     ),
     schema: str = typer.Option("public", "--schema", help="The schema its tables are in."),
-    update: bool = typer.Option(
-        False, "--update", help="Also change rows that exist here (default: leave them alone)."
-    ),
+    update: bool = UpdateOption,
+    replace_hashes: bool = ReplaceHashesOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Import the previous (Celery) deployment's profile types, settings and users, read from
     its database; users keep their hashes. Exit 1 if a row was refused (the others are
     imported); a re-run imports what is missing and changes nothing else."""
     configure_logging("netsync-cli", level="WARNING", fmt="console")
-    result = run(_migrate(database_url, schema, update, quiet=as_json))
+    result = run(_migrate(database_url, schema, update, replace_hashes, quiet=as_json))
     tables = result["tables"]
     if as_json:
         print_json(result)
