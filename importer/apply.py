@@ -26,15 +26,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, text, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import bindparam, text, update
 
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
 from importer import gaps
 from importer.db import RequestSession
+from importer.entities import BOOKKEEPING, ENTITIES, SyncedEntity
 from importer.ledger import claim
-from importer.models import ImportLedger, SyncedProfileType, SyncedSetting, SyncedUser
+from importer.models import ImportLedger
 
 APPLIED_CHANNEL = "netsync_applied"
 _NOTIFY_EVENT_IDS = 100
@@ -52,16 +52,6 @@ class ApplyResult:
     began: int | None = None
 
 
-#: Per entity: its table and the columns its data fills (NULL / false on a tombstone).
-_TABLES: dict[str, tuple[type[SyncedUser | SyncedSetting | SyncedProfileType], tuple[str, ...]]] = {
-    "user": (
-        SyncedUser,
-        ("username", "email", "password_hash", "role", "is_active", "profile_type_id"),
-    ),
-    "setting": (SyncedSetting, ("key", "value", "description")),
-    "profile_type": (SyncedProfileType, ("name", "description", "permissions")),
-}
-_BOOLEAN_COLUMNS = {"is_active"}
 _Key = tuple[str, uuid.UUID]
 #: A record, the ``changes`` file it came from (None: a snapshot) and that file's generation.
 _Item = tuple[ChangeRecord, int | None, int]
@@ -79,29 +69,46 @@ def _latest_per_entity(items: Sequence[_Item]) -> dict[_Key, _Item]:
     return latest
 
 
-def _row(
-    record: ChangeRecord,
-    columns: tuple[str, ...],
-    changes_seq: int | None,
-    generation: int,
-    now: datetime,
-) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": record.entity_id,
-        "generation": generation,
-        "version": record.version,
-        "event_id": record.event_id,
-        "changed_at": record.occurred_at,
-        "applied_at": now,
-        "deleted": record.op == "delete",
-        "last_changes_seq": changes_seq,
+def _upsert_sql(entity: SyncedEntity) -> str:
+    """One statement for a batch of an entity's rows, given as one typed array per column
+    (``unnest``): a single parameter set however many rows, so neither SQLAlchemy nor asyncpg
+    does per-row work beyond encoding the arrays. The version guard decides per row."""
+    columns = {**BOOKKEEPING, **entity.columns}
+    names = ", ".join(columns)
+    arrays = ", ".join(f"CAST(:{c} AS {kind}[])" for c, kind in columns.items())
+    updates = ", ".join(f"{c} = excluded.{c}" for c in [*columns, "applied_at"] if c != "id")
+    return f"""
+        INSERT INTO {entity.table} AS t ({names}, applied_at)
+        SELECT {names}, :applied_at FROM unnest({arrays}) AS r({names})
+        ON CONFLICT (id) DO UPDATE SET {updates}
+        WHERE (t.generation, t.version) < (excluded.generation, excluded.version)
+        RETURNING t.id
+    """  # noqa: S608 - identifiers come from importer.entities, values are parameters
+
+
+_UPSERTS = {name: text(_upsert_sql(entity)) for name, entity in ENTITIES.items()}
+
+
+def _arrays(entity: SyncedEntity, chosen: Sequence[_Item]) -> dict[str, list[Any]]:
+    """The rows of ``chosen`` as one list per column (JSON columns as JSON text)."""
+    arrays: dict[str, list[Any]] = {
+        "id": [r.entity_id for r, _, _ in chosen],
+        "generation": [g for _, _, g in chosen],
+        "version": [r.version for r, _, _ in chosen],
+        "event_id": [r.event_id for r, _, _ in chosen],
+        "changed_at": [r.occurred_at for r, _, _ in chosen],
+        "deleted": [r.op == "delete" for r, _, _ in chosen],
+        "last_changes_seq": [s for _, s, _ in chosen],
     }
-    data = record.data if record.op == "upsert" else None
-    for column in columns:
+    datas = [r.data if r.op == "upsert" else None for r, _, _ in chosen]
+    for column, kind in entity.columns.items():
+        empty = entity.empty(column)
         # attributes, not model_dump(): this runs once per change and dominates a big burst
-        default = False if column in _BOOLEAN_COLUMNS else None
-        row[column] = getattr(data, column, default) if data is not None else default
-    return row
+        values = [empty if d is None else getattr(d, column, empty) for d in datas]
+        if kind == "jsonb":
+            values = [orjson.dumps(v).decode() for v in values]
+        arrays[column] = values
+    return arrays
 
 
 async def _upsert(session: RequestSession, items: Sequence[_Item]) -> dict[int | None, int]:
@@ -109,32 +116,12 @@ async def _upsert(session: RequestSession, items: Sequence[_Item]) -> dict[int |
     latest = _latest_per_entity(items)
     now = datetime.now(UTC)
     written: dict[int | None, int] = {}
-    for entity, (table, columns) in _TABLES.items():
-        chosen = [item for (e, _), item in latest.items() if e == entity]
+    for name, entity in ENTITIES.items():
+        chosen = [item for (e, _), item in latest.items() if e == name]
         if not chosen:
             continue
-        rows = [_row(r, columns, s, g, now) for r, s, g in chosen]
-        base = insert(table)
-        excluded = base.excluded
-        updated = (
-            "generation",
-            "version",
-            "event_id",
-            "changed_at",
-            "applied_at",
-            "deleted",
-            "last_changes_seq",
-            *columns,
-        )
-        stmt = base.on_conflict_do_update(
-            index_elements=[table.id],
-            set_={col: excluded[col] for col in updated},
-            where=tuple_(table.generation, table.version)
-            < tuple_(excluded.generation, excluded.version),
-        ).returning(table.id)
-        # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues")
-        conn = await session.connection()
-        ids = set((await conn.execute(stmt, rows)).scalars().all())
+        params = {**_arrays(entity, chosen), "applied_at": now}
+        ids = set((await session.execute(_UPSERTS[name], params)).scalars().all())
         for record, seq, _ in chosen:
             if record.entity_id in ids:
                 written[seq] = written.get(seq, 0) + 1

@@ -222,6 +222,8 @@ class FileHandler:
                 continue
             result.applied += 1
             result.changes += outcome.changes
+            if not log.isEnabledFor(logging.INFO):
+                continue  # a line per change: not even built when nobody reads it
             for record in export.records:
                 log.info(
                     "applied change",

@@ -40,6 +40,7 @@ from exchange.format import SETTING_KEY_PATTERN, ExportHeader
 from exchange.reader import RejectedFile, RejectReason, VerifiedStream
 from importer import gaps
 from importer.db import RequestSession
+from importer.entities import ENTITIES, SyncedEntity
 from importer.failures import DatabaseUnavailable
 from importer.ledger import claim
 from importer.models import ImportLedger
@@ -109,35 +110,12 @@ def _profile_type(d: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-@dataclass(frozen=True)
-class _Entity:
-    table: str
-    #: The entity's own columns and their SQL types, in the order its row function returns them.
-    columns: dict[str, str]
-    row: Callable[[dict[str, Any]], tuple[Any, ...]]
-
-
-_ENTITIES: dict[str, _Entity] = {
-    "setting": _Entity(
-        "synced_settings", {"key": "text", "value": "jsonb", "description": "text"}, _setting
-    ),
-    "user": _Entity(
-        "synced_users",
-        {
-            "username": "text",
-            "email": "text",
-            "password_hash": "text",
-            "role": "text",
-            "is_active": "boolean",
-            "profile_type_id": "uuid",
-        },
-        _user,
-    ),
-    "profile_type": _Entity(
-        "synced_profile_types",
-        {"name": "text", "description": "text", "permissions": "jsonb"},
-        _profile_type,
-    ),
+#: Per entity, its row check: the snapshot's data as the values of the entity's columns
+#: (``importer.entities``), in their order.
+_ROW_CHECKS: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
+    "setting": _setting,
+    "user": _user,
+    "profile_type": _profile_type,
 }
 
 _ROWS = "snapshot_rows"
@@ -145,7 +123,7 @@ _ROWS = "snapshot_rows"
 
 def _rows(entity_name: str, lines: list[bytes], first: int) -> list[tuple[Any, ...]]:
     """Parse and check record lines; ``_Invalid`` names the first bad record's number."""
-    entity = _ENTITIES[entity_name]
+    check = _ROW_CHECKS[entity_name]
     rows: list[tuple[Any, ...]] = []
     number = first
     try:
@@ -170,7 +148,7 @@ def _rows(entity_name: str, lines: list[bytes], first: int) -> list[tuple[Any, .
                     version,
                     r["event_id"],
                     datetime.fromisoformat(r["occurred_at"]),
-                    *entity.row(r["data"]),
+                    *check(r["data"]),
                 )
             )
     except (orjson.JSONDecodeError, _Invalid, KeyError, TypeError, ValueError) as exc:
@@ -195,7 +173,7 @@ class StreamedResult:
     began: int | None = None
 
 
-def _merge_sql(entity: _Entity) -> str:
+def _merge_sql(entity: SyncedEntity) -> str:
     names = ", ".join(entity.columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in entity.columns)
     return f"""
@@ -213,7 +191,7 @@ def _merge_sql(entity: _Entity) -> str:
     """  # noqa: S608 - identifiers come from the fixed table above, values are parameters
 
 
-def _tombstone_sql(entity: _Entity) -> str:
+def _tombstone_sql(entity: SyncedEntity) -> str:
     return f"""
         UPDATE {entity.table} AS t
         SET deleted = true, generation = :generation, applied_at = clock_timestamp()
@@ -253,7 +231,7 @@ async def _driver(session: RequestSession) -> asyncpg.Connection:
     return raw.driver_connection
 
 
-async def _create_rows_table(session: RequestSession, entity: _Entity) -> None:
+async def _create_rows_table(session: RequestSession, entity: SyncedEntity) -> None:
     columns = ", ".join(f"{name} {kind}" for name, kind in entity.columns.items())
     await session.execute(
         text(
@@ -270,7 +248,7 @@ async def _copy_rows(
     batches: AsyncGenerator[list[tuple[Any, ...]], None],
 ) -> None:
     """One binary ``COPY`` per batch; the next batch is parsed (in a thread) meanwhile."""
-    entity = _ENTITIES[entity_name]
+    entity = ENTITIES[entity_name]
     await _create_rows_table(session, entity)
     driver = await _driver(session)
     columns = ["id", "version", "event_id", "changed_at", *entity.columns]
@@ -313,7 +291,7 @@ async def _merge(session: RequestSession, header: ExportHeader) -> tuple[int, in
     # the header's validator guarantees both for snapshots
     assert header.entity is not None
     assert header.changes_seq is not None
-    entity = _ENTITIES[header.entity]
+    entity = ENTITIES[header.entity]
     generation, changes_seq = header.generation, header.changes_seq
     await gaps.heal_through(session, header.entity, changes_seq, generation=generation)
     try:
