@@ -300,11 +300,12 @@ class Importer:
                 ahead = read_from(start) if start < len(pending) else None
                 if stop is not None and stop.is_set():
                     return False  # nothing of this batch was written yet
-                await self.handler.handle(reads, result)
+                await self.handler.handle(reads, result, overlap=True)
         finally:
             if ahead is not None:  # stopped or failed: the read-ahead is dropped, unapplied
                 with contextlib.suppress(Exception):
                     await ahead
+            await self.handler.settle()
         return True
 
 

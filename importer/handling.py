@@ -66,6 +66,15 @@ class FileHandler:
         self.quarantined = quarantined
         #: Moves the daemon's liveness heartbeat: long work is work, not a hang.
         self.beat = beat
+        #: The applied batch whose files are being archived while the next one is applied.
+        self._archiving: asyncio.Future[None] | None = None
+
+    async def settle(self) -> None:
+        """Wait until every applied file is archived (the end of a scan; the next batch's
+        archiving waits for the previous one, so they stay in order)."""
+        if self._archiving is not None:
+            archiving, self._archiving = self._archiving, None
+            await archiving
 
     async def _beat(self) -> None:
         while True:
@@ -159,7 +168,11 @@ class FileHandler:
         if await self.quarantined.put(name.name, rejected):
             result.quarantined += 1
 
-    async def handle(self, reads: list[Read], result: ScanResult) -> None:
+    async def handle(self, reads: list[Read], result: ScanResult, *, overlap: bool = False) -> None:
+        """Apply a batch of reads. ``overlap``: its files are archived while the caller goes on
+        (applying the next batch); ``settle`` waits for them. Safe, because the ledger has
+        committed: a file whose archiving is cut short is still in the exports directory, is
+        read again and archived as a duplicate."""
         batch: list[ExportFile] = []
         for name, outcome in reads:
             if isinstance(outcome, RejectedFile):
@@ -169,6 +182,8 @@ class FileHandler:
                 batch.append(outcome)
         if batch:
             await self._apply_group(batch, result)
+        if not overlap:
+            await self.settle()
 
     async def _apply_group(self, exports: list[ExportFile], result: ScanResult) -> None:
         token = correlation_id.set(None)
@@ -236,7 +251,8 @@ class FileHandler:
                         "correlation_id": record.correlation_id,
                     },
                 )
-        await asyncio.to_thread(self.files.archive_many, moves)
+        await self.settle()
+        self._archiving = asyncio.ensure_future(asyncio.to_thread(self.files.archive_many, moves))
 
 
 def _superseded(name: FileName, result: ScanResult) -> None:
