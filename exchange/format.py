@@ -11,13 +11,14 @@ reader can order files, detect gaps, ignore replays and never let an older value
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 FORMAT_NAME = "netsync-export"
 #: Version 2: the records are sealed (age) to the Request Network; only the envelope is clear.
@@ -181,9 +182,30 @@ class UserData(_Strict):
     profile_type_id: UUID | None = None
 
 
+_INT64 = 2**63
+
+
+def _storable(value: JsonValue) -> JsonValue:
+    """A value PostgreSQL's ``jsonb`` and orjson take as they are: the JSON parser reads ``NaN``,
+    ``Infinity``, ``1e400`` and integers of any size, which ``jsonb`` refuses or orjson writes
+    as ``null``; the Response side never sends them (``app.fields.StoredJson``)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
+        if isinstance(item, int) and not isinstance(item, bool) and not -_INT64 <= item < _INT64:
+            raise ValueError("integers must fit in 64 bits")
+        if isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return value
+
+
 class SettingData(_Strict):
     key: Annotated[str, Field(min_length=1, max_length=200, pattern=SETTING_KEY_PATTERN)]
-    value: JsonValue
+    value: Annotated[JsonValue, AfterValidator(_storable)]
     description: Annotated[str, Field(max_length=2000)] | None = None
 
 

@@ -302,10 +302,12 @@ class Importer:
                     return False  # nothing of this batch was written yet
                 await self.handler.handle(reads, result, overlap=True)
         finally:
-            if ahead is not None:  # stopped or failed: the read-ahead is dropped, unapplied
-                with contextlib.suppress(Exception):
-                    await ahead
-            await self.handler.settle()
+            try:
+                if ahead is not None:  # stopped or failed: the read-ahead is dropped, unapplied
+                    with contextlib.suppress(Exception):
+                        await ahead
+            finally:
+                await self.handler.settle()
         return True
 
 

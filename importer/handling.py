@@ -71,10 +71,19 @@ class FileHandler:
 
     async def settle(self) -> None:
         """Wait until every applied file is archived (the end of a scan; the next batch's
-        archiving waits for the previous one, so they stay in order)."""
+        archiving waits for the previous one, so they stay in order). Shielded: a thread
+        cannot be stopped, so a cancelled caller leaves it tracked, and the next settle waits."""
         if self._archiving is not None:
-            archiving, self._archiving = self._archiving, None
-            await archiving
+            await asyncio.shield(self._archiving)
+            self._archiving = None
+
+    def _archive(self, moves: list[tuple[str, tuple[int, int], bytes, bool]]) -> None:
+        """The archive thread's work: whatever goes wrong is logged, never raised into the next
+        batch (whose files would then go unarchived). The files are applied either way."""
+        try:
+            self.files.archive_many(moves)
+        except Exception:
+            log.exception("archiving applied files failed", extra={"files": len(moves)})
 
     async def _beat(self) -> None:
         while True:
@@ -171,8 +180,9 @@ class FileHandler:
     async def handle(self, reads: list[Read], result: ScanResult, *, overlap: bool = False) -> None:
         """Apply a batch of reads. ``overlap``: its files are archived while the caller goes on
         (applying the next batch); ``settle`` waits for them. Safe, because the ledger has
-        committed: a file whose archiving is cut short is still in the exports directory, is
-        read again and archived as a duplicate."""
+        committed: a file whose archiving is cut short is still in the exports directory, and
+        the next scan finds it applied and removes it (without an archive copy, as after any
+        crash between the commit and the archive)."""
         batch: list[ExportFile] = []
         for name, outcome in reads:
             if isinstance(outcome, RejectedFile):
@@ -180,10 +190,12 @@ class FileHandler:
                     result.quarantined += 1
             elif isinstance(outcome, ExportFile):
                 batch.append(outcome)
-        if batch:
-            await self._apply_group(batch, result)
-        if not overlap:
-            await self.settle()
+        try:
+            if batch:
+                await self._apply_group(batch, result)
+        finally:
+            if not overlap:
+                await self.settle()
 
     async def _apply_group(self, exports: list[ExportFile], result: ScanResult) -> None:
         token = correlation_id.set(None)
@@ -252,7 +264,7 @@ class FileHandler:
                     },
                 )
         await self.settle()
-        self._archiving = asyncio.ensure_future(asyncio.to_thread(self.files.archive_many, moves))
+        self._archiving = asyncio.ensure_future(asyncio.to_thread(self._archive, moves))
 
 
 def _superseded(name: FileName, result: ScanResult) -> None:

@@ -166,3 +166,24 @@ def test_a_failed_write_publishes_nothing(tmp_path: Path, signer: Signer) -> Non
 )  # fmt: skip
 def test_names_that_are_not_ours_do_not_parse(name: str) -> None:
     assert parse_file_name(name) is None
+
+
+@pytest.mark.parametrize(
+    "value", ["NaN", "Infinity", "-Infinity", "1e400", "9223372036854775808", '{"a": [1, NaN]}']
+)
+def test_a_setting_value_jsonb_or_orjson_would_not_keep_as_it_is_is_refused(value: str) -> None:
+    """The JSON parser reads these; ``jsonb`` refuses them or orjson writes them as null, so a
+    record holding one would be applied with another value than it said."""
+    from pydantic import ValidationError
+
+    from exchange.format import ChangeRecord
+
+    line = (
+        f'{{"event_id": "{uuid.uuid4()}", "entity": "setting", "entity_id": "{uuid.uuid4()}",'
+        ' "version": 1, "op": "upsert", "occurred_at": "2026-01-01T00:00:00+00:00",'
+        f' "data": {{"key": "a.b", "value": {value}}}}}'
+    )
+    with pytest.raises(ValidationError):
+        ChangeRecord.model_validate_json(line)
+    ok = line.replace(value, "[9223372036854775807, 1.5, true]")
+    assert ChangeRecord.model_validate_json(ok).data is not None

@@ -23,6 +23,7 @@ from tests.importer.files import (
     publish,
     quarantined,
     query,
+    setting_record,
     signed,
     user_record,
     user_version,
@@ -166,6 +167,20 @@ async def test_a_signed_file_the_database_refuses_is_quarantined_without_holding
     assert [await user_version(sandbox, u) for u in users] == [1, 1, None, 1, 1]
     assert await quarantined(sandbox) == {name(3): "apply_failed"}
     assert export_names(sandbox.exports) == []
+
+
+async def test_a_signed_setting_beyond_what_the_response_side_sends_is_refused_not_rewritten(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    importer = make_importer()
+    # 2^63 + 5: orjson writes it, jsonb would store it; the Response side never sends one
+    publish(sandbox.exports, sandbox.signer, 1, setting_record("huge.number", 2**63 + 5))
+    publish(sandbox.exports, sandbox.signer, 2, setting_record("fine.number", 2**63 - 1))
+    result = await importer.scan_once()
+    assert (result.applied, result.quarantined) == (1, 1)
+    assert await quarantined(sandbox) == {name(1): "invalid_schema"}
+    rows = await query(sandbox, "SELECT key, value::text AS value FROM synced_settings")
+    assert [(r["key"], r["value"]) for r in rows] == [("fine.number", str(2**63 - 1))]
 
 
 async def test_a_file_refused_while_the_database_is_down_is_recorded_once_it_is_back(
