@@ -259,3 +259,11 @@ def latest_by(batch: list[tuple[int, M]], key: Callable[[M], str]) -> list[tuple
     for line, row in batch:
         latest[key(row)] = (line, row)
     return [latest[k] for k in sorted(latest)]
+
+
+def given(row: BaseModel, stored: Any | None, field: str) -> Any:
+    """What an update writes in ``field``: the row's value where the row gives one (or the row
+    is new), else the stored value (``stored``: the existing row, read ``FOR UPDATE``)."""
+    if stored is None or field in row.model_fields_set:
+        return getattr(row, field)
+    return getattr(stored, field)

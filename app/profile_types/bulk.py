@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from app.db import ResponseSession
 from app.imports.rows import Record, RowError
-from app.imports.run import Bulk, ImportSummary, latest_by
+from app.imports.run import Bulk, ImportSummary, given, latest_by
 from app.outbox.service import record_upserts
 from app.profile_types.schemas import ProfileTypeCreate
 from app.profile_types.service import ENTITY, sync_payload
@@ -96,16 +96,12 @@ async def write_batch(
             )
         }
 
-    def given(row: ProfileTypeCreate, field: str) -> Any:
-        old = stored.get(keyed[id(row)])
-        if old is None or field in row.model_fields_set:
-            return getattr(row, field)
-        return getattr(old, field)
-
     params: dict[str, Any] = {
         "names": [p.name for p in rows],
-        "descriptions": [given(p, "description") for p in rows],
-        "permissions": [orjson.dumps(given(p, "permissions")).decode() for p in rows],
+        "descriptions": [given(p, stored.get(keyed[id(p)]), "description") for p in rows],
+        "permissions": [
+            orjson.dumps(given(p, stored.get(keyed[id(p)]), "permissions")).decode() for p in rows
+        ],
     }
     written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
     await record_upserts(

@@ -36,7 +36,7 @@ from sqlalchemy import text
 
 from app.db import ResponseSession
 from app.imports.rows import RowError
-from app.imports.run import Bulk, ImportSummary, Sessions, latest_by
+from app.imports.run import Bulk, ImportSummary, Sessions, given, latest_by
 from app.outbox.service import record_upserts
 from app.users.import_rows import ImportedUser, csv_fields
 from app.users.service import ENTITY, check_password, sync_payload
@@ -188,19 +188,12 @@ async def write_batch(
             hashes.append(user._hashed or await hash_password(user.password))
     written: Sequence[Any] = []
     if users:
-
-        def given(user: ImportedUser, field: str) -> Any:
-            old = stored.get(user.username.lower())
-            if old is None or field in user.model_fields_set:
-                return getattr(user, field)
-            return getattr(old, field)
-
         params: dict[str, Any] = {
             "usernames": [u.username for u in users],
-            "emails": [given(u, "email") for u in users],
+            "emails": [given(u, stored.get(u.username.lower()), "email") for u in users],
             "hashes": hashes,
-            "roles": [given(u, "role") for u in users],
-            "active": [given(u, "is_active") for u in users],
+            "roles": [given(u, stored.get(u.username.lower()), "role") for u in users],
+            "active": [given(u, stored.get(u.username.lower()), "is_active") for u in users],
             "profile_types": [
                 profile_types[u.profile_type] if u.profile_type else None for u in users
             ],
