@@ -14,9 +14,9 @@ Two rules make a snapshot safe to apply at any time, in any order with the ``cha
   ignored, so a late file cannot undo a newer one.
 
 A million-row snapshot is ~280 MB. Its lines are read in blocks, parsed with orjson and checked
-against the record contract by small hand-written checks (``_ROW``: the pydantic models cost ten
-times more per record), then streamed with binary ``COPY`` into a typed temporary table and merged
-with one ``INSERT … SELECT … ON CONFLICT … WHERE version < excluded.version``, all in the caller's
+against the record contract by small hand-written checks (``importer.snapshot_rows``: the
+pydantic models cost ten times more per record), then streamed with binary ``COPY`` into a typed
+temporary table and merged with one ``INSERT … SELECT … ON CONFLICT … WHERE version < excluded.version``, all in the caller's
 transaction. The file's signature was verified before any of this (``exchange.intake``): only a
 genuine file's rows reach the database, and a genuine but malformed one rolls back as a whole.
 """
@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
 import asyncpg
-import orjson
 from sqlalchemy import CursorResult, func, select, text, tuple_, update
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
-from exchange.format import SETTING_KEY_PATTERN, ExportHeader
+from exchange.format import ExportHeader
 from exchange.reader import RejectedFile, RejectReason, VerifiedStream
 from importer import gaps
 from importer.db import RequestSession
@@ -45,115 +42,12 @@ from importer.failures import DatabaseUnavailable
 from importer.ledger import claim
 from importer.models import ImportLedger
 from importer.results import apply_results
+from importer.snapshot_rows import Invalid, rows
 
 #: Lines per ``COPY`` chunk: bounds memory (a few MB) while keeping round trips few.
 BATCH_LINES = 20_000
 
-_RECORD_KEYS = frozenset(
-    {"event_id", "entity", "entity_id", "version", "op", "occurred_at", "correlation_id", "data"}
-)
-# the contract's pattern without anchors and capture, for fullmatch: twice as fast per record
-_KEY_RE = re.compile(SETTING_KEY_PATTERN.strip("^$").replace("(", "(?:"))
-_MAX_VERSION = 2**31 - 1
-
-
-class _Invalid(ValueError):
-    pass
-
-
-def _text(data: dict[str, Any], key: str, low: int, high: int, *, null: bool = False) -> str | None:
-    value = data.get(key)
-    if value is None and null:
-        return None
-    if type(value) is not str or not low <= len(value) <= high:
-        raise _Invalid(f"{key} must be a string of {low}-{high} characters")
-    return value
-
-
-def _setting(d: dict[str, Any]) -> tuple[Any, ...]:
-    if not d.keys() <= {"key", "value", "description"} or "value" not in d:
-        raise _Invalid("setting data has key, value and description")
-    key = _text(d, "key", 1, 200)
-    if not _KEY_RE.fullmatch(key or ""):
-        raise _Invalid("key is not a dotted lowercase name")
-    return key, orjson.dumps(d["value"]).decode(), _text(d, "description", 0, 2000, null=True)
-
-
-def _user(d: dict[str, Any]) -> tuple[Any, ...]:
-    allowed = {"username", "email", "password_hash", "role", "is_active", "profile_type_id"}
-    if not d.keys() <= allowed:
-        raise _Invalid("unknown user field")
-    if d.get("role") not in ("admin", "user") or type(d.get("is_active")) is not bool:
-        raise _Invalid("role is admin or user, is_active a boolean")
-    return (
-        _text(d, "username", 1, 150),
-        _text(d, "email", 0, 320, null=True),
-        _text(d, "password_hash", 20, 512),
-        d["role"],
-        d["is_active"],
-        _text(d, "profile_type_id", 36, 36, null=True),
-    )
-
-
-def _profile_type(d: dict[str, Any]) -> tuple[Any, ...]:
-    if not d.keys() <= {"name", "description", "permissions"}:
-        raise _Invalid("unknown profile type field")
-    permissions = d.get("permissions", [])
-    if type(permissions) is not list or not all(
-        type(p) is str and 1 <= len(p) <= 100 for p in permissions
-    ):
-        raise _Invalid("permissions is a list of names")
-    return (
-        _text(d, "name", 1, 100),
-        _text(d, "description", 0, 2000, null=True),
-        orjson.dumps(permissions).decode(),
-    )
-
-
-#: Per entity, its row check: the snapshot's data as the values of the entity's columns
-#: (``importer.entities``), in their order.
-_ROW_CHECKS: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = {
-    "setting": _setting,
-    "user": _user,
-    "profile_type": _profile_type,
-}
-
 _ROWS = "snapshot_rows"
-
-
-def _rows(entity_name: str, lines: list[bytes], first: int) -> list[tuple[Any, ...]]:
-    """Parse and check record lines; ``_Invalid`` names the first bad record's number."""
-    check = _ROW_CHECKS[entity_name]
-    rows: list[tuple[Any, ...]] = []
-    number = first
-    try:
-        for number, line in enumerate(lines, start=first):  # noqa: B007 - reported on error
-            r = orjson.loads(line)
-            if type(r) is not dict or not r.keys() <= _RECORD_KEYS:
-                raise _Invalid("a record is an object of the record fields")
-            version = r["version"]
-            if (
-                r["entity"] != entity_name
-                or r["op"] != "upsert"
-                or type(version) is not int
-                or not 1 <= version <= _MAX_VERSION
-                or type(r["entity_id"]) is not str
-                or type(r["event_id"]) is not str
-                or type(r["data"]) is not dict
-            ):
-                raise _Invalid(f"not a {entity_name} upsert")
-            rows.append(
-                (
-                    r["entity_id"],
-                    version,
-                    r["event_id"],
-                    datetime.fromisoformat(r["occurred_at"]),
-                    *check(r["data"]),
-                )
-            )
-    except (orjson.JSONDecodeError, _Invalid, KeyError, TypeError, ValueError) as exc:
-        raise _Invalid(f"record {number}: {str(exc)[:200]}") from exc
-    return rows
 
 
 @dataclass(frozen=True)
@@ -266,8 +160,8 @@ async def _stream_batches(
         if not lines:
             return None
         try:
-            return _rows(entity_name, lines, first)
-        except _Invalid as exc:
+            return rows(entity_name, lines, first)
+        except Invalid as exc:
             raise RejectedFile(RejectReason.INVALID_SCHEMA, str(exc)) from exc
 
     pending = asyncio.ensure_future(asyncio.to_thread(next_batch))
