@@ -22,9 +22,9 @@ from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.worker import worker_settings
 from netsync import passwords
 from netsync.db import make_engine
+from tests.processes import Process
 from tests.support import (
     FLAG,
-    Process,
     Sandbox,
     Services,
     make_sandbox,

@@ -18,7 +18,8 @@ from importer.db import make_sessionmaker
 from jobs.worker import worker_settings
 from netsync.db import make_engine
 from tests.factories import admin_headers, create_user, login
-from tests.support import Sandbox, eventually, free_port, request_api, running, wait_http
+from tests.processes import request_api, wait_http
+from tests.support import Sandbox, eventually, free_port, running
 
 SERVICE = "service-token-for-tests-" + "y" * 20
 

@@ -28,7 +28,8 @@ from jobs.periodic import report_missed
 from jobs.ticks import run_guarded, tick_of
 from netsync.config import to_libpq_url
 from netsync.db import make_engine
-from tests.support import Process, Sandbox, bulk_worker, eventually, running
+from tests.processes import Process, bulk_worker
+from tests.support import Sandbox, eventually, running
 
 EVERY_SECOND = {
     "NETSYNC_SCHEDULE_EXPORT_SETTINGS": "*/1s",

@@ -28,17 +28,9 @@ from app.queue.deadletter import register
 from importer.daemon import Importer
 from jobs.worker import worker_redis
 from tests.factories import ADMIN_PASSWORD, create_user, login
-from tests.support import (
-    FLAG,
-    Process,
-    Sandbox,
-    free_port,
-    request_api,
-    response_api,
-    running,
-    wait_http,
-)
-from tests.support import worker as worker_process
+from tests.processes import Process, request_api, response_api, wait_http
+from tests.processes import worker as worker_process
+from tests.support import FLAG, Sandbox, free_port, running
 from tests.test_api_jobs import flaky
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -21,8 +21,9 @@ import orjson
 import pytest
 
 from netsync.config import to_libpq_url, with_database
+from tests.processes import Process
 from tests.queries import fetch
-from tests.support import Process, Sandbox, eventually
+from tests.support import Sandbox, eventually
 from tests.test_cli import BIN
 from tests.test_processes import start_system
 

@@ -17,18 +17,9 @@ import pytest
 
 from exchange.writer import publish_export
 from ops.embedded import EmbeddedRedis
+from tests.processes import Process, importer, request_api, response_api, wait_http, worker
 from tests.queries import fetch
-from tests.support import (
-    Process,
-    Sandbox,
-    eventually,
-    free_port,
-    importer,
-    request_api,
-    response_api,
-    wait_http,
-    worker,
-)
+from tests.support import Sandbox, eventually, free_port
 
 ADMIN_PASSWORD = "bootstrap secret for processes"
 pytestmark = pytest.mark.slow

@@ -12,19 +12,17 @@ import httpx
 import pytest
 
 from tests.backups import dump, restore
-from tests.queries import fetch
-from tests.support import (
+from tests.processes import (
     Process,
-    Sandbox,
     bulk_worker,
-    eventually,
-    free_port,
     importer,
     request_api,
     response_api,
     wait_http,
     worker,
 )
+from tests.queries import fetch
+from tests.support import Sandbox, eventually, free_port
 from tests.test_cli import anetsync
 from tests.test_processes import ADMIN_PASSWORD, start_system, token
 

@@ -27,19 +27,16 @@ import pytest
 
 from jobs.shutdown import GRACE_S
 from ops.embedded import EmbeddedRedis
-from tests.support import (
+from tests.processes import (
     Process,
-    Sandbox,
     bulk_worker,
-    database_refusing,
-    eventually,
-    free_port,
     importer,
     request_api,
     response_api,
     wait_http,
     worker,
 )
+from tests.support import Sandbox, database_refusing, eventually, free_port
 from tests.test_processes import ADMIN_PASSWORD, bootstrap_admin, token
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,12 +24,9 @@ from pydantic import EmailStr, TypeAdapter, ValidationError
 
 from app.users.import_rows import import_email
 from tests.factories import admin_headers, create_user
+from tests.processes import Process
 from tests.queries import fetch
-from tests.support import (
-    Process,
-    Sandbox,
-    eventually,
-)
+from tests.support import Sandbox, eventually
 from tests.test_cli import BIN
 from tests.test_processes import ADMIN_PASSWORD, start_system, token
 

@@ -31,19 +31,17 @@ from ops.embedded import EmbeddedRedis
 from tests.chaos.disk import fill
 from tests.chaos.plan import Plan, Report
 from tests.importer.files import record_lines
-from tests.sentinel import SentinelGroup
-from tests.support import (
+from tests.processes import (
     Process,
-    Sandbox,
     bulk_worker,
-    database_refusing,
-    free_port,
     importer,
     request_api,
     response_api,
     wait_http,
     worker,
 )
+from tests.sentinel import SentinelGroup
+from tests.support import Sandbox, database_refusing, free_port
 
 ADMIN_PASSWORD = "chaos bootstrap phrase"
 

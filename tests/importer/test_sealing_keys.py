@@ -22,7 +22,8 @@ from exchange.sealing import (
 )
 from importer.keys import TrustedKeys
 from tests.importer.files import publish, quarantined, user_record, user_version
-from tests.support import TEST_RECIPIENT, Process, Sandbox, eventually, importer
+from tests.processes import Process, importer
+from tests.support import TEST_RECIPIENT, Sandbox, eventually
 
 
 def _run_importer_once(sandbox: Sandbox) -> subprocess.CompletedProcess[str]:

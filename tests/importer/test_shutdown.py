@@ -11,7 +11,8 @@ import pytest
 
 from tests.importer.files import count, export_names, query
 from tests.importer.test_burst import drop_burst, expected_versions, latest_versions
-from tests.support import Process, Sandbox, eventually, importer
+from tests.processes import Process, importer
+from tests.support import Sandbox, eventually
 
 pytestmark = pytest.mark.slow
 
