@@ -99,7 +99,13 @@ async def test_a_user_reads_and_changes_only_their_own_account(
         assert response.status_code == 403, (method, url, response.text)
         assert response.json()["error"] == "not_permitted"
 
-    for field, value in (("role", "admin"), ("is_active", False), ("profile_type_id", staff)):
+    for field, value in (
+        ("role", "admin"),
+        ("is_active", False),
+        ("profile_type_id", staff),
+        ("username", "dave"),  # taken: the same answer as a free name, so nothing to probe
+        ("username", "nobody-has-this-name"),
+    ):
         response = await api.patch(f"/api/v1/users/{carol['id']}", json={field: value}, headers=me)
         assert response.status_code == 403, (field, response.text)
         assert "administrators" in response.json()["detail"]

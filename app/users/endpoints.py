@@ -30,7 +30,10 @@ from netsync.passwords import verify_password
 router = APIRouter(prefix="/api/v1/users", tags=["users"], responses=ERROR_RESPONSES)
 
 #: What only an administrator may change, and nobody on their own account (role, active flag).
-_ADMIN_FIELDS = frozenset({"role", "is_active", "profile_type_id"})
+#: The username is among them: a rename to a taken name must answer 409, which would let any
+#: signed-in user probe which usernames exist; a user who refused a rename whatever the name
+#: learns nothing.
+_ADMIN_FIELDS = frozenset({"username", "role", "is_active", "profile_type_id"})
 _NOT_ON_SELF = frozenset({"role", "is_active"})
 
 UsernameFilter = Annotated[
