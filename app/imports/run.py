@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import Executable
 
 from app.db import ResponseSession
 from app.imports.rows import MAX_LINE, CsvFields, Format, Record, RowError, records, validated
+from app.outbox.service import record_upserts
 from netsync.errors import InvalidInput, ServiceUnavailable
 
 #: Opens a unit that commits on exit and rolls back on an error (``app.db.session_scope``).
@@ -125,12 +127,16 @@ async def run_import(
     """Import the records of ``source`` (``app.imports.rows.records``, or a database's rows)."""
     summary = ImportSummary()
 
+    def refuse(row: RowError) -> None:
+        """A bad row: reported, or (atomic) the end of the import."""
+        if atomic:
+            raise ImportRefused(f"line {row.line}: {row.error}; nothing was imported")
+        summary.fail(row.line, row.error)
+
     async def write(batch: list[tuple[int, M]], session: ResponseSession) -> None:
         """Write a prepared batch in ``session``."""
         for refused in await bulk.write(session, batch, summary, update):
-            if atomic:
-                raise ImportRefused(f"line {refused.line}: {refused.error}; nothing was imported")
-            summary.fail(refused.line, refused.error)
+            refuse(refused)
         if progress is not None:
             progress(summary)
 
@@ -158,9 +164,7 @@ async def run_import(
                     " import larger files without atomic (each batch commits; a re-run resumes)"
                 )
             if isinstance(row, RowError):
-                if atomic:
-                    raise ImportRefused(f"line {row.line}: {row.error}; nothing was imported")
-                summary.fail(row.line, row.error)
+                refuse(row)
                 continue
             batch.append((number, row))
             if len(batch) >= bulk.batch:
@@ -267,3 +271,20 @@ def given(row: BaseModel, stored: Any | None, field: str) -> Any:
     if stored is None or field in row.model_fields_set:
         return getattr(row, field)
     return getattr(stored, field)
+
+
+async def upsert_recorded(
+    session: ResponseSession,
+    statement: Executable,
+    params: dict[str, Any],
+    *,
+    entity: str,
+    payload: Callable[[Any], dict[str, Any]],
+) -> list[int]:
+    """Run a batch's upsert (``RETURNING`` the written rows' id, version and synced fields) and
+    add their outbox rows in the same transaction; the versions written (1: created)."""
+    written = (await session.execute(statement, params)).all()
+    await record_upserts(
+        session, entity=entity, changes=[(r.id, r.version, payload(r)) for r in written]
+    )
+    return [r.version for r in written]

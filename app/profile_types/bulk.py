@@ -19,8 +19,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from app.db import ResponseSession
 from app.imports.rows import Record, RowError
-from app.imports.run import Bulk, ImportSummary, given, latest_by
-from app.outbox.service import record_upserts
+from app.imports.run import Bulk, ImportSummary, given, latest_by, upsert_recorded
 from app.profile_types.schemas import ProfileTypeCreate
 from app.profile_types.service import ENTITY, sync_payload
 
@@ -103,11 +102,11 @@ async def write_batch(
             orjson.dumps(given(p, stored.get(keyed[id(p)]), "permissions")).decode() for p in rows
         ],
     }
-    written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
-    await record_upserts(
-        session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
+    statement = _UPSERT if update else _INSERT
+    versions = await upsert_recorded(
+        session, statement, params, entity=ENTITY, payload=sync_payload
     )
-    summary.written(len(batch), [r.version for r in written])
+    summary.written(len(batch), versions)
     return []
 
 

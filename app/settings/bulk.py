@@ -22,8 +22,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from app.db import ResponseSession
 from app.fields import MAX_JSON_BYTES
 from app.imports.rows import Record, RowError
-from app.imports.run import Bulk, ImportSummary, latest_by
-from app.outbox.service import record_upserts
+from app.imports.run import Bulk, ImportSummary, latest_by, upsert_recorded
 from app.settings.schemas import SettingCreate
 from app.settings.service import ENTITY, sync_payload
 
@@ -101,11 +100,11 @@ async def write_batch(
         "values": [orjson.dumps(s.value).decode() for s in rows],
         "descriptions": [kept.get(s.key, s.description) for s in rows],
     }
-    written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
-    await record_upserts(
-        session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
+    statement = _UPSERT if update else _INSERT
+    versions = await upsert_recorded(
+        session, statement, params, entity=ENTITY, payload=sync_payload
     )
-    summary.written(len(batch), [r.version for r in written])
+    summary.written(len(batch), versions)
     return []
 
 

@@ -29,15 +29,14 @@ is kept (``app.imports.run``, the driver every bulk import shares).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
 
 from app.db import ResponseSession
 from app.imports.rows import RowError
-from app.imports.run import Bulk, ImportSummary, Sessions, given, latest_by
-from app.outbox.service import record_upserts
+from app.imports.run import Bulk, ImportSummary, Sessions, given, latest_by, upsert_recorded
 from app.users.import_rows import ImportedUser, csv_fields
 from app.users.service import ENTITY, check_password, sync_payload
 from netsync.errors import InvalidInput
@@ -186,7 +185,7 @@ async def write_batch(
         else:  # created since hash_new looked (or earlier in this atomic import's transaction)
             assert user.password is not None
             hashes.append(user._hashed or await hash_password(user.password))
-    written: Sequence[Any] = []
+    versions: list[int] = []
     if users:
         params: dict[str, Any] = {
             "usernames": [u.username for u in users],
@@ -200,11 +199,11 @@ async def write_batch(
         }
         if update:
             params["keep"] = KEEP_HASH
-        written = (await session.execute(_UPSERT if update else _INSERT, params)).all()
-    await record_upserts(
-        session, entity=ENTITY, changes=[(r.id, r.version, sync_payload(r)) for r in written]
-    )
-    summary.written(len(batch) - len(refused), [r.version for r in written])
+        statement = _UPSERT if update else _INSERT
+        versions = await upsert_recorded(
+            session, statement, params, entity=ENTITY, payload=sync_payload
+        )
+    summary.written(len(batch) - len(refused), versions)
     return refused
 
 
