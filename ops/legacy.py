@@ -128,29 +128,39 @@ def record(kind: Kind, row: asyncpg.Record, found: dict[str, str]) -> Record:
     return fields
 
 
-async def check(conn: asyncpg.Connection, kind: Kind, schema: str) -> None:
-    """Raise ``LegacySchemaError`` unless ``kind``'s query runs here: tried with ``LIMIT 0``,
-    so a column of the wrong type (an ``is_superuser`` that is not a boolean, a
-    ``profile_type_id`` that is not the old ``profile_types.id``'s type) stops the migration
-    before anything is written, not half-way."""
-    query = select(kind, schema, await columns(conn, schema, kind.table))
+@dataclass(frozen=True)
+class Reading:
+    """How one kind is read from the old database: its query and the table's columns."""
+
+    kind: Kind
+    query: str
+    found: dict[str, str]
+
+
+async def check(conn: asyncpg.Connection, kind: Kind, schema: str) -> Reading:
+    """How ``kind`` is read, once its query ran here (with ``LIMIT 0``), else
+    ``LegacySchemaError``: a column of the wrong type (an ``is_superuser`` that is not a
+    boolean, a ``profile_type_id`` that is not the old ``profile_types.id``'s type) stops the
+    migration before anything is written, not half-way."""
+    found = await columns(conn, schema, kind.table)
+    query = select(kind, schema, found)
     try:
         async with conn.transaction():  # a savepoint: the snapshot's transaction goes on
             await conn.fetch(query + " LIMIT 0")
     except asyncpg.PostgresError as exc:
         raise LegacySchemaError(f"{schema}.{kind.table} cannot be read: {exc}") from exc
+    return Reading(kind, query, found)
 
 
 async def rows(
-    conn: asyncpg.Connection, kind: Kind, schema: str
+    conn: asyncpg.Connection, reading: Reading
 ) -> AsyncIterator[tuple[int, Record | RowError | None]]:
-    """``kind``'s rows, numbered from 1 in the table's order, in the caller's transaction."""
-    found = await columns(conn, schema, kind.table)
-    query = select(kind, schema, found)
+    """The rows ``check`` found readable, numbered from 1 in the table's order, in the caller's
+    transaction."""
     number = 0
-    async for row in conn.cursor(query, prefetch=PREFETCH):
+    async for row in conn.cursor(reading.query, prefetch=PREFETCH):
         number += 1
         try:
-            yield number, record(kind, row, found)
+            yield number, record(reading.kind, row, reading.found)
         except orjson.JSONDecodeError:
             yield number, RowError(number, "a column read as JSON holds text that is not JSON")

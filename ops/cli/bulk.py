@@ -71,10 +71,9 @@ async def export_now(settings: ResponseSettings) -> bool:
         await queue.close()
 
 
-async def against_response(work: Callable[[Sessions], Any]) -> Any:
+async def against_response(settings: ResponseSettings, work: Callable[[Sessions], Any]) -> Any:
     """``work(sessions)`` against the Response database, with the command's answers to what goes
     wrong: an atomic import refused (exit 2), the database unavailable (exit 3)."""
-    settings = ResponseSettings()
     engine = make_engine(settings.database_url, pool_size=2, application_name="netsync-cli")
     maker = make_sessionmaker(engine)
     try:
@@ -94,6 +93,7 @@ async def against_response(work: Callable[[Sessions], Any]) -> Any:
 async def _import(
     bulk: Bulk[Any], source: str, fmt: Format, atomic: bool, update: bool, quiet: bool
 ) -> dict[str, Any]:
+    settings = ResponseSettings()
     stream, total = await asyncio.to_thread(_open, source)
 
     async def work(sessions: Sessions) -> ImportSummary:
@@ -118,11 +118,11 @@ async def _import(
             )
 
     try:
-        summary: ImportSummary = await against_response(work)
+        summary: ImportSummary = await against_response(settings, work)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-    return {**summary.as_dict(), "export_started": await export_now(ResponseSettings())}
+    return {**summary.as_dict(), "export_started": await export_now(settings)}
 
 
 def show(title: str, summary: dict[str, Any], as_json: bool) -> None:
@@ -215,6 +215,7 @@ profile_types = import_group(
 async def _migrate(
     url: str, schema: str, update: bool, replace_hashes: bool, quiet: bool
 ) -> dict[str, Any]:
+    settings = ResponseSettings()
     bulks: tuple[Bulk[Any], ...] = (
         PROFILE_TYPES,
         SETTINGS,
@@ -228,9 +229,8 @@ async def _migrate(
         raise typer.Exit(3) from exc
     try:
         async with legacy_db.transaction(isolation="repeatable_read", readonly=True):
-            try:
-                for kind in legacy.KINDS:  # every query tried before anything is written
-                    await legacy.check(legacy_db, kind, schema)
+            try:  # every query tried before anything is written
+                readings = [await legacy.check(legacy_db, kind, schema) for kind in legacy.KINDS]
             except legacy.LegacySchemaError as exc:
                 err.print(f"[red]refusing to migrate:[/red] {escape(str(exc))}")
                 raise typer.Exit(2) from exc
@@ -238,7 +238,8 @@ async def _migrate(
             async def work(sessions: Sessions) -> dict[str, Any]:
                 done: dict[str, Any] = {}
                 with progress("rows", quiet=quiet) as bar:
-                    for kind, bulk in zip(legacy.KINDS, bulks, strict=True):
+                    for reading, bulk in zip(readings, bulks, strict=True):
+                        kind = reading.kind
                         task = bar.add_task(f"importing {kind.table}", total=None)
 
                         def shown(summary: ImportSummary, task: TaskID = task) -> None:
@@ -247,17 +248,17 @@ async def _migrate(
                         summary = await run_import(
                             bulk,
                             sessions,
-                            legacy.rows(legacy_db, kind, schema),
+                            legacy.rows(legacy_db, reading),
                             update=update,
                             progress=shown,
                         )
                         done[kind.table] = {**summary.as_dict(), "order": kind.order}
                 return done
 
-            done: dict[str, Any] = await against_response(work)
+            done: dict[str, Any] = await against_response(settings, work)
     finally:
         await legacy_db.close()
-    return {"tables": done, "export_started": await export_now(ResponseSettings())}
+    return {"tables": done, "export_started": await export_now(settings)}
 
 
 def migrate_from_celery(
