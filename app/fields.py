@@ -13,12 +13,12 @@ here, as a 422, instead of failing later as a 500 or a quarantined file:
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from pydantic import AfterValidator, BaseModel, Field, JsonValue
 
+from exchange.format import check_number
 from netsync.text import Text, clean_text
 
 __all__ = ["MAX_JSON_BYTES", "Page", "StoredJson", "Text", "clean_json", "clean_text"]
@@ -36,15 +36,11 @@ def _check_json(value: Any, depth: int) -> None:
         clean_text(value)
     elif isinstance(value, bool) or value is None:
         return
-    elif isinstance(value, int):
-        if not -_INT64 <= value < _INT64:
-            raise ValueError("integers must fit in 64 bits")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, int | float):
+        check_number(value)
         # jsonb prints 1e22 as 10000000000000000000000, which reads back as an integer that no
         # longer fits in 64 bits: refuse magnitudes that cannot make the round trip.
-        if abs(value) >= _INT64:
+        if isinstance(value, float) and abs(value) >= _INT64:
             raise ValueError("numbers must lie between -2^63 and 2^63")
     elif isinstance(value, list):
         for item in value:

@@ -185,18 +185,25 @@ class UserData(_Strict):
 _INT64 = 2**63
 
 
+def check_number(value: int | float) -> None:
+    """Refuse a JSON number ``jsonb`` or orjson would not keep as it is: the JSON parser reads
+    ``NaN``, ``Infinity``, ``1e400`` and integers of any size, which ``jsonb`` refuses or orjson
+    writes as ``null``. The rule of both networks (``app.fields`` adds its own on top)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN or Infinity)")
+    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
+        raise ValueError("integers must fit in 64 bits")
+
+
 def _storable(value: JsonValue) -> JsonValue:
-    """A value PostgreSQL's ``jsonb`` and orjson take as they are: the JSON parser reads ``NaN``,
-    ``Infinity``, ``1e400`` and integers of any size, which ``jsonb`` refuses or orjson writes
-    as ``null``; the Response side never sends them (``app.fields.StoredJson``)."""
+    """A setting's value as the Request side stores it: every number ``check_number`` accepts
+    (the Response side never sends others: ``app.fields.StoredJson``)."""
     pending = [value]
     while pending:
         item = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ValueError("numbers must be finite")
-        if isinstance(item, int) and not isinstance(item, bool) and not -_INT64 <= item < _INT64:
-            raise ValueError("integers must fit in 64 bits")
-        if isinstance(item, list):
+        if isinstance(item, int | float):
+            check_number(item)
+        elif isinstance(item, list):
             pending.extend(item)
         elif isinstance(item, dict):
             pending.extend(item.values())
