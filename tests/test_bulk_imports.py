@@ -9,8 +9,6 @@ the file's values, and only an administrator may import.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from app.imports import run
 from tests.factories import admin_headers, create_user, login
 from tests.queries import fetch
 from tests.support import Sandbox
-from tests.test_cli import BIN
+from tests.test_cli import anetsync
 from tests.test_users_import import HASHES
 
 HASH = HASHES[0]
@@ -174,21 +172,10 @@ async def test_the_commands_import_settings_and_profile_types_from_files(
     settings.write_bytes(ndjson({"key": "app.title", "value": "From a file"}, {"key": "BAD"}))
     types = tmp_path / "profile-types.csv"
     types.write_text("name,permissions\nOperator,users:read\n")
-    env = sandbox.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     results = {}
     for group, source in (("settings", settings), ("profile-types", types)):
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "netsync"),
-            group,
-            "import",
-            str(source),
-            "--json",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-        results[group] = (proc.returncode, orjson.loads(out), err.decode())
+        done = await anetsync(sandbox, group, "import", str(source), "--json")
+        results[group] = (done.returncode, orjson.loads(done.stdout), done.stderr)
     code, summary, _ = results["settings"]
     assert code == 1  # a row was refused
     assert (summary["created"], summary["failed"]) == (1, 1)

@@ -46,9 +46,9 @@ def netsync(sandbox: Sandbox, *args: str, **env: str) -> subprocess.CompletedPro
     )
 
 
-async def anetsync(sandbox: Sandbox, *args: str) -> subprocess.CompletedProcess[str]:
+async def anetsync(sandbox: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """``netsync`` from a test whose event loop runs the worker or importer meanwhile."""
-    return await asyncio.to_thread(netsync, sandbox, *args)
+    return await asyncio.to_thread(netsync, sandbox, *args, **env)
 
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:

@@ -9,8 +9,6 @@ table's order and the others go on; a re-run changes nothing.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +22,7 @@ from netsync.config import to_libpq_url, with_database
 from tests.processes import Process
 from tests.queries import fetch
 from tests.support import Sandbox, eventually
-from tests.test_cli import BIN
+from tests.test_cli import anetsync
 from tests.test_processes import start_system
 
 PASSWORDS = [f"old deployment pass phrase {i}" for i in range(4)]
@@ -111,21 +109,10 @@ async def legacy(sandbox: Sandbox) -> AsyncIterator[str]:
 
 
 async def _migrate(sandbox: Sandbox, url: str, *args: str) -> tuple[int, Any, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "netsync"),
-        "migrate-from-celery",
-        "--json",
-        *args,
-        env=sandbox.env(
-            NETSYNC_CELERY_DATABASE_URL=url,
-            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        ),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    done = await anetsync(
+        sandbox, "migrate-from-celery", "--json", *args, NETSYNC_CELERY_DATABASE_URL=url
     )
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode is not None
-    return proc.returncode, orjson.loads(stdout) if stdout.strip() else None, stderr.decode()
+    return done.returncode, orjson.loads(done.stdout) if done.stdout.strip() else None, done.stderr
 
 
 @pytest.mark.slow
