@@ -27,7 +27,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.running import add_request_db, embedded
+from bench.running import add_request_db, embedded, users_arrived
 from netsync.config import to_libpq_url, with_database
 
 PASSWORDS = [f"old deployment phrase {i}" for i in range(16)]
@@ -98,13 +98,7 @@ async def run(server: str, request_db: str, users: int, settings: int) -> None:
         result = orjson.loads(stdout)
         conn = await asyncpg.connect(to_libpq_url(request_db))
         try:
-            count = 0
-            while count < users and time.perf_counter() - started < 600:
-                count = await conn.fetchval(
-                    "SELECT count(*) FROM synced_users WHERE username LIKE $1", prefix + "%"
-                )
-                if count < users:
-                    await asyncio.sleep(0.05)
+            count = await users_arrived(conn, prefix, users, started)
             applied = time.perf_counter() - started
         finally:
             await conn.close()

@@ -5,8 +5,12 @@ files ``./run up`` writes (``.netsync/embedded.env``, ``.netsync/admin-password`
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import time
 from pathlib import Path
+
+import asyncpg
 
 
 def embedded(name: str) -> str | None:
@@ -35,3 +39,16 @@ def admin_password(parser: argparse.ArgumentParser, request_db: str | None) -> s
     if not request_db or not password:
         parser.error("set NETSYNC_REQUEST_DATABASE_URL and NETSYNC_ADMIN_PASSWORD (or ./run up)")
     return password
+
+
+async def users_arrived(conn: asyncpg.Connection, prefix: str, n: int, started: float) -> int:
+    """Wait (up to 600 s after ``started``) until the Request database holds ``n`` users whose
+    names start with ``prefix``; how many it holds then."""
+    count = 0
+    while count < n and time.perf_counter() - started < 600:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM synced_users WHERE username LIKE $1", prefix + "%"
+        )
+        if count < n:
+            await asyncio.sleep(0.05)
+    return int(count)

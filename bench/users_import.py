@@ -29,7 +29,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.running import add_request_db, admin_password
+from bench.running import add_request_db, admin_password, users_arrived
 from netsync.config import to_libpq_url
 
 PASSWORDS = [f"benchmark import phrase {i}" for i in range(16)]
@@ -70,13 +70,7 @@ async def run(api: str, request_api: str, request_db: str, password: str, n: int
         imported = time.perf_counter() - started
         answer.raise_for_status()
         summary = answer.json()
-        count = 0
-        while count < n and time.perf_counter() - started < 600:
-            count = await conn.fetchval(
-                "SELECT count(*) FROM synced_users WHERE username LIKE $1", prefix + "%"
-            )
-            if count < n:
-                await asyncio.sleep(0.05)
+        count = await users_arrived(conn, prefix, n, started)
         applied = time.perf_counter() - started
         login = await client.post(
             f"{request_api}/api/v1/auth/login",
