@@ -29,8 +29,7 @@ import httpx
 from netsync.config import to_libpq_url
 from ops.embedded import EmbeddedRedis
 from tests.chaos.disk import fill
-from tests.chaos.plan import Plan, Report
-from tests.importer.files import record_lines
+from tests.chaos.plan import Plan, Report, events_in_more_than_one_file
 from tests.processes import (
     Process,
     bulk_worker,
@@ -372,7 +371,7 @@ class Chaos:
                 self.report.quarantined[row["reason"]] = row["n"]
         finally:
             await conn.close()
-        self.report.applied_twice = _events_in_more_than_one_file(self.sandbox)
+        self.report.applied_twice = events_in_more_than_one_file(self.sandbox.archive)
         conn = await asyncpg.connect(to_libpq_url(self.sandbox.services.response_url))
         try:
             ticks = await conn.fetchrow(
@@ -389,20 +388,6 @@ class Chaos:
             )
         finally:
             await conn.close()
-
-
-def _events_in_more_than_one_file(sandbox: Sandbox) -> int:
-    """Events carried by two different applied files (a duplicate of one file is not that)."""
-    archive = sandbox.archive
-    owners: dict[str, str] = {}
-    twice = 0
-    for path in sorted(archive.glob("changes-*.jsonl")):  # duplicates carry a suffix: skipped
-        for line in record_lines(path.read_bytes()):
-            event = line.split(b'"event_id":"', 1)[1][:36].decode()
-            if event in owners and owners[event] != path.name:
-                twice += 1
-            owners[event] = path.name
-    return twice
 
 
 def default_faults(chaos: Chaos, *, disk: bool) -> list[Callable[[], Awaitable[None]]]:

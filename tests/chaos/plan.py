@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.importer.files import record_lines
 
 
 @dataclass
@@ -94,3 +97,17 @@ class Report:
             f"converged after last fault: {self.converge_s:.1f} s",
             f"total run time:            {self.duration_s:.0f} s",
         ]
+
+
+def events_in_more_than_one_file(archive: Path) -> int:
+    """Events carried by two different applied files in the importer's ``archive`` (a
+    duplicate of one file is not that): the report's "applied twice"."""
+    owners: dict[str, str] = {}
+    twice = 0
+    for path in sorted(archive.glob("changes-*.jsonl")):  # duplicates carry a suffix: skipped
+        for line in record_lines(path.read_bytes()):
+            event = line.split(b'"event_id":"', 1)[1][:36].decode()
+            if event in owners and owners[event] != path.name:
+                twice += 1
+            owners[event] = path.name
+    return twice
