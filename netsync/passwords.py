@@ -93,7 +93,8 @@ _dummy: str | None = None
 #: whether it exists: a legacy bcrypt check (cost 12: ~330 ms here) costs more than an argon2id
 #: one (~180 ms), so without a floor a failed sign-in would tell a legacy account, still
 #: unconverted, from a converted or an unknown one. ``NETSYNC_SIGN_IN_FLOOR_MS`` sets it (0:
-#: none); unset, ``warm_up`` measures it: the slower of one argon2id and one bcrypt cost-12 hash.
+#: none); unset, ``warm_up`` measures it: the slower of the costliest accepted argon2 and bcrypt
+#: hashes (``acceptable_hash``).
 #: The wait is a sleep, not work: it costs a guesser time, the server nothing.
 _FLOOR_ENV = os.environ.get("NETSYNC_SIGN_IN_FLOOR_MS", "").strip()
 _floor_s: float | None = float(_FLOOR_ENV) / 1000 if _FLOOR_ENV else None
@@ -102,35 +103,51 @@ LEGACY_COST = 12
 #: slower moment of a bcrypt check does not show above the floor.
 FLOOR_MARGIN = 1.2
 
-#: A stored hash's own parameters decide what checking it costs, and hashes can arrive from
-#: elsewhere (an import, the other network): only these are ever verified. bcrypt cost 4 to 14
-#: (cost 12 ~330 ms here, each step doubles it); argon2 version 19 with memory, passes and
-#: lanes no larger than 256 MiB, 10 and 4. Anything else is refused as a wrong password would
-#: be, without running it: ``$2b$31$`` would take days, ``m=8388608`` 8 GiB.
+#: A stored hash's own parameters decide what checking it costs, and hashes arrive from elsewhere
+#: (an import, the other network): only hashes of bounded cost are ever verified, and the refusal
+#: floor covers the costliest of them, so no accepted hash stands out by timing. bcrypt up to
+#: ``NETSYNC_BCRYPT_MAX_COST`` (12, as the previous deployment made them; at most 14: cost 12 is
+#: ~330 ms here and each step doubles it, and so the floor); argon2 version 19 whose work,
+#: memory in KiB times passes, is at most ``NETSYNC_ARGON2_MAX_WORK`` (at least, and by default,
+#: the configured memory times passes), with at most 256 MiB and 4 lanes. Anything else is
+#: refused as a wrong password would be, without running it (``$2b$31$`` would take days,
+#: ``m=8388608`` 8 GiB); imports refuse such a row with the reason.
 MAX_HASH_LENGTH = 512
+BCRYPT_MAX_COST = _env_int("NETSYNC_BCRYPT_MAX_COST", LEGACY_COST)
+ARGON2_MAX_WORK = max(_env_int("NETSYNC_ARGON2_MAX_WORK", 0), MEMORY_KIB * TIME_COST)
+MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_LANES = 262144, 4
+if not 4 <= BCRYPT_MAX_COST <= 14:
+    raise RuntimeError("NETSYNC_BCRYPT_MAX_COST is a bcrypt cost from 4 to 14")
+if ARGON2_MAX_WORK > MAX_ARGON2_MEMORY_KIB * 10:
+    raise RuntimeError("NETSYNC_ARGON2_MAX_WORK is at most 2621440 (256 MiB times 10 passes)")
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|1[0-4])\$[./A-Za-z0-9]{53}", re.ASCII)
 _ARGON2 = re.compile(
     r"\$argon2(id|i|d)\$v=19\$m=(\d{1,6}),t=(\d{1,2}),p=(\d)"
     r"\$[A-Za-z0-9+/]{8,88}\$[A-Za-z0-9+/]{16,88}",
     re.ASCII,  # \d is 0-9 only: int() reads other scripts' digits, argon2 cannot
 )
-MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_TIME, MAX_ARGON2_LANES = 262144, 10, 4
+#: What the import refusal says of a hash ``acceptable_hash`` refuses.
+ACCEPTED_HASHES = (
+    f"a bcrypt ($2a$/$2b$/$2y$, cost 4 to {BCRYPT_MAX_COST}) or argon2 (v=19, memory KiB times"
+    f" passes at most {ARGON2_MAX_WORK}, m <= 256 MiB, p <= 4) hash"
+)
 
 
 def acceptable_hash(password_hash: str) -> bool:
     """Whether a stored hash is one netsync will verify (format and bounded cost)."""
     if len(password_hash) > MAX_HASH_LENGTH:
         return False
-    if _BCRYPT.fullmatch(password_hash):  # the whole string: no trailing newline
-        return True
+    legacy = _BCRYPT.fullmatch(password_hash)  # the whole string: no trailing newline
+    if legacy:
+        return int(legacy.group(1)) <= BCRYPT_MAX_COST
     found = _ARGON2.fullmatch(password_hash)
     if not found:
         return False
     memory, passes, lanes = (int(found.group(i)) for i in (2, 3, 4))
     return (
-        8 * lanes <= memory <= MAX_ARGON2_MEMORY_KIB
-        and 1 <= passes <= MAX_ARGON2_TIME
-        and 1 <= lanes <= MAX_ARGON2_LANES
+        1 <= lanes <= MAX_ARGON2_LANES
+        and 8 * lanes <= memory <= MAX_ARGON2_MEMORY_KIB
+        and 1 <= passes <= ARGON2_MAX_WORK // memory
     )
 
 
@@ -187,8 +204,14 @@ async def _in_pool(fn: object, *args: str, wait_s: float | None = None) -> objec
         slots.release()
 
 
-def _legacy_hash(password: str) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=LEGACY_COST)).decode()
+def _costliest_bcrypt(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_MAX_COST)).decode()
+
+
+def _costliest_argon2(password: str) -> str:
+    """An argon2id hash of the most work accepted (one lane: the slowest per unit of work)."""
+    passes = math.ceil(ARGON2_MAX_WORK / MEMORY_KIB)
+    return PasswordHasher(time_cost=passes, memory_cost=MEMORY_KIB, parallelism=1).hash(password)
 
 
 async def _timed(fn: object, *args: str) -> tuple[str, float]:
@@ -204,7 +227,9 @@ async def warm_up() -> None:
     if _dummy is None:
         _dummy, argon2_s = await _timed(hash_password_sync, os.urandom(16).hex())
         if _floor_s is None:
-            _, bcrypt_s = await _timed(_legacy_hash, os.urandom(16).hex())
+            _, bcrypt_s = await _timed(_costliest_bcrypt, os.urandom(16).hex())
+            if ARGON2_MAX_WORK > MEMORY_KIB * TIME_COST:
+                _, argon2_s = await _timed(_costliest_argon2, os.urandom(16).hex())
             _floor_s = max(argon2_s, bcrypt_s)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pickle
 import sys
 import time
@@ -215,6 +216,34 @@ async def test_a_refused_sign_in_takes_as_long_whatever_hash_the_account_has(
     started = time.perf_counter()
     assert (await token(api, "nico", "modern pass phrase 8")).status_code == 401
     assert time.perf_counter() - started >= floor
+
+
+async def test_a_costlier_accepted_hash_raises_the_floor_with_it() -> None:
+    """An operator who accepts bcrypt cost 13 (``NETSYNC_BCRYPT_MAX_COST``) gets a floor that
+    covers a cost-13 check, so such an account does not stand out either; cost 14 stays
+    refused unrun."""
+    code = (
+        "import asyncio, json; from netsync import passwords as p; asyncio.run(p.warm_up());"
+        "print(json.dumps([p.refusal_floor_s(), p.acceptable_hash(%r), p.acceptable_hash(%r)]))"
+    )
+    costly = await asyncio.to_thread(
+        lambda: bcrypt.hashpw(b"a wrong guess", bcrypt.gensalt(13)).decode()
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code % (costly, costly.replace("$13$", "$14$")),
+        env={**os.environ, "NETSYNC_BCRYPT_MAX_COST": "13", "NETSYNC_SIGN_IN_FLOOR_MS": ""},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    floor, thirteen, fourteen = orjson.loads(out)
+    assert (thirteen, fourteen) == (True, False)
+    started = time.perf_counter()
+    await asyncio.to_thread(bcrypt.checkpw, b"wrong", costly.encode())
+    assert floor * passwords.FLOOR_MARGIN >= (time.perf_counter() - started) * 0.8
+    assert not passwords.acceptable_hash(costly)  # this process keeps the default, 12
 
 
 async def test_a_password_change_revokes_tokens_by_counter_whatever_the_clocks_say(

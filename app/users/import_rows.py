@@ -23,7 +23,7 @@ from pydantic import (
 from app.imports.rows import csv_bool
 from app.profile_types.schemas import Name as ProfileTypeName
 from app.users.schemas import Password, Role, Username
-from netsync.passwords import acceptable_hash
+from netsync.passwords import ACCEPTED_HASHES, acceptable_hash
 
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _EMAIL = TypeAdapter(EmailStr)
@@ -74,10 +74,7 @@ class ImportedUser(BaseModel):
         if (self.password is None) == (self.password_hash is None):
             raise ValueError("give exactly one of password and password_hash")
         if self.password_hash is not None and not acceptable_hash(self.password_hash):
-            raise ValueError(
-                "password_hash is not a bcrypt ($2a$/$2b$/$2y$, cost 4 to 14) or argon2"
-                " (v=19, m <= 256 MiB, t <= 10, p <= 4) hash"
-            )
+            raise ValueError(f"password_hash is not {ACCEPTED_HASHES}")
         return self
 
 
