@@ -225,12 +225,11 @@ async def warm_up() -> None:
     floor of a refused sign-in when it is not configured."""
     global _dummy, _floor_s
     if _dummy is None:
-        _dummy, argon2_s = await _timed(hash_password_sync, os.urandom(16).hex())
-        if _floor_s is None:
-            _, bcrypt_s = await _timed(_costliest_bcrypt, os.urandom(16).hex())
-            if ARGON2_MAX_WORK > MEMORY_KIB * TIME_COST:
-                _, argon2_s = await _timed(_costliest_argon2, os.urandom(16).hex())
-            _floor_s = max(argon2_s, bcrypt_s)
+        _dummy = str(await _in_pool(hash_password_sync, os.urandom(16).hex(), wait_s=CHANGE_WAIT_S))
+    if _floor_s is None:
+        _, argon2_s = await _timed(_costliest_argon2, os.urandom(16).hex())
+        _, bcrypt_s = await _timed(_costliest_bcrypt, os.urandom(16).hex())
+        _floor_s = max(argon2_s, bcrypt_s)
 
 
 async def _refused(started: float) -> bool:
