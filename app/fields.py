@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import orjson
 from pydantic import AfterValidator, BaseModel, Field, JsonValue
 
-from exchange.format import check_number
+from exchange.entities import check_number
 from netsync.text import Text, clean_text
 
 __all__ = ["MAX_JSON_BYTES", "Page", "StoredJson", "Text", "clean_json", "clean_text"]

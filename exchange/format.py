@@ -11,14 +11,25 @@ reader can order files, detect gaps, ignore replays and never let an older value
 
 from __future__ import annotations
 
-import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from exchange.entities import ENTITIES
 
 FORMAT_NAME = "netsync-export"
 #: Version 2: the records are sealed (age) to the Request Network; only the envelope is clear.
@@ -78,16 +89,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-EntityName = Literal["user", "setting", "profile_type"]
 ExportKind = Literal["changes", "snapshot", "results"]
 
-#: Snapshot streams carry one entity each: ``snapshot_users``, ``snapshot_settings``, …
-SNAPSHOT_STREAMS: dict[str, str] = {
-    "user": "snapshot_users",
-    "setting": "snapshot_settings",
-    "profile_type": "snapshot_profile_types",
-}
-_SNAPSHOT_STREAM_NAMES = frozenset(SNAPSHOT_STREAMS.values())
+
+class _SnapshotStreams(Mapping[str, str]):
+    """Per entity, the snapshot stream that carries it whole (``snapshot_users``, …), as
+    ``exchange.entities.ENTITIES`` declares them."""
+
+    def __getitem__(self, entity: str) -> str:
+        return ENTITIES[entity].snapshot_stream
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ENTITIES)
+
+    def __len__(self) -> int:
+        return len(ENTITIES)
+
+
+SNAPSHOT_STREAMS: Mapping[str, str] = _SnapshotStreams()
 
 
 def kind_of_stream(stream: str) -> ExportKind | None:
@@ -98,7 +117,7 @@ def kind_of_stream(stream: str) -> ExportKind | None:
         return "changes"
     if stream == RESULTS_STREAM:
         return "results"
-    if stream in _SNAPSHOT_STREAM_NAMES:
+    if stream in SNAPSHOT_STREAMS.values():
         return "snapshot"
     return None
 
@@ -133,7 +152,7 @@ class ExportHeader(_Strict):
     created_at: datetime
     records: Annotated[int, Field(ge=0)]
     #: Snapshots only: the entity type the snapshot holds in full.
-    entity: EntityName | None = None
+    entity: Annotated[str, Field(max_length=32)] | None = None
     #: Snapshots only: the last ``changes`` sequence number allocated when the snapshot was
     #: read. An entity missing from a complete snapshot is removed on the Request side only if
     #: its last change came from a ``changes`` file at or below this mark; anything changed
@@ -152,6 +171,8 @@ class ExportHeader(_Strict):
     def _snapshot_fields(self) -> ExportHeader:
         if self.kind == "snapshot" and (self.entity is None or self.changes_seq is None):
             raise ValueError("a snapshot header names its entity and changes_seq")
+        if self.entity is not None and self.entity not in ENTITIES:
+            raise ValueError("not an entity netsync syncs")
         if self.since_seq >= self.seq:
             raise ValueError("since_seq is below the file's own sequence number")
         return self
@@ -168,69 +189,6 @@ def generation_fields(generation: int, since_seq: int) -> dict[str, int]:
     return {"generation": generation, "since_seq": since_seq} if generation else {}
 
 
-SETTING_KEY_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
-
-
-class UserData(_Strict):
-    """What the Request Network keeps of a user: never a plaintext password."""
-
-    username: Annotated[str, Field(min_length=1, max_length=150)]
-    email: str | None = None
-    password_hash: Annotated[str, Field(min_length=20, max_length=512)]
-    role: Literal["admin", "user"]
-    is_active: bool
-    profile_type_id: UUID | None = None
-
-
-_INT64 = 2**63
-
-
-def check_number(value: int | float) -> None:
-    """Refuse a JSON number ``jsonb`` or orjson would not keep as it is: the JSON parser reads
-    ``NaN``, ``Infinity``, ``1e400`` and integers of any size, which ``jsonb`` refuses or orjson
-    writes as ``null``. The rule of both networks (``app.fields`` adds its own on top)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("numbers must be finite (no NaN or Infinity)")
-    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
-        raise ValueError("integers must fit in 64 bits")
-
-
-def _storable(value: JsonValue) -> JsonValue:
-    """A setting's value as the Request side stores it: every number ``check_number`` accepts
-    (the Response side never sends others: ``app.fields.StoredJson``)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, int | float):
-            check_number(item)
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item.values())
-    return value
-
-
-class SettingData(_Strict):
-    key: Annotated[str, Field(min_length=1, max_length=200, pattern=SETTING_KEY_PATTERN)]
-    value: Annotated[JsonValue, AfterValidator(_storable)]
-    description: Annotated[str, Field(max_length=2000)] | None = None
-
-
-class ProfileTypeData(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
-    description: Annotated[str, Field(max_length=2000)] | None = None
-    permissions: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
-        default_factory=list
-    )
-
-
-_DATA_TYPES: dict[str, type[BaseModel]] = {
-    "user": UserData,
-    "setting": SettingData,
-    "profile_type": ProfileTypeData,
-}
-
-
 class ChangeRecord(_Strict):
     """One entity at one version, exactly as the Response Network's outbox recorded it.
 
@@ -239,25 +197,37 @@ class ChangeRecord(_Strict):
     """
 
     event_id: UUID
-    entity: EntityName
+    entity: Annotated[str, Field(max_length=32)]
     entity_id: UUID
     version: Annotated[int, Field(ge=1)]
     op: Literal["upsert", "delete"]
     occurred_at: datetime
     correlation_id: Annotated[str, Field(max_length=128)] | None = None
-    #: The first data type that fits wins (``_data_matches_entity`` then checks it is the
-    #: entity's): half the cost of pydantic's smart union, which tries every type per record.
-    data: Annotated[
-        UserData | SettingData | ProfileTypeData | None, Field(union_mode="left_to_right")
-    ] = None
+    #: The entity's data, validated by its own model (``exchange.entities``): only an upsert
+    #: carries it.
+    data: SerializeAsAny[BaseModel] | None = None
+
+    @field_validator("entity")
+    @classmethod
+    def _known_entity(cls, entity: str) -> str:
+        if entity not in ENTITIES:
+            raise ValueError("not an entity netsync syncs")
+        return entity
+
+    @field_validator("data", mode="plain")
+    @classmethod
+    def _entity_data(cls, data: object, info: ValidationInfo) -> BaseModel | None:
+        if data is None:
+            return None
+        entity = ENTITIES.get(info.data.get("entity", ""))
+        if entity is None:
+            raise ValueError("data of an unknown entity")
+        return entity.model.model_validate(data)
 
     @model_validator(mode="after")
-    def _data_matches_entity(self) -> ChangeRecord:
-        if self.op == "upsert":
-            if self.data is None:
-                raise ValueError("an upsert record needs data")
-            if not isinstance(self.data, _DATA_TYPES[self.entity]):
-                raise ValueError(f"data is not {self.entity} data")
+    def _upsert_has_data(self) -> ChangeRecord:
+        if self.op == "upsert" and self.data is None:
+            raise ValueError("an upsert record needs data")
         return self
 
 

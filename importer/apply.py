@@ -19,6 +19,7 @@ daemon dispatches by the stream's kind (``exchange.format.kind_of_stream``).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,13 +27,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, text, update
+from sqlalchemy import TextClause, bindparam, text, update
 
+from exchange.entities import ENTITIES, Entity
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
 from importer import gaps
 from importer.db import RequestSession
-from importer.entities import BOOKKEEPING, ENTITIES, SyncedEntity
+from importer.entities import BOOKKEEPING
 from importer.ledger import claim
 from importer.models import ImportLedger
 
@@ -69,27 +71,29 @@ def _latest_per_entity(items: Sequence[_Item]) -> dict[_Key, _Item]:
     return latest
 
 
-def _upsert_sql(entity: SyncedEntity) -> str:
+def _upsert_sql(entity: Entity) -> str:
     """One statement for a batch of an entity's rows, given as one typed array per column
     (``unnest``): a single parameter set however many rows, so neither SQLAlchemy nor asyncpg
     does per-row work beyond encoding the arrays. The version guard decides per row."""
-    columns = {**BOOKKEEPING, **entity.columns}
+    columns = {**BOOKKEEPING, **entity.sql_columns}
     names = ", ".join(columns)
     arrays = ", ".join(f"CAST(:{c} AS {kind}[])" for c, kind in columns.items())
     updates = ", ".join(f"{c} = excluded.{c}" for c in [*columns, "applied_at"] if c != "id")
     return f"""
-        INSERT INTO {entity.table} AS t ({names}, applied_at)
+        INSERT INTO {entity.replica} AS t ({names}, applied_at)
         SELECT {names}, :applied_at FROM unnest({arrays}) AS r({names})
         ON CONFLICT (id) DO UPDATE SET {updates}
         WHERE (t.generation, t.version) < (excluded.generation, excluded.version)
         RETURNING t.id
-    """  # noqa: S608 - identifiers come from importer.entities, values are parameters
+    """  # noqa: S608 - identifiers come from exchange.entities, values are parameters
 
 
-_UPSERTS = {name: text(_upsert_sql(entity)) for name, entity in ENTITIES.items()}
+@functools.cache
+def _upsert_statement(entity: Entity) -> TextClause:
+    return text(_upsert_sql(entity))
 
 
-def _arrays(entity: SyncedEntity, chosen: Sequence[_Item]) -> dict[str, list[Any]]:
+def _arrays(entity: Entity, chosen: Sequence[_Item]) -> dict[str, list[Any]]:
     """The rows of ``chosen`` as one list per column (JSON columns as JSON text)."""
     arrays: dict[str, list[Any]] = {
         "id": [r.entity_id for r, _, _ in chosen],
@@ -101,7 +105,7 @@ def _arrays(entity: SyncedEntity, chosen: Sequence[_Item]) -> dict[str, list[Any
         "last_changes_seq": [s for _, s, _ in chosen],
     }
     datas = [r.data if r.op == "upsert" else None for r, _, _ in chosen]
-    for column, kind in entity.columns.items():
+    for column, kind in entity.sql_columns.items():
         empty = entity.empty(column)
         # attributes, not model_dump(): this runs once per change and dominates a big burst
         values = [empty if d is None else getattr(d, column, empty) for d in datas]
@@ -121,7 +125,7 @@ async def _upsert(session: RequestSession, items: Sequence[_Item]) -> dict[int |
         if not chosen:
             continue
         params = {**_arrays(entity, chosen), "applied_at": now}
-        ids = set((await session.execute(_UPSERTS[name], params)).scalars().all())
+        ids = set((await session.execute(_upsert_statement(entity), params)).scalars().all())
         for record, seq, _ in chosen:
             if record.entity_id in ids:
                 written[seq] = written.get(seq, 0) + 1

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 
 from importer.auth import Operator, Reader
@@ -38,6 +39,7 @@ from importer.schemas import (
     StreamStatus,
     SyncStatus,
     UserOut,
+    page_of,
 )
 from netsync.errors import NotFound, NotPermitted
 from netsync.text import Text
@@ -63,10 +65,10 @@ async def _page(
     return list(rows), total or 0
 
 
-@router.get("/users", tags=["users"])
+@router.get("/users", tags=["users"], response_model=page_of(UserOut))
 async def list_users(
     session: SessionDep, _: Operator, limit: Limit = 50, offset: Offset = 0
-) -> Page[UserOut]:
+) -> BaseModel:
     query = (
         select(SyncedUser)
         .where(SyncedUser.deleted.is_(False))
@@ -74,18 +76,18 @@ async def list_users(
     )
     rows, total = await _page(session, query, limit, offset)
     items = [UserOut.model_validate(r) for r in rows]
-    return Page[UserOut](items=items, total=total, limit=limit, offset=offset)
+    return page_of(UserOut)(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/users/me", tags=["users"])
-async def me(session: SessionDep, principal: Reader) -> UserOut:
+@router.get("/users/me", tags=["users"], response_model=UserOut)
+async def me(session: SessionDep, principal: Reader) -> BaseModel:
     if principal.user_id is None:
         raise NotFound("the service token is not a user")
     return await get_user(principal.user_id, session, principal)
 
 
-@router.get("/users/{user_id}", tags=["users"])
-async def get_user(user_id: uuid.UUID, session: SessionDep, principal: Reader) -> UserOut:
+@router.get("/users/{user_id}", tags=["users"], response_model=UserOut)
+async def get_user(user_id: uuid.UUID, session: SessionDep, principal: Reader) -> BaseModel:
     if not principal.is_operator and principal.user_id != user_id:
         raise NotPermitted("users read only themselves")
     user = await session.scalar(
@@ -96,10 +98,10 @@ async def get_user(user_id: uuid.UUID, session: SessionDep, principal: Reader) -
     return UserOut.model_validate(user)
 
 
-@router.get("/settings", tags=["settings"])
+@router.get("/settings", tags=["settings"], response_model=page_of(SettingOut))
 async def list_settings(
     session: SessionDep, _: Reader, limit: Limit = 50, offset: Offset = 0
-) -> Page[SettingOut]:
+) -> BaseModel:
     query = (
         select(SyncedSetting)
         .where(SyncedSetting.deleted.is_(False))
@@ -107,13 +109,13 @@ async def list_settings(
     )
     rows, total = await _page(session, query, limit, offset)
     items = [SettingOut.model_validate(r) for r in rows]
-    return Page[SettingOut](items=items, total=total, limit=limit, offset=offset)
+    return page_of(SettingOut)(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/settings/{key}", tags=["settings"])
+@router.get("/settings/{key}", tags=["settings"], response_model=SettingOut)
 async def get_setting(
     key: Annotated[Text, Path(min_length=1, max_length=200)], session: SessionDep, _: Reader
-) -> SettingOut:
+) -> BaseModel:
     setting = await session.scalar(
         select(SyncedSetting)
         .where(SyncedSetting.key == key, SyncedSetting.deleted.is_(False))
@@ -125,10 +127,10 @@ async def get_setting(
     return SettingOut.model_validate(setting)
 
 
-@router.get("/profile-types", tags=["profile types"])
+@router.get("/profile-types", tags=["profile types"], response_model=page_of(ProfileTypeOut))
 async def list_profile_types(
     session: SessionDep, _: Reader, limit: Limit = 50, offset: Offset = 0
-) -> Page[ProfileTypeOut]:
+) -> BaseModel:
     query = (
         select(SyncedProfileType)
         .where(SyncedProfileType.deleted.is_(False))
@@ -136,13 +138,13 @@ async def list_profile_types(
     )
     rows, total = await _page(session, query, limit, offset)
     items = [ProfileTypeOut.model_validate(r) for r in rows]
-    return Page[ProfileTypeOut](items=items, total=total, limit=limit, offset=offset)
+    return page_of(ProfileTypeOut)(items=items, total=total, limit=limit, offset=offset)
 
 
-@router.get("/profile-types/{profile_type_id}", tags=["profile types"])
-async def get_profile_type(
-    profile_type_id: uuid.UUID, session: SessionDep, _: Reader
-) -> ProfileTypeOut:
+@router.get(
+    "/profile-types/{profile_type_id}", tags=["profile types"], response_model=ProfileTypeOut
+)
+async def get_profile_type(profile_type_id: uuid.UUID, session: SessionDep, _: Reader) -> BaseModel:
     row = await session.scalar(
         select(SyncedProfileType).where(
             SyncedProfileType.id == profile_type_id, SyncedProfileType.deleted.is_(False)

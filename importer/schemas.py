@@ -1,14 +1,16 @@
-"""What the Request API returns: never a password hash, never a tombstoned row."""
+"""What the Request API returns: never a password hash, never a tombstoned row. The synced
+entities' read schemas are derived from their declaration (``exchange.entities``)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from exchange.entities import PROFILE_TYPE, SETTING, USER, Entity
 from netsync.text import Text
 
 T = TypeVar("T")
@@ -28,33 +30,22 @@ class _FromRow(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
-class UserOut(_FromRow):
-    id: uuid.UUID
-    username: str | None
-    email: str | None
-    role: str | None
-    is_active: bool
-    profile_type_id: uuid.UUID | None
-    version: int
-    changed_at: datetime
+def read_schema(entity: Entity, name: str) -> type[BaseModel]:
+    """What a read of an entity shows (``exchange.entities``): its id, every field but the
+    secret ones (the password hash), its version and when it last changed."""
+    fields: dict[str, Any] = {"id": (uuid.UUID, ...)}
+    fields.update({f.name: (f.shown(), ...) for f in entity.fields if not f.secret})
+    fields.update(version=(int, ...), changed_at=(datetime, ...))
+    return create_model(name, __base__=_FromRow, **fields)
 
 
-class SettingOut(_FromRow):
-    id: uuid.UUID
-    key: str | None
-    value: JsonValue
-    description: str | None
-    version: int
-    changed_at: datetime
+def page_of(item: type[BaseModel]) -> type[Page[Any]]:
+    return Page[item]  # type: ignore[valid-type]
 
 
-class ProfileTypeOut(_FromRow):
-    id: uuid.UUID
-    name: str | None
-    description: str | None
-    permissions: list[str] | None
-    version: int
-    changed_at: datetime
+UserOut = read_schema(USER, "UserOut")
+SettingOut = read_schema(SETTING, "SettingOut")
+ProfileTypeOut = read_schema(PROFILE_TYPE, "ProfileTypeOut")
 
 
 class LoginRequest(BaseModel):

@@ -34,16 +34,16 @@ import asyncpg
 from sqlalchemy import CursorResult, func, select, text, tuple_, update
 from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 
+from exchange.entities import ENTITIES, Entity, Invalid
 from exchange.format import ExportHeader
 from exchange.reader import RejectedFile, RejectReason, VerifiedStream
 from importer import gaps
 from importer.db import RequestSession
-from importer.entities import ENTITIES, SyncedEntity
 from importer.failures import DatabaseUnavailable
 from importer.ledger import claim
 from importer.models import ImportLedger
 from importer.results import apply_results
-from importer.snapshot_rows import Invalid, rows
+from importer.snapshot_rows import rows
 
 #: Lines per ``COPY`` chunk: bounds memory (a few MB) while keeping round trips few.
 BATCH_LINES = 20_000
@@ -68,11 +68,11 @@ class StreamedResult:
     began: int | None = None
 
 
-def _merge_sql(entity: SyncedEntity) -> str:
-    names = ", ".join(entity.columns)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in entity.columns)
+def _merge_sql(entity: Entity) -> str:
+    names = ", ".join(entity.sql_columns)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in entity.sql_columns)
     return f"""
-        INSERT INTO {entity.table} AS t
+        INSERT INTO {entity.replica} AS t
             (id, generation, version, deleted, event_id, changed_at, applied_at,
              last_changes_seq, {names})
         SELECT id, :generation, version, false, event_id, changed_at, clock_timestamp(), NULL,
@@ -86,9 +86,9 @@ def _merge_sql(entity: SyncedEntity) -> str:
     """  # noqa: S608 - identifiers come from the fixed table above, values are parameters
 
 
-def _tombstone_sql(entity: SyncedEntity) -> str:
+def _tombstone_sql(entity: Entity) -> str:
     return f"""
-        UPDATE {entity.table} AS t
+        UPDATE {entity.replica} AS t
         SET deleted = true, generation = :generation, applied_at = clock_timestamp()
         WHERE NOT t.deleted
           AND (t.generation < :generation
@@ -126,8 +126,8 @@ async def _driver(session: RequestSession) -> asyncpg.Connection:
     return raw.driver_connection
 
 
-async def _create_rows_table(session: RequestSession, entity: SyncedEntity) -> None:
-    columns = ", ".join(f"{name} {kind}" for name, kind in entity.columns.items())
+async def _create_rows_table(session: RequestSession, entity: Entity) -> None:
+    columns = ", ".join(f"{name} {kind}" for name, kind in entity.sql_columns.items())
     await session.execute(
         text(
             f"CREATE TEMP TABLE {_ROWS} (id uuid NOT NULL, version int NOT NULL,"
@@ -146,7 +146,7 @@ async def _copy_rows(
     entity = ENTITIES[entity_name]
     await _create_rows_table(session, entity)
     driver = await _driver(session)
-    columns = ["id", "version", "event_id", "changed_at", *entity.columns]
+    columns = ["id", "version", "event_id", "changed_at", *entity.sql_columns]
     async with contextlib.aclosing(batches) as stream:
         async for batch in stream:
             await driver.copy_records_to_table(_ROWS, records=batch, columns=columns)

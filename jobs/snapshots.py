@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import ResponseSession, ResponseSessionMaker
 from app.outbox.models import ExportFile, ExportStream
+from exchange.entities import ENTITIES
 from exchange.format import CHANGES_STREAM, SNAPSHOT_STREAMS, generation_fields
 from exchange.sealing import Recipients
 from exchange.signing import Signer
@@ -35,35 +36,14 @@ from jobs import numbering
 _TAIL = """|| '","version":' || version::text || ',"op":"upsert","occurred_at":'
     || to_json(updated_at)::text || ',"data":{'"""
 
-#: Per entity: its table and the JSON of its ``data``, rendered by PostgreSQL (``to_json`` escapes
-#: strings; ``jsonb::text`` is JSON). ``$1`` is the constant start of every line.
-_SNAPSHOT_SQL: dict[str, tuple[str, str]] = {
-    "setting": (
-        "settings",
-        """'"key":' || to_json(key)::text || ',"value":' || value::text
-        || ',"description":' || coalesce(to_json(description)::text, 'null')""",
-    ),
-    "user": (
-        "users",
-        """'"username":' || to_json(username)::text
-        || ',"email":' || coalesce(to_json(email)::text, 'null')
-        || ',"password_hash":' || to_json(password_hash)::text
-        || ',"role":' || to_json(role)::text
-        || ',"is_active":' || CASE WHEN is_active THEN 'true' ELSE 'false' END
-        || ',"profile_type_id":' || coalesce('"' || profile_type_id::text || '"', 'null')""",
-    ),
-    "profile_type": (
-        "profile_types",
-        """'"name":' || to_json(name)::text
-        || ',"description":' || coalesce(to_json(description)::text, 'null')
-        || ',"permissions":' || permissions::text""",
-    ),
-}
-
 
 def snapshot_query(entity: str) -> str:
-    table, data = _SNAPSHOT_SQL[entity]
-    return f"SELECT $1 || id::text {_TAIL} || {data} || '}}}}' FROM {table}"  # noqa: S608
+    """Each row as one record line, rendered by PostgreSQL from the entity's declaration
+    (``exchange.entities``: ``to_json`` escapes strings, ``jsonb::text`` is JSON). ``$1`` is the
+    constant start of every line."""
+    declared = ENTITIES[entity]
+    data = declared.snapshot_data()
+    return f"SELECT $1 || id::text {_TAIL} || {data} || '}}}}' FROM {declared.source}"  # noqa: S608
 
 
 @dataclass(frozen=True)
@@ -113,7 +93,7 @@ async def export_snapshot(
         file = await _allocate(session, stream)
         seq, file_id = file.seq, file.file_id
         generation, since_seq = file.generation, file.since_seq
-    table = _SNAPSHOT_SQL[entity][0]
+    table = ENTITIES[entity].source
     prefix = f'{{"event_id":"{file_id}","entity":"{entity}","entity_id":"'
     async with engine.connect() as conn:
         snapshot = await conn.execution_options(isolation_level="REPEATABLE READ")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -18,30 +18,14 @@ from app.outbox.models import OutboxEvent
 from app.outbox.service import record_change
 from app.profile_types.models import ProfileType
 from app.users.models import User
+from exchange.entities import PROFILE_TYPE
 from netsync.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 
-ENTITY = "profile_type"
+ENTITY = PROFILE_TYPE.name
 
 
 class UnknownProfileType(InvalidInput):
     code = "unknown_profile_type"
-
-
-class SyncedFields(Protocol):
-    """What the Request Network receives of a profile type: a ``ProfileType``, or a row of a
-    bulk write."""
-
-    name: str
-    description: str | None
-    permissions: list[str]
-
-
-def sync_payload(profile_type: SyncedFields) -> dict[str, Any]:
-    return {
-        "name": profile_type.name,
-        "description": profile_type.description,
-        "permissions": list(profile_type.permissions),
-    }
 
 
 async def _record(session: ResponseSession, profile_type: ProfileType) -> OutboxEvent:
@@ -51,7 +35,7 @@ async def _record(session: ResponseSession, profile_type: ProfileType) -> Outbox
         entity_id=profile_type.id,
         version=profile_type.version,
         op="upsert",
-        data=sync_payload(profile_type),
+        data=PROFILE_TYPE.payload(profile_type),
     )
 
 

@@ -24,7 +24,8 @@ from app.fields import MAX_JSON_BYTES
 from app.imports.rows import Record, RowError
 from app.imports.run import Bulk, ImportSummary, latest_by, upsert_recorded
 from app.settings.schemas import SettingCreate
-from app.settings.service import ENTITY, sync_payload
+from app.settings.service import ENTITY
+from exchange.entities import SETTING
 
 #: A line holds a value of up to 64 KiB as JSON, its key and description: JSON's escapes can
 #: make the value's text up to six times longer than its bytes, which is still bounded.
@@ -102,7 +103,7 @@ async def write_batch(
     }
     statement = _UPSERT if update else _INSERT
     versions = await upsert_recorded(
-        session, statement, params, entity=ENTITY, payload=sync_payload
+        session, statement, params, entity=ENTITY, payload=SETTING.payload
     )
     summary.written(len(batch), versions)
     return []

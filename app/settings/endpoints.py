@@ -21,7 +21,7 @@ from app.settings.schemas import (
     SettingUpdate,
 )
 from app.users.schemas import SyncAccepted
-from exchange.format import SETTING_KEY_PATTERN
+from exchange.entities import SETTING_KEY_PATTERN
 from netsync.errors import ERROR_RESPONSES
 
 router = APIRouter(prefix="/api/v1/settings", tags=["settings"], responses=ERROR_RESPONSES)

@@ -13,7 +13,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from app.fields import StoredJson, Text
-from exchange.format import SETTING_KEY_PATTERN
+from exchange.entities import SETTING_KEY_PATTERN
 
 KEY_DESCRIPTION = "A dotted lowercase name, e.g. `app.title` or `mail.smtp_port`."
 SettingKey = Annotated[

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from sqlalchemy import func, select
@@ -18,22 +18,11 @@ from app.db import ResponseSession
 from app.outbox.models import OutboxEvent
 from app.outbox.service import record_change
 from app.settings.models import Setting
+from exchange.entities import SETTING
 from netsync.errors import AlreadyExists, NotFound
 
-ENTITY = "setting"
+ENTITY = SETTING.name
 _SORTED = orjson.OPT_SORT_KEYS
-
-
-class SyncedFields(Protocol):
-    """What the Request Network receives of a setting: a ``Setting``, or a row of a bulk write."""
-
-    key: str
-    value: Any
-    description: str | None
-
-
-def sync_payload(setting: SyncedFields) -> dict[str, Any]:
-    return {"key": setting.key, "value": setting.value, "description": setting.description}
 
 
 def _same(old: Any, new: Any) -> bool:
@@ -51,7 +40,7 @@ async def _record(session: ResponseSession, setting: Setting) -> OutboxEvent:
         entity_id=setting.id,
         version=setting.version,
         op="upsert",
-        data=sync_payload(setting),
+        data=SETTING.payload(setting),
     )
 
 

@@ -20,8 +20,9 @@ run); a row that changes nothing writes nothing. A row's
 ``profile_type`` names one that exists (so profile types are imported first); a row without
 one leaves the user's profile type as it is. A stored
 hash's cost is bounded (``netsync.passwords.acceptable_hash``): a hash is cheap to import and
-its parameters decide what every later sign-in costs. The outbox rows carry ``sync_payload`` as
-every other user change does, and leave in the relay's large files. A bad row is reported with
+its parameters decide what every later sign-in costs. The outbox rows carry the payload
+(``exchange.entities.USER.payload``) every other user change does, and leave in the relay's
+large files. A bad row is reported with
 its line number and the others go on; with ``atomic`` one bad row stops the import and nothing
 is kept (``app.imports.run``, the driver every bulk import shares).
 """
@@ -38,7 +39,8 @@ from app.db import ResponseSession
 from app.imports.rows import RowError
 from app.imports.run import Bulk, ImportSummary, Sessions, given, latest_by, upsert_recorded
 from app.users.import_rows import ImportedUser, csv_fields
-from app.users.service import ENTITY, check_password, sync_payload
+from app.users.service import ENTITY, check_password
+from exchange.entities import USER
 from netsync.errors import InvalidInput
 from netsync.passwords import hash_password
 
@@ -201,7 +203,7 @@ async def write_batch(
             params["keep"] = KEEP_HASH
         statement = _UPSERT if update else _INSERT
         versions = await upsert_recorded(
-            session, statement, params, entity=ENTITY, payload=sync_payload
+            session, statement, params, entity=ENTITY, payload=USER.payload
         )
     summary.written(len(batch) - len(refused), versions)
     return refused

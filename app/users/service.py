@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -17,10 +17,11 @@ from app.outbox.service import record_change
 from app.profile_types.service import UnknownProfileType, require_exists
 from app.users.models import User
 from app.users.policy import password_problems
+from exchange.entities import USER
 from netsync.errors import AlreadyExists, InvalidInput, NotFound
 from netsync.passwords import hash_password
 
-ENTITY = "user"
+ENTITY = USER.name
 
 
 class WeakPassword(InvalidInput):
@@ -29,29 +30,6 @@ class WeakPassword(InvalidInput):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("the password " + "; ".join(problems))
         self.problems = problems
-
-
-class SyncedFields(Protocol):
-    """What the Request Network receives of a user: a ``User``, or a row a statement returned."""
-
-    username: str
-    email: str | None
-    password_hash: str
-    role: str
-    is_active: bool
-    profile_type_id: uuid.UUID | None
-
-
-def sync_payload(user: SyncedFields) -> dict[str, Any]:
-    """The user as the Request Network receives it: the hash, never the password."""
-    return {
-        "username": user.username,
-        "email": user.email,
-        "password_hash": user.password_hash,
-        "role": user.role,
-        "is_active": user.is_active,
-        "profile_type_id": str(user.profile_type_id) if user.profile_type_id else None,
-    }
 
 
 def check_password(password: str, *, username: str) -> None:
@@ -67,7 +45,7 @@ async def _record(session: ResponseSession, user: User) -> OutboxEvent:
         entity_id=user.id,
         version=user.version,
         op="upsert",
-        data=sync_payload(user),
+        data=USER.payload(user),
     )
 
 

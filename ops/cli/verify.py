@@ -29,6 +29,7 @@ from app.config import ResponseSettings
 from app.profile_types.models import ProfileType
 from app.settings.models import Setting
 from app.users.models import User
+from exchange.entities import PROFILE_TYPE, SETTING, USER
 from importer.config import RequestSettings
 from importer.models import SyncedProfileType, SyncedSetting, SyncedUser
 from netsync.db import make_engine
@@ -49,14 +50,9 @@ class Entity:
 
 
 ENTITIES = (
-    Entity(
-        "user",
-        User,
-        SyncedUser,
-        ("username", "email", "password_hash", "role", "is_active", "profile_type_id"),
-    ),
-    Entity("setting", Setting, SyncedSetting, ("key", "value", "description")),
-    Entity("profile_type", ProfileType, SyncedProfileType, ("name", "description", "permissions")),
+    Entity(USER.name, User, SyncedUser, USER.names),
+    Entity(SETTING.name, Setting, SyncedSetting, SETTING.names),
+    Entity(PROFILE_TYPE.name, ProfileType, SyncedProfileType, PROFILE_TYPE.names),
 )
 
 
