@@ -21,8 +21,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -193,36 +192,44 @@ def _config() -> ConfigDict:
 @dataclass(frozen=True)
 class Entity:
     """One synced entity type: its name in records, its fields in the contract's order, its table
-    on the Response side (``source``) and on the Request side (``replica``)."""
+    on the Response side (``source``) and on the Request side (``replica``). What is derived is
+    made once, here (plain attributes: they are read per record)."""
 
     name: str
     source: str
     replica: str
     fields: tuple[FieldSpec, ...]
     doc: str = ""
+    #: The record contract's data model: what the Request Network accepts of the entity.
+    model: type[BaseModel] = field(init=False, repr=False, compare=False)
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    #: The entity's own columns and their SQL types, in the contract's order.
+    sql_columns: dict[str, str] = field(init=False, repr=False, compare=False)
+    _checks: tuple[Callable[[Mapping[str, Any]], Any], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    _allowed: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def model(self) -> type[BaseModel]:
-        """The record contract's data model: what the Request Network accepts of the entity."""
-        return create_model(  # type: ignore[call-overload,no-any-return]
+    def __post_init__(self) -> None:
+        model = create_model(  # type: ignore[call-overload]
             "".join(part.title() for part in self.name.split("_")) + "Data",
             __config__=_config(),
             __doc__=self.doc or None,
             **{f.name: f.annotation() for f in self.fields},
         )
+        derived = {
+            "model": model,
+            "names": tuple(f.name for f in self.fields),
+            "sql_columns": {f.name: f.kind.sql for f in self.fields},
+            "_checks": tuple(f.check() for f in self.fields),
+            "_allowed": frozenset(f.name for f in self.fields),
+        }
+        for attribute, value in derived.items():
+            object.__setattr__(self, attribute, value)  # frozen: set once, at declaration
 
     @property
     def snapshot_stream(self) -> str:
         return f"snapshot_{self.source}"
-
-    @cached_property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.fields)
-
-    @cached_property
-    def sql_columns(self) -> dict[str, str]:
-        """The entity's own columns and their SQL types, in the contract's order."""
-        return {f.name: f.kind.sql for f in self.fields}
 
     def empty(self, column: str) -> object:
         """What a tombstone holds in ``column``."""
@@ -248,19 +255,11 @@ class Entity:
             members.append(f"""'{comma}"{f.name}":' || {f.render()}""")
         return " || ".join(members)
 
-    @cached_property
-    def _checks(self) -> tuple[Callable[[Mapping[str, Any]], Any], ...]:
-        return tuple(f.check() for f in self.fields)
-
-    @cached_property
-    def _allowed(self) -> frozenset[str]:
-        return frozenset(self.names)
-
     def row(self, data: Mapping[str, Any]) -> tuple[Any, ...]:
         """A snapshot record's data, checked, as the values of ``sql_columns``."""
         if not data.keys() <= self._allowed:
             raise Invalid(f"unknown {self.name} field")
-        return tuple(check(data) for check in self._checks)
+        return tuple([check(data) for check in self._checks])
 
 
 USER = Entity(
