@@ -28,7 +28,7 @@ from exchange.sealing import Recipients, generate_identity, write_identity
 from exchange.signing import Keyring, Signer, write_key_pair
 from exchange.writer import publish_export
 from importer.config import RequestSettings
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from importer.db import make_sessionmaker
 from netsync.config import with_database
 from netsync.db import make_engine

@@ -68,7 +68,7 @@ async def _import(
 ) -> dict[str, Any]:
     from exchange.signing import Keyring
     from importer.config import RequestSettings
-    from importer.daemon import Importer
+    from importer.daemon.loop import Importer
     from importer.db import make_sessionmaker
     from netsync.db import make_engine
 

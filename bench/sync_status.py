@@ -9,7 +9,7 @@ migration that fills the per-stream counters from the ledger, timed, as an opera
 would run it. Then the real Request API (in-process, httpx's ASGI transport, the service token)
 answers ``--requests`` status requests; the same answer computed the previous way (a scan of
 the ledger) is timed too, for comparison. Then the importer's ledger pruning runs as the daemon
-runs it (``importer.ledger.prune``, ``--keep`` newest rows per stream), timed, and the status
+runs it (``importer.daemon.ledger.prune``, ``--keep`` newest rows per stream), timed, and the status
 is timed again on the pruned ledger. Drops the database at the end.
 """
 
@@ -30,9 +30,9 @@ from asgi_lifespan import LifespanManager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from importer import ledger
 from importer.api import create_app
 from importer.config import RequestSettings
+from importer.daemon import ledger
 from importer.db import make_sessionmaker
 from netsync.config import to_libpq_url, with_database
 from netsync.db import make_engine

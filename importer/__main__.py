@@ -16,10 +16,10 @@ import signal
 from exchange.sealing import KeyFileError
 from exchange.signing import Keyring
 from importer.config import RequestSettings
-from importer.daemon import Importer
+from importer.daemon.keys import load_identities
+from importer.daemon.loop import Importer
+from importer.daemon.probes import importer_probes
 from importer.db import make_sessionmaker
-from importer.keys import load_identities
-from importer.probes import importer_probes
 from netsync.config import ConfigurationError
 from netsync.db import make_engine
 from netsync.logging import configure_logging

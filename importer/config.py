@@ -47,7 +47,7 @@ class RequestSettings(CommonSettings):
     #: ... and quarantined files and sidecars (their rows stay in the database) this long.
     quarantine_retention_days: float = 30.0
     #: Per stream, the newest import ledger rows kept when the daemon prunes the ledger (older
-    #: ones go once no open gap needs them: ``importer.ledger.prune``).
+    #: ones go once no open gap needs them: ``importer.daemon.ledger.prune``).
     ledger_keep_files: int = Field(default=100_000, ge=1000)
     #: How often the daemon prunes the archive, the quarantine and the ledger.
     prune_interval_s: float = 3600.0

@@ -83,8 +83,8 @@ class ImportLedger(RequestBase):
 
 class SyncStreamStats(RequestBase):
     """Per stream: files applied, the last one and when; updated by the claim that applies them
-    (``importer.ledger.claim``), so the sync status never scans the ledger. ``pruned_*``: the
-    ledger holds no row at or below this place any more (``importer.ledger.prune``)."""
+    (``importer.daemon.ledger.claim``), so the sync status never scans the ledger. ``pruned_*``: the
+    ledger holds no row at or below this place any more (``importer.daemon.ledger.prune``)."""
 
     __tablename__ = "sync_stream_stats"
 
@@ -178,7 +178,7 @@ class SnapshotMark(RequestBase):
 
 class SyncGeneration(RequestBase):
     """A generation of the Response database seen here; the newest is the one applied, and a
-    file of an older one is superseded (``importer.ledger``)."""
+    file of an older one is superseded (``importer.daemon.ledger``)."""
 
     __tablename__ = "sync_generations"
 

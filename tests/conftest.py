@@ -17,7 +17,7 @@ from app.main import create_app
 from app.queue.client import JobQueue, redis_pool
 from exchange.signing import Keyring
 from importer.config import RequestSettings
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.worker import worker_settings
 from netsync import passwords

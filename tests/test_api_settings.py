@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from arq.worker import Worker
 
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from tests.factories import admin_headers, create_user, login
 from tests.queries import outbox, synced
 from tests.support import Sandbox, eventually

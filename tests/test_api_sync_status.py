@@ -13,7 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from app.main import create_app
 from exchange.signing import Keyring
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from importer.db import make_sessionmaker
 from jobs.worker import worker_settings
 from netsync.db import make_engine

@@ -23,7 +23,7 @@ from app.queue.client import JobQueue, redis_pool
 from exchange.sealing import Identities, Recipients
 from exchange.signing import Keyring, Signer
 from exchange.writer import publish_export
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user
 from tests.support import Sandbox, eventually

@@ -25,7 +25,7 @@ from app.bootstrap import ensure_admin
 from app.queue import serialization
 from app.queue.client import JobQueue, redis_pool
 from app.queue.deadletter import register
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from jobs.worker import worker_redis
 from tests.factories import ADMIN_PASSWORD, create_user, login
 from tests.processes import Process, request_api, response_api, wait_http

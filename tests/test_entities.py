@@ -20,9 +20,9 @@ from app.settings.models import Setting
 from app.users.models import User
 from exchange.entities import ENTITIES, FLAG, JSON, REF, TEXT, Entity, FieldSpec
 from exchange.format import ChangeRecord
-from importer.entities import BOOKKEEPING
+from importer.api.schemas import read_schema
+from importer.daemon.entities import BOOKKEEPING
 from importer.models import SyncedProfileType, SyncedSetting, SyncedUser
-from importer.schemas import read_schema
 from jobs.relay import OutboxRelay
 from jobs.snapshots import export_snapshot
 from netsync.db import make_engine

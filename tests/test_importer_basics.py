@@ -13,7 +13,7 @@ from typing import Any
 from exchange.format import STAGING_DIRNAME
 from exchange.signing import Signer
 from exchange.writer import PublishedFile, publish_export
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from tests.importer import files
 from tests.support import Sandbox, eventually
 

@@ -4,8 +4,10 @@ From the bottom: ``exchange`` (the file contract) and ``netsync`` (the shared ba
 databases, logging, errors, metrics, passwords), ``netsync`` may use ``exchange``; ``app`` (the
 Response domain, its API and the job queue interface) on them; ``jobs`` (the Response workers)
 on ``app``; ``importer`` (the Request Network) on the base alone, never on ``app`` or ``jobs``;
-``ops`` (the operator's tools) on top of everything. The check reads every module's imports
-with ``ast``, including imports inside functions and under ``TYPE_CHECKING``.
+``ops`` (the operator's tools) on top of everything. Inside ``importer`` the daemon and the
+Request API are two processes that share only the models, the database, the settings and the
+read-only views of the sync state: neither imports the other. The check reads every module's
+imports with ``ast``, including imports inside functions and under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,28 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def imported(path: Path) -> set[str]:
-    """The top-level packages of ours that ``path`` imports."""
+#: The two processes inside ``importer``: what each may import of the other (nothing).
+SIDES: dict[str, set[str]] = {"importer.daemon": set(), "importer.api": set()}
+
+
+def modules(path: Path) -> set[str]:
+    """Every module name ``path`` imports."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module)
-    return {name.split(".")[0] for name in names} & set(ALLOWED)
+    return names
+
+
+def imported(path: Path) -> set[str]:
+    """The top-level packages of ours that ``path`` imports."""
+    return {name.split(".")[0] for name in modules(path)} & set(ALLOWED)
+
+
+def _side(module: str) -> str | None:
+    return next((s for s in SIDES if module == s or module.startswith(s + ".")), None)
 
 
 def back_imports(root: Path) -> list[str]:
@@ -45,6 +60,12 @@ def back_imports(root: Path) -> list[str]:
         for path in sorted((root / package).rglob("*.py")):
             for target in sorted(imported(path) - allowed - {package}):
                 found.append(f"{path.relative_to(root)} imports {target}")
+    for side in SIDES:
+        for path in sorted((root / side.replace(".", "/")).rglob("*.py")):
+            crossing = {_side(m) for m in modules(path)} - {None, side}
+            found.extend(
+                f"{path.relative_to(root)} imports {o}" for o in sorted(map(str, crossing))
+            )
     return found
 
 
@@ -59,6 +80,8 @@ def test_imports_go_one_way_between_the_packages() -> None:
         ("importer/probe.py", "from app.db import ResponseSession", "app"),
         ("netsync/probe.py", "def f() -> None:\n    import ops.cli", "ops"),
         ("exchange/probe.py", "from netsync import metrics", "netsync"),
+        ("importer/api/probe.py", "from importer.daemon.ledger import claim", "importer.daemon"),
+        ("importer/daemon/probe.py", "import importer.api.auth", "importer.api"),
     ],
 )
 def test_a_back_import_is_caught(tmp_path: Path, where: str, source: str, target: str) -> None:

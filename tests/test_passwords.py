@@ -12,7 +12,7 @@ from arq.worker import Worker
 from asgi_lifespan import LifespanManager
 
 from importer.api import create_app as create_request_app
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user, login
 from tests.support import Sandbox, eventually

@@ -20,7 +20,7 @@ from app.scheduling.registry import ScheduleSettings
 from exchange.format import CHANGES_STREAM
 from exchange.signing import Keyring, Signer
 from exchange.writer import publish_export
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from importer.db import make_sessionmaker as request_sessionmaker
 from jobs.bulk import bulk_worker_settings
 from jobs.snapshots import export_snapshot

@@ -19,11 +19,11 @@ from exchange.format import FileName, parse_file_name
 from exchange.sealing import KeyFileError
 from exchange.signing import Keyring
 from importer.config import RequestSettings
-from importer.daemon import Importer
+from importer.daemon.failures import DatabaseUnavailable
+from importer.daemon.handling import ScanResult
+from importer.daemon.keys import load_identities
+from importer.daemon.loop import Importer
 from importer.db import make_sessionmaker
-from importer.failures import DatabaseUnavailable
-from importer.handling import ScanResult
-from importer.keys import load_identities
 from netsync.config import ConfigurationError
 from netsync.db import make_engine
 from netsync.logging import configure_logging

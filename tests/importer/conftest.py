@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from tests.conftest import MakeImporter
 
 __all__ = ["MakeImporter"]

@@ -23,7 +23,7 @@ import pytest
 from exchange.format import FileName
 from exchange.signing import Keyring
 from importer.config import RequestSettings
-from importer.failures import LocalFault
+from importer.daemon.failures import LocalFault
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import (
     count,

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from exchange.format import FileName
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import count, export_names, genuine, header, query, user_record
 from tests.support import Sandbox, eventually

@@ -13,7 +13,7 @@ import orjson
 from exchange.format import FileName
 from exchange.reader import RejectReason
 from exchange.signing import Signer
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import (
     count,

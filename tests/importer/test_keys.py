@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from exchange.signing import Signer
-from importer.daemon import Importer
+from importer.daemon.loop import Importer
 from tests.importer.files import export_names, publish, quarantined, user_record, user_version
 from tests.support import Sandbox, eventually
 

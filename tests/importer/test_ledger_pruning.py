@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from importer import ledger
+from importer.daemon import ledger
 from tests.conftest import MakeImporter
 from tests.importer.files import count, publish, quarantined, query, user_record, user_version
 from tests.support import Sandbox

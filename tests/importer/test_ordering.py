@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from importer.daemon import Importer
-from importer.gaps import heal_through, open_gaps
+from importer.daemon.gaps import heal_through
+from importer.daemon.loop import Importer
+from importer.views import open_gaps
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import count, export_names, publish, query, user_record, user_version
 from tests.support import Sandbox, eventually

@@ -20,7 +20,7 @@ from exchange.sealing import (
     key_id_of,
     write_identity,
 )
-from importer.keys import TrustedKeys
+from importer.daemon.keys import TrustedKeys
 from tests.importer.files import publish, quarantined, user_record, user_version
 from tests.processes import Process, importer
 from tests.support import TEST_RECIPIENT, Sandbox, eventually

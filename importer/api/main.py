@@ -18,12 +18,12 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
-from importer.auth import Operator, create_token
+from importer.api.auth import Operator, create_token
+from importer.api.endpoints import SessionDep, router
+from importer.api.schemas import LoggedIn, LoginRequest
 from importer.config import RequestSettings
 from importer.db import make_sessionmaker
-from importer.endpoints import SessionDep, router
 from importer.models import SyncedUser
-from importer.schemas import LoggedIn, LoginRequest
 from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import (

@@ -1,11 +1,12 @@
 """What becomes of a verified file: applied and archived, a duplicate, superseded, or refused.
 
-``changes`` files arrive here as batches (``handle``: one transaction for many files, split one
-per transaction when a file's content fails it, so that the bad one is quarantined and cannot hold
-the others back); snapshots and results one at a time (``process_single``: verified into the
-spool, applied in one transaction). A database that does not answer is never the file's fault
-(``importer.failures``): it raises for the daemon to retry the scan, and no file is quarantined
-for it. Each outcome is counted in a ``ScanResult``, logged and measured (``importer.probes``).
+``changes`` files arrive here as batches (``handle``: one transaction for many files, split one per
+transaction when a file's content fails it, so that the bad one is quarantined and cannot hold the
+others back); snapshots and results one at a time (``process_single``: verified into the spool,
+applied in one transaction). A database that does not answer is never the file's fault
+(``importer.daemon.failures``): it raises for the daemon to retry the scan, and no file is
+quarantined for it. Each outcome is counted in a ``ScanResult``, logged and measured
+(``importer.daemon.probes``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from dataclasses import dataclass, field
 from exchange.format import FileName
 from exchange.intake import SpoolError, Taken
 from exchange.reader import ExportFile, RejectedFile, RejectReason, VerifiedStream
-from importer.apply import ApplyResult, apply_changes
+from importer.daemon.apply import ApplyResult, apply_changes
+from importer.daemon.failures import DatabaseUnavailable, LocalFault, RetryLater, blames_the_file
+from importer.daemon.files import FileMover
+from importer.daemon.probes import observe_applied, observe_generation, observe_superseded
+from importer.daemon.quarantine import Quarantine
+from importer.daemon.reading import FileReader, Read
+from importer.daemon.snapshots import apply_streamed
 from importer.db import RequestSessionMaker
-from importer.failures import DatabaseUnavailable, LocalFault, RetryLater, blames_the_file
-from importer.files import FileMover
-from importer.probes import observe_applied, observe_generation, observe_superseded
-from importer.quarantine import Quarantine
-from importer.reading import FileReader, Read
-from importer.snapshots import apply_streamed
 from netsync.logging import correlation_id
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class ScanResult:
     duplicates: int = 0
     quarantined: int = 0
     changes: int = 0
-    #: Files of an older generation than one already applied (``importer.ledger``).
+    #: Files of an older generation than one already applied (``importer.daemon.ledger``).
     superseded: int = 0
     ignored: list[str] = field(default_factory=list)
 

@@ -2,8 +2,8 @@
 check (``exchange.entities.Entity.row``; the pydantic models cost ten times more per record), each
 entity's data as the values of its columns, in their order.
 
-``importer.snapshots`` copies the rows into PostgreSQL; a refused line is an ``Invalid`` naming
-its record's number, and the whole file is refused with it.
+``importer.daemon.snapshots`` copies the rows into PostgreSQL; a refused line is an ``Invalid``
+naming its record's number, and the whole file is refused with it.
 """
 
 from __future__ import annotations

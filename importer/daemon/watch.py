@@ -18,12 +18,12 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.reader import RejectReason
+from importer.daemon.failures import DB_ERRORS
+from importer.daemon.files import printable
+from importer.daemon.ledger import current_generation
 from importer.db import RequestSessionMaker
-from importer.failures import DB_ERRORS
-from importer.files import printable
-from importer.gaps import GapStats, open_gaps, summarise
-from importer.ledger import current_generation
 from importer.models import QuarantinedFile
+from importer.views import GapStats, open_gaps, summarise
 from netsync import metrics
 
 log = logging.getLogger(__name__)

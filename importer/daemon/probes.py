@@ -21,12 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.format import FileName
 from exchange.reader import ExportFile
-from importer.apply import ApplyResult
+from importer.daemon.apply import ApplyResult
 from netsync import metrics
 from netsync.probes import Probes
 
 if TYPE_CHECKING:
-    from importer.daemon import Importer
+    from importer.daemon.loop import Importer
 
 log = logging.getLogger(__name__)
 

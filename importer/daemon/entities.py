@@ -1,9 +1,9 @@
 """What every synced table of the Request database keeps besides its entity's data
 (``exchange.entities``, where the entities and their columns are declared once).
 
-Applying ``changes`` files (``importer.apply``) and snapshots (``importer.snapshots``) both write
-these columns; the ORM models (``importer.models``) and migrations declare them explicitly, and
-``tests/exchange/test_entities.py`` checks that they agree.
+Applying ``changes`` files (``importer.daemon.apply``) and snapshots (``importer.daemon.snapshots``)
+both write these columns; the ORM models (``importer.models``) and migrations declare them
+explicitly, and ``tests/test_entities.py`` checks that they agree.
 """
 
 from __future__ import annotations

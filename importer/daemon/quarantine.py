@@ -19,9 +19,15 @@ import orjson
 from sqlalchemy import select
 
 from exchange.intake import RejectedFile, RejectReason
+from importer.daemon.failures import DB_ERRORS
+from importer.daemon.files import (
+    MAX_SIDECAR_BYTES,
+    SIDECAR_SUFFIX,
+    FileMover,
+    printable,
+    read_bounded,
+)
 from importer.db import RequestSessionMaker
-from importer.failures import DB_ERRORS
-from importer.files import MAX_SIDECAR_BYTES, SIDECAR_SUFFIX, FileMover, printable, read_bounded
 from importer.models import QuarantinedFile
 from netsync import metrics
 
@@ -130,7 +136,8 @@ def read_sidecars(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def _fields(sidecar: dict[str, Any]) -> dict[str, Any]:
-    """A ``quarantined_files`` row from a sidecar (``importer.files.FileMover`` writes them)."""
+    """A ``quarantined_files`` row from a sidecar (``importer.daemon.files.FileMover`` writes
+    them)."""
     stored_as = printable(str(sidecar["stored_as"]))
     size = sidecar.get("size")
     row: dict[str, Any] = {

@@ -16,18 +16,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 
-from importer.auth import Operator, Reader
-from importer.db import RequestSession, RequestSessionMaker
-from importer.gaps import open_gaps, summarise
-from importer.models import (
-    QuarantinedFile,
-    SyncedProfileType,
-    SyncedSetting,
-    SyncedUser,
-    SyncGeneration,
-    SyncStreamStats,
-)
-from importer.schemas import (
+from importer.api.auth import Operator, Reader
+from importer.api.schemas import (
     GapOut,
     GenerationOut,
     Limit,
@@ -41,6 +31,16 @@ from importer.schemas import (
     UserOut,
     page_of,
 )
+from importer.db import RequestSession, RequestSessionMaker
+from importer.models import (
+    QuarantinedFile,
+    SyncedProfileType,
+    SyncedSetting,
+    SyncedUser,
+    SyncGeneration,
+    SyncStreamStats,
+)
+from importer.views import open_gaps, summarise
 from netsync.errors import NotFound, NotPermitted
 from netsync.text import Text
 

@@ -14,7 +14,7 @@ Two rules make a snapshot safe to apply at any time, in any order with the ``cha
   ignored, so a late file cannot undo a newer one.
 
 A million-row snapshot is ~280 MB. Its lines are read in blocks, parsed with orjson and checked
-against the record contract by small hand-written checks (``importer.snapshot_rows``: the
+against the record contract by small hand-written checks (``importer.daemon.snapshot_rows``: the
 pydantic models cost ten times more per record), then streamed with binary ``COPY`` into a typed
 temporary table and merged with one ``INSERT … SELECT … ON CONFLICT … WHERE version <
 excluded.version``, all in the caller's transaction. The file's signature was verified before
@@ -37,13 +37,13 @@ from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from exchange.entities import ENTITIES, Entity, Invalid
 from exchange.format import ExportHeader
 from exchange.reader import RejectedFile, RejectReason, VerifiedStream
-from importer import gaps
+from importer.daemon import gaps
+from importer.daemon.failures import DatabaseUnavailable
+from importer.daemon.ledger import claim
+from importer.daemon.results import apply_results
+from importer.daemon.snapshot_rows import rows
 from importer.db import RequestSession
-from importer.failures import DatabaseUnavailable
-from importer.ledger import claim
 from importer.models import ImportLedger
-from importer.results import apply_results
-from importer.snapshot_rows import rows
 
 #: Lines per ``COPY`` chunk: bounds memory (a few MB) while keeping round trips few.
 BATCH_LINES = 20_000
@@ -60,9 +60,9 @@ class StreamedResult:
     records: int
     written: int
     removed: int
-    #: Set when another file holds this one's place in the ledger (``importer.ledger``).
+    #: Set when another file holds this one's place in the ledger (``importer.daemon.ledger``).
     conflict: str | None = None
-    #: Of an older generation than one already seen: nothing applied (``importer.ledger``).
+    #: Of an older generation than one already seen: nothing applied (``importer.daemon.ledger``).
     superseded: bool = False
     #: A newer generation of the Response database, first seen with this file.
     began: int | None = None

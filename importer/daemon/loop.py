@@ -8,17 +8,17 @@ applies files in sequence order per stream, many per transaction (``batch_max_fi
 ``batch_max_records``); if a batch fails because of one file's content, its files are applied
 one per transaction so that the bad one is quarantined and cannot hold the others back.
 
-How a file is read depends on its stream's kind alone (``exchange.format.kind_of_stream``), never
-on what the file says: ``changes`` files are taken into memory and batched; snapshots (spooled to
-the importer's own directory) and results are applied one per transaction. Either way a file is
-verified (``importer.reading``) before anything is parsed, stored or decided about it, off the
-event loop, and what becomes of it is decided in ``importer.handling``; applied files go to the
-archive. A file that fails verification goes to quarantine
-with a sidecar ``.reason.json`` and a row in ``quarantined_files`` (``importer.quarantine``); a
-name that is not an export name, or a directory, is recorded once and left where it is
-(``importer.watch``). A database that is unreachable never gets a file
-quarantined (``importer.failures``): the scan stops and is retried with backoff. A stop request
-(SIGTERM) lets the current batch commit or roll back, then exits.
+How a file is read depends on its stream's kind alone (``exchange.format.kind_of_stream``), never on
+what the file says: ``changes`` files are taken into memory and batched; snapshots (spooled to the
+importer's own directory) and results are applied one per transaction. Either way a file is verified
+(``importer.daemon.reading``) before anything is parsed, stored or decided about it, off the event
+loop, and what becomes of it is decided in ``importer.daemon.handling``; applied files go to the
+archive. A file that fails verification goes to quarantine with a sidecar ``.reason.json`` and a row
+in ``quarantined_files`` (``importer.daemon.quarantine``); a name that is not an export name, or a
+directory, is recorded once and left where it is (``importer.daemon.watch``). A database that is
+unreachable never gets a file quarantined (``importer.daemon.failures``): the scan stops and is
+retried with backoff. A stop request (SIGTERM) lets the current batch commit or roll back, then
+exits.
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ from exchange.format import (
 )
 from exchange.sealing import Identities
 from exchange.signing import Keyring
-from importer import ledger
 from importer.config import RequestSettings
+from importer.daemon import ledger
+from importer.daemon.failures import DB_ERRORS, DatabaseUnavailable, RetryLater
+from importer.daemon.files import FileMover
+from importer.daemon.handling import FileHandler, ScanResult
+from importer.daemon.keys import TrustedKeys
+from importer.daemon.quarantine import Quarantine
+from importer.daemon.reading import FileReader, Read
+from importer.daemon.watch import ForeignNames, GapWatch
 from importer.db import RequestSessionMaker
-from importer.failures import DB_ERRORS, DatabaseUnavailable, RetryLater
-from importer.files import FileMover
-from importer.handling import FileHandler, ScanResult
-from importer.keys import TrustedKeys
-from importer.quarantine import Quarantine
-from importer.reading import FileReader, Read
-from importer.watch import ForeignNames, GapWatch
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class Importer:
         self.foreign = ForeignNames(sessions, self.exports_dir)
         # archive/ and quarantine/: where earlier versions kept them, inside the exports dir
         self._own_entries = {STAGING_DIRNAME, LATEST_DIRNAME, "archive", "quarantine"}
-        #: ``time.monotonic()`` of the loop's last pass or file: its liveness (``importer.probes``)
+        #: ``time.monotonic()`` of the loop's last pass or file: its liveness
+        #: (``importer.daemon.probes``)
         self.heartbeat = time.monotonic()
         self.gaps = GapWatch(sessions, settings.gap_alert_after_s)
         #: Files applied, duplicates, quarantined and changes since start: counters.
@@ -193,9 +194,9 @@ class Importer:
         return removed
 
     async def prune_ledger(self) -> int:
-        """Delete the import ledger rows exactly-once no longer needs (``importer.ledger``). The
-        loop runs it beside the scans, not in their way: a first pass over a long ledger takes
-        minutes (34,000 rows/s here), and files keep being applied meanwhile."""
+        """Delete the import ledger rows exactly-once no longer needs (``importer.daemon.ledger``).
+        The loop runs it beside the scans, not in their way: a first pass over a long ledger
+        takes minutes (34,000 rows/s here), and files keep being applied meanwhile."""
         try:
             removed = await ledger.prune(
                 self.sessions, keep=self.settings.ledger_keep_files, beat=self._beat

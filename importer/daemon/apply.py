@@ -9,7 +9,7 @@ mark of an applied snapshot of a record's entity type is superseded by it and sk
 type (it could only bring back what the snapshot removed). The guard and the marks compare the
 Response database's generation first (``jobs.numbering``): after a restore there, its new
 generation's changes win over versions the restore undid, and a file of an older generation
-arriving late is superseded as a whole (``importer.ledger``). Many ``changes`` files can
+arriving late is superseded as a whole (``importer.daemon.ledger``). Many ``changes`` files can
 share one transaction and one statement per table (``apply_changes``): that is what makes a burst
 of 10,000 files take seconds. A ``NOTIFY`` per file tells listeners the moment it commits.
 
@@ -32,10 +32,10 @@ from sqlalchemy import TextClause, bindparam, text, update
 from exchange.entities import ENTITIES, Entity
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
-from importer import gaps
+from importer.daemon import gaps
+from importer.daemon.entities import BOOKKEEPING
+from importer.daemon.ledger import claim
 from importer.db import RequestSession
-from importer.entities import BOOKKEEPING
-from importer.ledger import claim
 from importer.models import ImportLedger
 
 APPLIED_CHANNEL = "netsync_applied"
@@ -46,9 +46,9 @@ _NOTIFY_EVENT_IDS = 100
 class ApplyResult:
     duplicate: bool
     changes: int
-    #: Set when another file holds this one's place in the ledger (``importer.ledger``).
+    #: Set when another file holds this one's place in the ledger (``importer.daemon.ledger``).
     conflict: str | None = None
-    #: Of an older generation than one already seen: nothing applied (``importer.ledger``).
+    #: Of an older generation than one already seen: nothing applied (``importer.daemon.ledger``).
     superseded: bool = False
     #: A newer generation of the Response database, first seen with this batch.
     began: int | None = None

@@ -5,7 +5,7 @@ following links, size-checked by its stream's kind, hashed while it is copied wh
 the exports directory can reach it, and only then unsealed (``Opener``) and parsed. A key that
 lands a moment after its file is looked for once more. ``read_chunk`` reads a batch of a
 ``changes`` stream, bounded by files, records and bytes, for the daemon to apply while it reads
-the next (``importer.daemon``).
+the next (``importer.daemon.loop``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from exchange.format import FileName, kind_of_stream
 from exchange.intake import MEMORY_COPY_BYTES, SpoolError, Taken, take
 from exchange.reader import ExportFile, Opener, RejectedFile, RejectReason, parse_changes
 from importer.config import RequestSettings
-from importer.failures import LocalFault
-from importer.keys import TrustedKeys
+from importer.daemon.failures import LocalFault
+from importer.daemon.keys import TrustedKeys
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
