@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import bcrypt
 import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from app.bootstrap import ensure_admin
@@ -41,3 +46,19 @@ async def create_user(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+#: bcrypt at cost 4 (the old system's were 12: same format, fewer rounds for the test's sake).
+PASSWORDS = [f"imported pass phrase {i}" for i in range(8)]
+HASHES = [bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode() for p in PASSWORDS]
+
+
+FAST = "3/2 seconds"  # a sign-in window a test can wait out
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client

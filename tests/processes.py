@@ -4,6 +4,7 @@ killed with the test run if the run dies."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import ROOT, Sandbox, eventually
+from tests.support import ROOT, Sandbox, eventually, free_port
 
 
 def _die_with_parent() -> None:
@@ -96,3 +97,41 @@ async def wait_http(url: str, timeout: float = 20.0) -> None:
                 return False
 
         await eventually(up, timeout=timeout, interval=0.1)
+
+
+ADMIN_PASSWORD = "bootstrap secret for processes"
+
+
+async def bootstrap_admin(sandbox: Sandbox, **env: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.bootstrap",
+        env=sandbox.env(NETSYNC_ADMIN_PASSWORD=ADMIN_PASSWORD, **env),
+    )
+    assert await proc.wait() == 0
+
+
+async def token(client: httpx.AsyncClient, base: str, username: str, password: str) -> str:
+    response = await client.post(
+        f"{base}/api/v1/auth/token", data={"username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+async def start_system(sandbox: Sandbox, procs: list[Process]) -> tuple[str, str]:
+    """The administrator, then the Response API, a worker, the importer and the Request API as
+    processes (added to ``procs``, which stops them); the two APIs' base URLs once both answer."""
+    api_port, request_port = free_port(), free_port()
+    await bootstrap_admin(sandbox)
+    procs += [
+        response_api(sandbox, api_port).start(),
+        worker(sandbox).start(),
+        importer(sandbox).start(),
+        request_api(sandbox, request_port).start(),
+    ]
+    api, req = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{request_port}"
+    await wait_http(f"{api}/ready")
+    await wait_http(f"{req}/ready")
+    return api, req

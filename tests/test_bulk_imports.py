@@ -17,11 +17,10 @@ import orjson
 import pytest
 
 from app.imports import run
-from tests.factories import admin_headers, create_user, login
+from tests.commands import anetsync
+from tests.factories import HASHES, admin_headers, create_user, login
 from tests.queries import fetch
 from tests.support import Sandbox
-from tests.test_cli import anetsync
-from tests.test_users_import import HASHES
 
 HASH = HASHES[0]
 

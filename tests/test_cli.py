@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import shutil
 import stat
 import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
@@ -25,35 +20,10 @@ from exchange.signing import Keyring, Signer
 from exchange.writer import publish_export
 from importer.daemon.loop import Importer
 from netsync.config import to_libpq_url
+from tests.commands import anetsync, as_json, netsync
 from tests.factories import admin_headers, create_user
+from tests.importer.files import user_record
 from tests.support import Sandbox, eventually
-from tests.test_importer_basics import HASH_V1, user_record
-
-BIN = Path(sys.executable).parent
-
-
-def netsync(sandbox: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    command = shutil.which("netsync", path=path)
-    assert command is not None, "the netsync console script is not installed"
-    return subprocess.run(
-        [command, *args],
-        env=sandbox.env(PATH=path, COLUMNS="200", **env),
-        cwd=sandbox.root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-async def anetsync(sandbox: Sandbox, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``netsync`` from a test whose event loop runs the worker or importer meanwhile."""
-    return await asyncio.to_thread(netsync, sandbox, *args, **env)
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    assert result.stdout, result.stderr
-    return json.loads(result.stdout)
 
 
 async def request_db(sandbox: Sandbox, query: str, *args: object) -> None:
@@ -152,7 +122,7 @@ async def test_import_once_applies_a_folder_and_reports_what_it_quarantined(
             folder, sandbox.signer, recipients=sandbox.recipients, stream="changes", seq=seq,
             kind="changes",
             file_id=uuid.uuid4(), created_at=datetime.now(UTC),
-            records=[user_record(uid, 1, HASH_V1)],
+            records=[user_record(uid, 1)],
         )  # fmt: skip
     publish_export(
         folder, Signer.generate(), recipients=sandbox.recipients, stream="changes", seq=6,

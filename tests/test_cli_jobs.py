@@ -12,10 +12,10 @@ import pytest
 
 from app.queue.client import JobQueue
 from app.queue.deadletter import register
+from tests.commands import anetsync, as_json, netsync
 from tests.factories import admin_headers
 from tests.support import FLAG, Sandbox, free_port
-from tests.test_api_jobs import broken, burst_worker, flaky, run_burst
-from tests.test_cli import anetsync, as_json, netsync
+from tests.workers import broken, burst_worker, flaky, run_burst
 
 
 async def run_jobs(sandbox: Sandbox) -> None:

@@ -31,7 +31,7 @@ from tests.factories import ADMIN_PASSWORD, create_user, login
 from tests.processes import Process, request_api, response_api, wait_http
 from tests.processes import worker as worker_process
 from tests.support import FLAG, Sandbox, free_port, running
-from tests.test_api_jobs import flaky
+from tests.workers import flaky
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -21,11 +21,11 @@ from jobs.numbering import Began, GenerationWatch, RolledBack
 from jobs.relay import OutboxRelay
 from netsync.db import make_engine
 from tests.backups import dump, restore
+from tests.commands import as_json, netsync
 from tests.factories import admin_headers, create_user
 from tests.importer.files import body_lines
 from tests.queries import fetch
 from tests.support import Sandbox
-from tests.test_cli import as_json, netsync
 
 
 def header(path: Path) -> dict[str, Any]:

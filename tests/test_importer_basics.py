@@ -21,23 +21,6 @@ HASH_V1 = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$djEtaGFzaC1oYXNoLWhhc2g"
 HASH_V2 = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$djItaGFzaC1oYXNoLWhhc2g"
 
 
-def user_record(user_id: uuid.UUID, version: int, password_hash: str) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "entity": "user",
-        "entity_id": str(user_id),
-        "version": version,
-        "op": "upsert",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "data": {
-            "username": f"u-{user_id.hex[:8]}",
-            "password_hash": password_hash,
-            "role": "user",
-            "is_active": True,
-        },
-    }
-
-
 def publish(
     sandbox: Sandbox, seq: int, *records: dict[str, Any], signer: Signer | None = None
 ) -> PublishedFile:
@@ -68,7 +51,7 @@ async def test_the_same_file_seen_twice_is_applied_once(
     sandbox: Sandbox, importer: Importer
 ) -> None:
     uid = uuid.uuid4()
-    published = publish(sandbox, 1, user_record(uid, 1, HASH_V1))
+    published = publish(sandbox, 1, files.user_record(uid, 1, password_hash=HASH_V1))
     copy = sandbox.root / "copy.jsonl"
     shutil.copy(published.path, copy)
     await eventually(lambda: user_state(sandbox, uid))
@@ -87,9 +70,9 @@ async def test_an_older_change_arriving_after_a_newer_one_changes_nothing(
     sandbox: Sandbox, importer: Importer
 ) -> None:
     uid = uuid.uuid4()
-    publish(sandbox, 2, user_record(uid, 2, HASH_V2))
+    publish(sandbox, 2, files.user_record(uid, 2, password_hash=HASH_V2))
     await eventually(lambda: user_state(sandbox, uid))
-    publish(sandbox, 1, user_record(uid, 1, HASH_V1))
+    publish(sandbox, 1, files.user_record(uid, 1, password_hash=HASH_V1))
     await eventually(lambda: ledger_count(sandbox), timeout=5)
 
     async def both_applied() -> bool:
@@ -103,7 +86,7 @@ async def test_tampered_and_impostor_files_are_quarantined_and_the_daemon_goes_o
     sandbox: Sandbox, importer: Importer
 ) -> None:
     victim = uuid.uuid4()
-    publish(sandbox, 1, user_record(victim, 1, HASH_V1))
+    publish(sandbox, 1, files.user_record(victim, 1, password_hash=HASH_V1))
     await eventually(lambda: user_state(sandbox, victim))
 
     staged = sandbox.root / "staged"
@@ -117,13 +100,15 @@ async def test_tampered_and_impostor_files_are_quarantined_and_the_daemon_goes_o
         kind="changes",
         file_id=uuid.uuid4(),
         created_at=datetime.now(UTC),
-        records=[user_record(victim, 2, HASH_V1)],
+        records=[files.user_record(victim, 2, password_hash=HASH_V1)],
     )
     data = bytearray(forged.path.read_bytes())
     assert HASH_V1.encode() not in data  # sealed: the hash is nowhere in clear to swap
     data[data.index(b"\n") + 200] ^= 1  # so a bit of the ciphertext is flipped instead
     (sandbox.exports / forged.name).write_bytes(data)
-    impostor = publish(sandbox, 3, user_record(victim, 3, HASH_V2), signer=Signer.generate())
+    impostor = publish(
+        sandbox, 3, files.user_record(victim, 3, password_hash=HASH_V2), signer=Signer.generate()
+    )
 
     async def both_quarantined() -> list[tuple[str, str]] | None:
         found = await quarantined(sandbox)
@@ -138,7 +123,7 @@ async def test_tampered_and_impostor_files_are_quarantined_and_the_daemon_goes_o
         assert (importer.quarantine_dir / name).exists()
         assert (importer.quarantine_dir / f"{name}.reason.json").exists()
 
-    genuine = publish(sandbox, 4, user_record(victim, 4, HASH_V2))
+    genuine = publish(sandbox, 4, files.user_record(victim, 4, password_hash=HASH_V2))
     await eventually(lambda: not genuine.path.exists())
     assert await user_state(sandbox, victim) == (4, HASH_V2)
 
@@ -156,7 +141,7 @@ async def test_half_written_files_are_never_applied(sandbox: Sandbox, importer: 
         kind="changes",
         file_id=uuid.uuid4(),
         created_at=datetime.now(UTC),
-        records=[user_record(uid, 1, HASH_V1)],
+        records=[files.user_record(uid, 1, password_hash=HASH_V1)],
     ).path.read_bytes()
     # A writer that crashed mid-write leaves a partial file in staging: never looked at.
     (staging / "changes-000000000001.jsonl.0123.tmp").write_bytes(complete[: len(complete) // 2])

@@ -19,11 +19,10 @@ import orjson
 import pytest
 
 from netsync.config import to_libpq_url, with_database
-from tests.processes import Process
+from tests.commands import anetsync
+from tests.processes import Process, start_system
 from tests.queries import fetch
 from tests.support import Sandbox, eventually
-from tests.test_cli import anetsync
-from tests.test_processes import start_system
 
 PASSWORDS = [f"old deployment pass phrase {i}" for i in range(4)]
 HASHES = [bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode() for p in PASSWORDS]

@@ -20,10 +20,18 @@ from exchange.writer import publish_export
 from jobs.worker import worker_settings
 from netsync.config import to_libpq_url
 from tests.factories import admin_headers, create_user
-from tests.processes import Process, importer, response_api, wait_http, worker
+from tests.processes import (
+    ADMIN_PASSWORD,
+    Process,
+    bootstrap_admin,
+    importer,
+    response_api,
+    token,
+    wait_http,
+    worker,
+)
 from tests.scrape import Scrape, scrape
 from tests.support import Sandbox, eventually, free_port
-from tests.test_processes import ADMIN_PASSWORD, bootstrap_admin, token
 
 pytestmark = pytest.mark.slow
 

@@ -3,10 +3,8 @@ PostgreSQL, Redis and files. Slower than the in-process tests, so only what need
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,47 +15,22 @@ import pytest
 
 from exchange.writer import publish_export
 from ops.embedded import EmbeddedRedis
-from tests.processes import Process, importer, request_api, response_api, wait_http, worker
+from tests.processes import (
+    ADMIN_PASSWORD,
+    Process,
+    bootstrap_admin,
+    importer,
+    request_api,
+    response_api,
+    start_system,
+    token,
+    wait_http,
+    worker,
+)
 from tests.queries import fetch
 from tests.support import Sandbox, eventually, free_port
 
-ADMIN_PASSWORD = "bootstrap secret for processes"
 pytestmark = pytest.mark.slow
-
-
-async def bootstrap_admin(sandbox: Sandbox, **env: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.bootstrap",
-        env=sandbox.env(NETSYNC_ADMIN_PASSWORD=ADMIN_PASSWORD, **env),
-    )
-    assert await proc.wait() == 0
-
-
-async def token(client: httpx.AsyncClient, base: str, username: str, password: str) -> str:
-    response = await client.post(
-        f"{base}/api/v1/auth/token", data={"username": username, "password": password}
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["access_token"])
-
-
-async def start_system(sandbox: Sandbox, procs: list[Process]) -> tuple[str, str]:
-    """The administrator, then the Response API, a worker, the importer and the Request API as
-    processes (added to ``procs``, which stops them); the two APIs' base URLs once both answer."""
-    api_port, request_port = free_port(), free_port()
-    await bootstrap_admin(sandbox)
-    procs += [
-        response_api(sandbox, api_port).start(),
-        worker(sandbox).start(),
-        importer(sandbox).start(),
-        request_api(sandbox, request_port).start(),
-    ]
-    api, req = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{request_port}"
-    await wait_http(f"{api}/ready")
-    await wait_http(f"{req}/ready")
-    return api, req
 
 
 async def test_a_password_change_crosses_between_real_processes(

@@ -17,12 +17,12 @@ from jobs.maintenance import prune_outbox
 from jobs.relay import OutboxRelay
 from jobs.worker import worker_settings
 from netsync.db import make_engine
+from tests.commands import netsync
 from tests.conftest import MakeImporter
 from tests.factories import admin_headers, create_user
 from tests.importer.files import record_lines
 from tests.queries import fetch
 from tests.support import Sandbox, eventually, running
-from tests.test_cli import netsync
 
 
 async def test_an_enqueued_job_wakes_an_idle_worker_instead_of_waiting_for_its_poll(

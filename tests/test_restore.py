@@ -12,19 +12,21 @@ import httpx
 import pytest
 
 from tests.backups import dump, restore
+from tests.commands import anetsync
 from tests.processes import (
+    ADMIN_PASSWORD,
     Process,
     bulk_worker,
     importer,
     request_api,
     response_api,
+    start_system,
+    token,
     wait_http,
     worker,
 )
 from tests.queries import fetch
 from tests.support import Sandbox, eventually, free_port
-from tests.test_cli import anetsync
-from tests.test_processes import ADMIN_PASSWORD, start_system, token
 
 pytestmark = pytest.mark.slow
 

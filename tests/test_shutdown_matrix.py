@@ -28,16 +28,18 @@ import pytest
 from jobs.shutdown import GRACE_S
 from ops.embedded import EmbeddedRedis
 from tests.processes import (
+    ADMIN_PASSWORD,
     Process,
+    bootstrap_admin,
     bulk_worker,
     importer,
     request_api,
     response_api,
+    token,
     wait_http,
     worker,
 )
 from tests.support import Sandbox, database_refusing, eventually, free_port
-from tests.test_processes import ADMIN_PASSWORD, bootstrap_admin, token
 
 ROOT = Path(__file__).resolve().parent.parent
 

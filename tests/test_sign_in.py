@@ -21,26 +21,15 @@ import orjson
 import pytest
 from arq.connections import ArqRedis
 from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 
 from app.main import create_app
 from app.queue import serialization
 from app.queue.client import redis_pool
 from netsync import passwords
-from tests.factories import admin_headers, create_user, login
+from tests.factories import FAST, admin_headers, asgi_client, create_user, login
 from tests.queries import fetch
 from tests.scrape import scrape
 from tests.support import Sandbox
-
-FAST = "3/2 seconds"  # a window a test can wait out
-
-
-@contextlib.asynccontextmanager
-async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 5555))
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 @pytest.fixture
@@ -50,8 +39,8 @@ async def replicas(
     """Two Response API replicas on one Redis, with a short account window."""
     settings = sandbox.response_settings(sign_in_account_limits=FAST)
     async with contextlib.AsyncExitStack() as stack:
-        a = await stack.enter_async_context(_client(create_app(settings)))
-        b = await stack.enter_async_context(_client(create_app(settings)))
+        a = await stack.enter_async_context(asgi_client(create_app(settings)))
+        b = await stack.enter_async_context(asgi_client(create_app(settings)))
         yield a, b
 
 

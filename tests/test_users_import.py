@@ -16,23 +16,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import bcrypt
 import httpx
 import orjson
 import pytest
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
 from app.users.import_rows import import_email
-from tests.factories import admin_headers, create_user
-from tests.processes import Process
+from tests.commands import BIN
+from tests.factories import HASHES, PASSWORDS, admin_headers, create_user
+from tests.processes import ADMIN_PASSWORD, Process, start_system, token
 from tests.queries import fetch
 from tests.support import Sandbox, eventually
-from tests.test_cli import BIN
-from tests.test_processes import ADMIN_PASSWORD, start_system, token
-
-#: bcrypt at cost 4 (the old system's were 12: same format, fewer rounds for the test's sake).
-PASSWORDS = [f"imported pass phrase {i}" for i in range(8)]
-HASHES = [bcrypt.hashpw(p.encode(), bcrypt.gensalt(rounds=4)).decode() for p in PASSWORDS]
 
 
 def legacy_rows(n: int, *, prefix: str = "old") -> bytes:

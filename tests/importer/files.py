@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from exchange.format import FORMAT_VERSION, SNAPSHOT_STREAMS
+from exchange.format import FORMAT_VERSION, SNAPSHOT_STREAMS, FileName
 from exchange.sealing import SEAL_ALG, Identities, Recipients
 from exchange.signing import SIGNATURE_ALG, Signer
 from exchange.writer import ExportFileWriter, PublishedFile, publish_export
@@ -222,3 +223,32 @@ def forged_trailer(signer: Signer) -> bytes:
         )
         + b"\n"
     )
+
+
+USERS = [uuid.uuid5(uuid.NAMESPACE_DNS, f"burst-{i}.example") for i in range(200)]
+
+
+def drop_burst(sandbox: Sandbox, files: int, first_seq: int = 1) -> None:
+    """Files written aside, then renamed into the directory one by one as a producer would."""
+    aside = sandbox.root / f"aside-{first_seq}"
+    aside.mkdir()
+    paths: list[Path] = []
+    for seq in range(first_seq, first_seq + files):
+        record = user_record(USERS[seq % len(USERS)], seq)
+        path = aside / FileName("changes", seq).name
+        path.write_bytes(genuine(sandbox.signer, header(seq) + orjson.dumps(record) + b"\n", seq))
+        paths.append(path)
+    for path in paths:
+        os.rename(path, sandbox.exports / path.name)
+
+
+async def latest_versions(sandbox: Sandbox) -> dict[uuid.UUID, int]:
+    rows = await query(sandbox, "SELECT id, version FROM synced_users")
+    return {r["id"]: r["version"] for r in rows}
+
+
+def expected_versions(files: int) -> dict[uuid.UUID, int]:
+    out: dict[uuid.UUID, int] = {}
+    for seq in range(1, files + 1):
+        out[USERS[seq % len(USERS)]] = seq
+    return out

@@ -5,44 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from pathlib import Path
 
-import orjson
-
-from exchange.format import FileName
 from importer.daemon.loop import Importer
 from tests.importer.conftest import MakeImporter
-from tests.importer.files import count, export_names, genuine, header, query, user_record
+from tests.importer.files import (
+    count,
+    drop_burst,
+    expected_versions,
+    export_names,
+    latest_versions,
+    query,
+)
 from tests.support import Sandbox, eventually
-
-USERS = [uuid.uuid5(uuid.NAMESPACE_DNS, f"burst-{i}.example") for i in range(200)]
-
-
-def drop_burst(sandbox: Sandbox, files: int, first_seq: int = 1) -> None:
-    """Files written aside, then renamed into the directory one by one as a producer would."""
-    aside = sandbox.root / f"aside-{first_seq}"
-    aside.mkdir()
-    paths: list[Path] = []
-    for seq in range(first_seq, first_seq + files):
-        record = user_record(USERS[seq % len(USERS)], seq)
-        path = aside / FileName("changes", seq).name
-        path.write_bytes(genuine(sandbox.signer, header(seq) + orjson.dumps(record) + b"\n", seq))
-        paths.append(path)
-    for path in paths:
-        os.rename(path, sandbox.exports / path.name)
-
-
-async def latest_versions(sandbox: Sandbox) -> dict[uuid.UUID, int]:
-    rows = await query(sandbox, "SELECT id, version FROM synced_users")
-    return {r["id"]: r["version"] for r in rows}
-
-
-def expected_versions(files: int) -> dict[uuid.UUID, int]:
-    out: dict[uuid.UUID, int] = {}
-    for seq in range(1, files + 1):
-        out[USERS[seq % len(USERS)]] = seq
-    return out
 
 
 async def run(importer: Importer) -> tuple[asyncio.Event, asyncio.Task[None]]:

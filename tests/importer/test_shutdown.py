@@ -9,8 +9,14 @@ import signal
 
 import pytest
 
-from tests.importer.files import count, export_names, query
-from tests.importer.test_burst import drop_burst, expected_versions, latest_versions
+from tests.importer.files import (
+    count,
+    drop_burst,
+    expected_versions,
+    export_names,
+    latest_versions,
+    query,
+)
 from tests.processes import Process, importer
 from tests.support import Sandbox, eventually
 

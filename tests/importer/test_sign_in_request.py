@@ -11,11 +11,11 @@ import pytest
 
 from importer.api import create_app as create_request_app
 from netsync import passwords
+from tests.factories import FAST, asgi_client
 from tests.importer.conftest import MakeImporter
 from tests.importer.files import publish, user_record
 from tests.queries import fetch
 from tests.support import Sandbox
-from tests.test_sign_in import FAST, _client
 
 
 @pytest.mark.usefixtures("no_refusal_floor")
@@ -33,8 +33,8 @@ async def test_request_api_sign_in_is_throttled_in_its_own_database_across_repli
     await make_importer().scan_once()
     settings = sandbox.request_settings(sign_in_account_limits=FAST)
     async with contextlib.AsyncExitStack() as stack:
-        a = await stack.enter_async_context(_client(create_request_app(settings)))
-        b = await stack.enter_async_context(_client(create_request_app(settings)))
+        a = await stack.enter_async_context(asgi_client(create_request_app(settings)))
+        b = await stack.enter_async_context(asgi_client(create_request_app(settings)))
 
         async def attempt(client: httpx.AsyncClient, name: str, password: str) -> int:
             body = {"username": name, "password": password}
@@ -65,7 +65,7 @@ async def test_the_request_api_lifts_a_lock_for_administrators_not_the_service_t
     await make_importer().scan_once()
     service = "service-token-for-sign-in-" + "s" * 20
     settings = sandbox.request_settings(sign_in_account_limits=FAST, request_service_token=service)
-    async with _client(create_request_app(settings)) as client:
+    async with asgi_client(create_request_app(settings)) as client:
         body = {"username": "nina", "password": "wrong"}
         for _ in range(3):
             await client.post("/api/v1/auth/login", json=body)
