@@ -8,7 +8,7 @@ message costs at most one ``poll_delay``.
 
 arq has no hook for this, so ``install()`` swaps the module-level ``poll`` helper that
 ``arq.worker.Worker.main`` iterates (looked up at call time, after ``on_startup``). The swap is
-checked against the pinned arq version and is a no-op elsewhere; ``tests/test_relay.py`` proves
+checked against the pinned arq version and is a no-op elsewhere; ``tests/jobs/test_relay.py`` proves
 the wake-up works.
 """
 

@@ -40,7 +40,7 @@ MakeImporter = Callable[..., Importer]
 def no_refusal_floor(monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused sign-ins answer as soon as their check is done. For the throttling tests, whose
     windows last two seconds: a refusal floor of ~0.4 s would let their attempts straddle a
-    window's end. The floor itself is tested on its own (tests/test_sign_in.py)."""
+    window's end. The floor itself is tested on its own (tests/app/test_sign_in.py)."""
     monkeypatch.setattr(passwords, "_floor_s", 0.0)
 
 
@@ -97,7 +97,7 @@ async def make_importer(sandbox: Sandbox) -> AsyncIterator[MakeImporter]:
 
 @pytest.fixture
 async def importer(sandbox: Sandbox) -> AsyncIterator[Importer]:
-    """The importer daemon's real loop in-process (``tests/test_processes.py`` runs it as a
+    """The importer daemon's real loop in-process (``tests/system/test_processes.py`` runs it as a
     separate process)."""
     settings = sandbox.request_settings()
     engine = make_engine(settings.database_url, pool_size=2)

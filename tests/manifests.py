@@ -3,7 +3,7 @@
 The tests must run without a ``kustomize`` or ``kubectl`` binary, so this renders a Kustomization
 the way Kustomize does for what ``deploy/k8s`` uses (resources, namespace, images, strategic merge
 patches) and refuses any other field rather than render it wrongly. Where ``kubectl`` exists,
-``tests/test_deploy_k8s.py`` checks that both render the same objects.
+``tests/deploy/test_deploy_k8s.py`` checks that both render the same objects.
 """
 
 from __future__ import annotations

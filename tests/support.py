@@ -131,7 +131,7 @@ class Sandbox:
                 "NETSYNC_BULK_QUEUE": self.bulk_queue,
                 "NETSYNC_CRON_NAMESPACE": self.cron_namespace,
                 "NETSYNC_SIGN_IN_NAMESPACE": self.cron_namespace,
-                # tests poll sign-ins until a change crosses: only tests/test_sign_in*.py throttle
+                # tests poll sign-ins until a change crosses: only the sign-in tests throttle
                 "NETSYNC_SIGN_IN_ACCOUNT_LIMITS": LENIENT_SIGN_IN,
                 "NETSYNC_SIGN_IN_ADDRESS_LIMITS": LENIENT_SIGN_IN,
                 "NETSYNC_LOG_FORMAT": "json",

@@ -3,7 +3,7 @@
 
 Applying ``changes`` files (``importer.daemon.apply``) and snapshots (``importer.daemon.snapshots``)
 both write these columns; the ORM models (``importer.models``) and migrations declare them
-explicitly, and ``tests/test_entities.py`` checks that they agree.
+explicitly, and ``tests/exchange/test_entities.py`` checks that they agree.
 """
 
 from __future__ import annotations

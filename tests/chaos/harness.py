@@ -9,7 +9,7 @@ Response API, injects faults, then waits for the two databases to agree and repo
   one applied file), older-overwrote-newer (a version seen to go down on the Request side),
 - files quarantined by reason, API server errors, and the time to converge after the last fault.
 
-``bench/chaos.py`` runs the long version; ``tests/test_chaos.py`` a short one in the suite.
+``bench/chaos.py`` runs the long version; ``tests/system/test_chaos.py`` a short one in the suite.
 """
 
 from __future__ import annotations

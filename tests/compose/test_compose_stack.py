@@ -3,12 +3,12 @@ deploy/images/build.sh (no registry, no PyPI inside a container), both networks 
 the README's example session run against them over the ports published on 127.0.0.1, then a sync
 worker killed outright while passwords change, and every change still reaching the Request side.
 
-Why: tests/test_deploy_compose.py and tests/test_deploy_image.py read compose.yaml and the
-Dockerfile offline. Only a real ``docker compose up`` shows that the images build; that every
-process starts as uid 10001 on a read-only root file system with its keys and secrets where
-compose mounts them; that the PostgreSQL and Redis images honour what compose passes them; that
-every healthcheck passes; and that the sync survives a worker's death with the containers' own
-ordering and restarts.
+Why: tests/deploy/test_deploy_compose.py and tests/deploy/test_deploy_image.py read compose.yaml and
+the Dockerfile offline. Only a real ``docker compose up`` shows that the images build; that every
+process starts as uid 10001 on a read-only root file system with its keys and secrets where compose
+mounts them; that the PostgreSQL and Redis images honour what compose passes them; that every
+healthcheck passes; and that the sync survives a worker's death with the containers' own ordering
+and restarts.
 
 It needs Docker with the compose plugin, and a cold build takes minutes, so it is not part of
 ``./run test``: it carries the ``compose`` marker, which pyproject.toml deselects, and

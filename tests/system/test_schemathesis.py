@@ -2,10 +2,10 @@
 Response API) and with the service token (the Request API): valid and invalid requests to every
 operation, and not one may answer 5xx.
 
-Run alone: ``./run python -m pytest tests/test_schemathesis.py -q``. ``NETSYNC_FUZZ_EXAMPLES``
-raises the number of examples per operation and mode (default 15, about 45 s) for a longer
-hunt. (The schemathesis pytest plugin's ``from_fixture`` does not work with pytest 9, hence the
-loop over operations.)
+Run alone: ``./run python -m pytest tests/system/test_schemathesis.py -q``.
+``NETSYNC_FUZZ_EXAMPLES`` raises the number of examples per operation and mode (default 15, about 45
+s) for a longer hunt. (The schemathesis pytest plugin's ``from_fixture`` does not work with pytest
+9, hence the loop over operations.)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 import netsync.metrics  # noqa: F401 - registers every metric
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(

@@ -1,5 +1,5 @@
 """Metrics of the two APIs (in-process, real lifespans) and the gauges a worker samples on
-scrape. The daemons' metrics after real work are in ``tests/test_observability.py``."""
+scrape. The daemons' metrics after real work are in ``tests/system/test_observability.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``NETSYNC_REDIS_URL`` in its Sentinel form: what it means, what it refuses, and that no
-password in it reaches a message. (The failover itself: ``tests/test_failover_redis.py``.)"""
+password in it reaches a message. (The failover itself: ``tests/system/test_failover_redis.py``.)"""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ from tests.processes import (
 )
 from tests.support import Sandbox, database_refusing, eventually, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Which top-level packages each may import (besides itself and the standard library).
 ALLOWED: dict[str, set[str]] = {

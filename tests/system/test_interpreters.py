@@ -29,7 +29,7 @@ import pytest
 
 from tests.support import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "smoke test pass phrase 1"
 pytestmark = pytest.mark.slow
 
