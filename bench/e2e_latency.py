@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
+import os
 import statistics
 import time
 import uuid
@@ -26,7 +28,7 @@ import uuid
 import asyncpg
 import httpx
 
-from bench.running import add_request_db, admin_password
+from bench.running import add_request_db, admin_password, embedded
 from netsync.config import to_libpq_url
 from netsync.passwords import hash_password_sync
 
@@ -36,7 +38,61 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def run(api: str, request_db: str, admin_password: str, count: int) -> None:
+async def hops(
+    response_db: str, request_db: str, sent: dict[str, float], received: dict[str, float]
+) -> dict[str, list[float]]:
+    """Where each change's time went, from the timestamps both databases keep: the API's answer,
+    the relay's allocation of its file (``export_files.created_at``), the file published
+    (``published_at``), the importer's applying transaction (``import_ledger.applied_at``), and
+    its commit (the ``NOTIFY``)."""
+    ids = [uuid.UUID(e) for e in sent if e in received]
+    response = await asyncpg.connect(to_libpq_url(response_db))
+    try:
+        files = await response.fetch(
+            "SELECT o.event_id, f.seq, f.created_at, f.published_at FROM outbox_events o"
+            " JOIN export_files f ON f.stream = o.export_stream AND f.seq = o.export_seq"
+            " WHERE o.event_id = ANY($1::uuid[])",
+            ids,
+        )
+    finally:
+        await response.close()
+    request = await asyncpg.connect(to_libpq_url(request_db))
+    try:
+        applied = {
+            r["seq"]: r["applied_at"].timestamp()
+            for r in await request.fetch(
+                "SELECT seq, applied_at FROM import_ledger WHERE stream = 'changes'"
+                " AND seq = ANY($1::bigint[])",
+                [r["seq"] for r in files],
+            )
+        }
+    finally:
+        await request.close()
+    out: dict[str, list[float]] = {
+        "answer -> file allocated (enqueue, worker wake-up, job start)": [],
+        "allocated -> published (write, sign, seal, fsync, mark)": [],
+        "published -> applying (file event, read, verify, unseal)": [],
+        "applying -> committed (claim, upsert, commit)": [],
+    }
+    for r in files:
+        event = str(r["event_id"])
+        if r["published_at"] is None or r["seq"] not in applied:
+            continue
+        marks = [
+            sent[event],
+            r["created_at"].timestamp(),
+            r["published_at"].timestamp(),
+            applied[r["seq"]],
+            received[event],
+        ]
+        for values, (a, b) in zip(out.values(), itertools.pairwise(marks), strict=True):
+            values.append((b - a) * 1000)
+    return out
+
+
+async def run(
+    api: str, request_db: str, response_db: str | None, admin_password: str, count: int
+) -> None:
     received: dict[str, float] = {}
     arrival = asyncio.Event()
 
@@ -103,6 +159,11 @@ async def run(api: str, request_db: str, admin_password: str, count: int) -> Non
         f"p99 {pct(round_trips, 99):.1f}"
     )
     print(f"argon2id hash alone (ms): p50 {pct(hashing, 50):.1f}  max {max(hashing):.1f}")
+    if response_db:
+        print("where the time goes, per change (ms):")
+        for label, values in (await hops(response_db, request_db, sent, received)).items():
+            if values:
+                print(f"  {label}: p50 {pct(values, 50):.2f}  p99 {pct(values, 99):.2f}")
 
 
 def main() -> None:
@@ -112,9 +173,15 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--api", default="http://127.0.0.1:8000")
     add_request_db(parser)
+    parser.add_argument(
+        "--response-db",
+        default=os.environ.get("NETSYNC_RESPONSE_DATABASE_URL")
+        or embedded("NETSYNC_RESPONSE_DATABASE_URL"),
+        help="for the breakdown per hop (optional)",
+    )
     args = parser.parse_args()
     password = admin_password(parser, args.request_db)
-    asyncio.run(run(args.api, args.request_db, password, args.count))
+    asyncio.run(run(args.api, args.request_db, args.response_db, password, args.count))
 
 
 if __name__ == "__main__":
