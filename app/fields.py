@@ -26,7 +26,6 @@ __all__ = ["MAX_JSON_BYTES", "Page", "StoredJson", "Text", "clean_json", "clean_
 #: Largest JSON value of a setting, serialised: settings are configuration, not documents.
 MAX_JSON_BYTES = 64 * 1024
 _MAX_DEPTH = 32
-_INT64 = 2**63
 
 
 def _check_json(value: Any, depth: int) -> None:
@@ -37,11 +36,7 @@ def _check_json(value: Any, depth: int) -> None:
     elif isinstance(value, bool) or value is None:
         return
     elif isinstance(value, int | float):
-        check_number(value)
-        # jsonb prints 1e22 as 10000000000000000000000, which reads back as an integer that no
-        # longer fits in 64 bits: refuse magnitudes that cannot make the round trip.
-        if isinstance(value, float) and abs(value) >= _INT64:
-            raise ValueError("numbers must lie between -2^63 and 2^63")
+        check_number(value)  # the magnitudes jsonb and orjson keep as they are
     elif isinstance(value, list):
         for item in value:
             _check_json(item, depth + 1)

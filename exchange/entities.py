@@ -26,8 +26,17 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Strict, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    Strict,
+    create_model,
+)
 
+_IDENTIFIER = re.compile(r"[a-z][a-z0-9_]{0,62}")
 SETTING_KEY_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 _INT64 = 2**63
 
@@ -39,25 +48,38 @@ class Invalid(ValueError):
 def check_number(value: int | float) -> None:
     """Refuse a JSON number ``jsonb`` or orjson would not keep as it is: the JSON parser reads
     ``NaN``, ``Infinity``, ``1e400`` and integers of any size, which ``jsonb`` refuses or orjson
-    writes as ``null``. The rule of both networks (``app.fields`` adds its own on top)."""
+    writes as ``null``; and ``jsonb`` prints a float such as ``1e22`` as an integer past 64 bits.
+    So every number lies between -2^63 and 2^63, which also makes the same rule hold for orjson,
+    which reads an integer past 64 bits as a float. The rule of both networks."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite (no NaN or Infinity)")
-    if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
-        raise ValueError("integers must fit in 64 bits")
+    if isinstance(value, bool):
+        return
+    if not -_INT64 <= value < _INT64 or (isinstance(value, float) and abs(value) >= _INT64):
+        raise ValueError("numbers must lie between -2^63 and 2^63")
+
+
+#: The deepest JSON value kept (the Response side refuses more than 32 levels; pydantic's parser
+#: more than 200): the model and the fast check refuse the same values.
+MAX_JSON_DEPTH = 64
+#: A UUID as the Response side writes it (``str(uuid)``): the one form both checks accept.
+_UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID_RE = re.compile(_UUID_PATTERN.strip("^$"))
 
 
 def _storable(value: JsonValue) -> JsonValue:
-    """A JSON value as the Request side stores it: every number ``check_number`` accepts (the
-    Response side never sends others: ``app.fields.StoredJson``)."""
-    pending = [value]
+    """A JSON value as the Request side stores it: every number ``check_number`` accepts, at most
+    ``MAX_JSON_DEPTH`` levels (the Response side never sends others: ``app.fields.StoredJson``)."""
+    pending = [(value, 1)]
     while pending:
-        item = pending.pop()
+        item, depth = pending.pop()
         if isinstance(item, int | float):
             check_number(item)
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item.values())
+        elif isinstance(item, list | dict):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+            children = item if isinstance(item, list) else item.values()
+            pending.extend((child, depth + 1) for child in children)
     return value
 
 
@@ -73,7 +95,7 @@ class Kind:
 
 
 TEXT = Kind("text", "to_json({c})::text")
-FLAG = Kind("boolean", "CASE WHEN {c} THEN 'true' ELSE 'false' END", empty=False)
+FLAG = Kind("boolean", "CASE WHEN {c} THEN 'true' WHEN NOT {c} THEN 'false' END", empty=False)
 REF = Kind("uuid", "'\"' || {c}::text || '\"'")
 JSON = Kind("jsonb", "{c}::text")
 
@@ -106,7 +128,8 @@ class FieldSpec:
         elif self.kind is FLAG:
             base = Annotated[bool, Strict()]
         elif self.kind is REF:
-            base = UUID
+            # the text form, matched in pydantic's core (the column's cast makes it a uuid)
+            base = Annotated[str, Field(pattern=_UUID_PATTERN)]
         elif self.names:
             item = Annotated[str, Field(min_length=self.low, max_length=self.high)]
             return list[item], Field(default_factory=list)
@@ -158,12 +181,28 @@ class FieldSpec:
 
             def json(d: Mapping[str, Any]) -> Any:
                 if name not in d:
+                    if null:
+                        return None
                     raise Invalid(f"{name} is missing")
-                return orjson.dumps(d[name]).decode()  # orjson parsed it: numbers fit
+                # orjson already refused NaN and Infinity; integers of 2**63 and up, and the depth,
+                # are checked as the model does (orjson reads integers past 2**64 as floats)
+                try:
+                    return orjson.dumps(_storable(d[name])).decode()
+                except ValueError as exc:
+                    raise Invalid(f"{name} {exc}") from None
 
             return json
         if self.kind is REF:
-            low, high = 36, 36
+
+            def ref(d: Mapping[str, Any]) -> Any:
+                value = d.get(name)
+                if value is None and null:
+                    return None
+                if type(value) is not str or not _UUID_RE.fullmatch(value):
+                    raise Invalid(f"{name} must be a UUID")
+                return value
+
+            return ref
         choices = frozenset(self.choices)
         # the pattern without anchors or captures, for fullmatch: twice as fast per record
         pattern = re.compile(self.pattern.strip("^$").replace("(", "(?:")) if self.pattern else None
@@ -211,6 +250,9 @@ class Entity:
     _allowed: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for identifier in (self.name, self.source, self.replica, *(f.name for f in self.fields)):
+            if not _IDENTIFIER.fullmatch(identifier):  # they are written into SQL unquoted
+                raise ValueError(f"{identifier!r} is not a lowercase identifier")
         model = create_model(  # type: ignore[call-overload]
             "".join(part.title() for part in self.name.split("_")) + "Data",
             __config__=_config(),

@@ -173,6 +173,8 @@ class ExportHeader(_Strict):
             raise ValueError("a snapshot header names its entity and changes_seq")
         if self.entity is not None and self.entity not in ENTITIES:
             raise ValueError("not an entity netsync syncs")
+        if self.kind == "snapshot" and SNAPSHOT_STREAMS[self.entity or ""] != self.stream:
+            raise ValueError("a snapshot's entity is the one its stream carries")
         if self.since_seq >= self.seq:
             raise ValueError("since_seq is below the file's own sequence number")
         return self
@@ -239,7 +241,9 @@ class ChangeRecord(_Strict):
         if isinstance(data, dict):
             return entity.model.model_validate(data)
         if not isinstance(data, entity.model):
-            raise ValueError(f"data is not {entity.name} data")
+            # another entity's model fitted first: the entity's own model decides, from what
+            # the record gave (never a default the other model added)
+            return entity.model.model_validate(data.model_dump(mode="json", exclude_unset=True))
         return data
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import String
 from sqlalchemy.dialects import postgresql
 
@@ -18,8 +19,18 @@ from app.outbox.service import record_change
 from app.profile_types.models import ProfileType
 from app.settings.models import Setting
 from app.users.models import User
-from exchange.entities import ENTITIES, FLAG, JSON, REF, TEXT, Entity, FieldSpec
-from exchange.format import ChangeRecord
+from exchange.entities import (
+    ENTITIES,
+    FLAG,
+    JSON,
+    MAX_JSON_DEPTH,
+    REF,
+    TEXT,
+    Entity,
+    FieldSpec,
+    Invalid,
+)
+from exchange.format import ChangeRecord, ExportHeader
 from importer.api.schemas import read_schema
 from importer.daemon.entities import BOOKKEEPING
 from importer.models import SyncedProfileType, SyncedSetting, SyncedUser
@@ -204,3 +215,133 @@ async def test_an_entity_declared_once_crosses_as_a_change_and_as_a_snapshot(
                 "data": {"title": "x" * 81, "pinned": True, "extra": None},
             }
         )
+
+
+_RECORD = {
+    "event_id": "6f1c1f8e-5d8e-4a4e-9a55-2f4f3b1f0a01",
+    "entity_id": "6f1c1f8e-5d8e-4a4e-9a55-2f4f3b1f0a02",
+    "version": 1,
+    "op": "upsert",
+    "occurred_at": "2026-12-01T00:00:00Z",
+}
+_USER = {
+    "username": "ada",
+    "password_hash": "$2b$12$" + "a" * 53,
+    "role": "user",
+    "is_active": True,
+}
+_DEEP: Any = 1
+for _ in range(MAX_JSON_DEPTH + 1):
+    _DEEP = [_DEEP]
+
+
+@pytest.mark.parametrize(
+    ("entity", "raw"),
+    [
+        ("setting", b'{"key":"a.b","value":9223372036854775808}'),
+        ("setting", b'{"key":"a.b","value":-9223372036854775809}'),
+        ("setting", b'{"key":"a.b","value":[18446744073709551616]}'),
+        ("setting", b'{"key":"a.b","value":' + orjson.dumps(_DEEP) + b"}"),
+        ("setting", b'{"key":"a.b"}'),
+        ("setting", b'{"key":"A.b","value":1}'),
+        ("setting", b'{"key":"a.b\\n","value":1}'),
+        ("user", orjson.dumps({**_USER, "profile_type_id": "x" * 36})),
+        ("user", orjson.dumps({**_USER, "profile_type_id": "6f1c1f8e5d8e4a4e9a552f4f3b1f0a02"})),
+        (
+            "user",
+            orjson.dumps({**_USER, "profile_type_id": "{6f1c1f8e-5d8e-4a4e-9a55-2f4f3b1f0a02}"}),
+        ),
+        ("user", orjson.dumps({**_USER, "is_active": "true"})),
+        ("user", orjson.dumps({**_USER, "is_active": 1})),
+        ("user", orjson.dumps({**_USER, "role": None})),
+        ("user", orjson.dumps({**_USER, "email": "e" * 321})),
+        ("user", orjson.dumps({**_USER, "password_hash": "short"})),
+        ("user", orjson.dumps({**_USER, "nickname": "x"})),
+        ("profile_type", b'{"name":"ops","permissions":null}'),
+        ("profile_type", b'{"name":"ops","permissions":[""]}'),
+        ("profile_type", b'{"name":"","permissions":[]}'),
+    ],
+)
+def test_the_fast_snapshot_check_refuses_what_the_record_contract_refuses(
+    entity: str, raw: bytes
+) -> None:
+    """A snapshot's rows are checked without pydantic (ten times cheaper): the two checks must
+    refuse the same data, or a file could carry in a snapshot what it could not as a change."""
+    declared = ENTITIES[entity]
+    with pytest.raises(ValidationError):
+        ChangeRecord.model_validate_json(
+            orjson.dumps({**_RECORD, "entity": entity}).replace(b"}", b',"data":' + raw + b"}", 1)
+        )
+    with pytest.raises(Invalid):
+        declared.row(orjson.loads(raw))
+
+
+@pytest.mark.parametrize(
+    ("entity", "data"),
+    [
+        ("user", {**_USER, "profile_type_id": "6f1c1f8e-5d8e-4a4e-9a55-2f4f3b1f0a02"}),
+        ("user", {**_USER, "email": None}),
+        ("setting", {"key": "smtp.port", "value": {"a": [1, 2.5, None, True]}}),
+        ("setting", {"key": "a.b", "value": 9223372036854775807, "description": None}),
+        ("profile_type", {"name": "ops"}),
+        ("profile_type", {"name": "ops", "permissions": ["read", "write"], "description": "d"}),
+    ],
+)
+def test_the_two_checks_accept_the_same_data_as_the_same_row(
+    entity: str, data: dict[str, Any]
+) -> None:
+    declared = ENTITIES[entity]
+    record = ChangeRecord.model_validate({**_RECORD, "entity": entity, "data": data})
+    assert record.data is not None
+    as_row = declared.row(data)
+    for column, value in zip(declared.names, as_row, strict=True):
+        held = getattr(record.data, column)
+        if declared.sql_columns[column] == "jsonb":
+            assert orjson.loads(value) == held, column
+        else:
+            assert value == (
+                None if held is None else str(held) if column.endswith("_id") else held
+            )
+
+
+def test_an_entity_whose_data_fits_another_model_is_judged_by_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A later entity with only a ``name`` would fit the profile type's model first (the union
+    tries the declared models in order): its record is still checked by its own model."""
+    tag = Entity("tag", "tags", "synced_tags", (FieldSpec("name", TEXT, low=1, high=10),))
+    monkeypatch.setitem(ENTITIES, tag.name, tag)
+    record = ChangeRecord.model_validate({**_RECORD, "entity": "tag", "data": {"name": "x"}})
+    assert isinstance(record.data, tag.model)
+    with pytest.raises(ValidationError, match="at most 10 characters"):
+        ChangeRecord.model_validate({**_RECORD, "entity": "tag", "data": {"name": "x" * 11}})
+    with pytest.raises(ValidationError):  # what the profile type's model added is not taken
+        ChangeRecord.model_validate(
+            {**_RECORD, "entity": "tag", "data": {"name": "x", "permissions": []}}
+        )
+
+
+def test_a_declaration_names_only_plain_identifiers() -> None:
+    with pytest.raises(ValueError, match="identifier"):
+        Entity("note", "notes; DROP TABLE users", "synced_notes", ())
+    with pytest.raises(ValueError, match="identifier"):
+        Entity("note", "notes", "synced_notes", (FieldSpec('title"', TEXT, high=5),))
+
+
+def test_a_snapshot_carries_only_the_entity_its_stream_is_for() -> None:
+    """A ``snapshot_users`` file whose header says it holds settings would be merged into the
+    settings (and remove every setting it lacks): its header is refused."""
+    header = {
+        "format": "netsync-export",
+        "version": 2,
+        "stream": "snapshot_users",
+        "seq": 1,
+        "file_id": "6f1c1f8e-5d8e-4a4e-9a55-2f4f3b1f0a03",
+        "kind": "snapshot",
+        "created_at": "2026-12-01T00:00:00Z",
+        "records": 0,
+        "changes_seq": 0,
+    }
+    assert ExportHeader.model_validate({**header, "entity": "user"}).entity == "user"
+    with pytest.raises(ValidationError, match="its stream carries"):
+        ExportHeader.model_validate({**header, "entity": "setting"})
