@@ -28,6 +28,7 @@ from sqlalchemy import Executable
 from app.db import ResponseSession
 from app.imports.rows import MAX_LINE, CsvFields, Format, Record, RowError, records, validated
 from app.outbox.service import record_upserts
+from exchange.entities import Entity
 from netsync.errors import InvalidInput, ServiceUnavailable
 
 #: Opens a unit that commits on exit and rolls back on an error (``app.db.session_scope``).
@@ -278,13 +279,13 @@ async def upsert_recorded(
     statement: Executable,
     params: dict[str, Any],
     *,
-    entity: str,
-    payload: Callable[[Any], dict[str, Any]],
+    entity: Entity,
 ) -> list[int]:
     """Run a batch's upsert (``RETURNING`` the written rows' id, version and synced fields) and
-    add their outbox rows in the same transaction; the versions written (1: created)."""
+    add their outbox rows, with the entity's declared payload, in the same transaction; the
+    versions written (1: created)."""
     written = (await session.execute(statement, params)).all()
     await record_upserts(
-        session, entity=entity, changes=[(r.id, r.version, payload(r)) for r in written]
+        session, entity=entity.name, changes=[(r.id, r.version, entity.payload(r)) for r in written]
     )
     return [r.version for r in written]

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import func, select, text
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.db import ResponseSession
 from app.outbox.models import OutboxEvent
+from exchange.entities import Entity
 from netsync.logging import correlation_id
 
 
@@ -39,6 +40,38 @@ async def record_change(
     session.add(event)
     await session.flush()
     return event
+
+
+class _Synced(Protocol):
+    """A Response row of a synced entity: its id, its version and its declared fields."""
+
+    id: uuid.UUID
+    version: int
+
+
+async def record_upsert(session: ResponseSession, entity: Entity, row: _Synced) -> OutboxEvent:
+    """The outbox row of ``row``'s new state, with the payload its declaration gives
+    (``exchange.entities``)."""
+    return await record_change(
+        session,
+        entity=entity.name,
+        entity_id=row.id,
+        version=row.version,
+        op="upsert",
+        data=entity.payload(row),
+    )
+
+
+async def record_delete(session: ResponseSession, entity: Entity, row: _Synced) -> OutboxEvent:
+    """The outbox row of ``row``'s removal: a tombstone one version above its last state."""
+    return await record_change(
+        session,
+        entity=entity.name,
+        entity_id=row.id,
+        version=row.version + 1,
+        op="delete",
+        data=None,
+    )
 
 
 _RECORD_MANY = text(

@@ -21,7 +21,6 @@ from app.db import ResponseSession
 from app.imports.rows import Record, RowError
 from app.imports.run import Bulk, ImportSummary, given, latest_by, upsert_recorded
 from app.profile_types.schemas import ProfileTypeCreate
-from app.profile_types.service import ENTITY
 from exchange.entities import PROFILE_TYPE
 
 _RETURNED = {
@@ -104,9 +103,7 @@ async def write_batch(
         ],
     }
     statement = _UPSERT if update else _INSERT
-    versions = await upsert_recorded(
-        session, statement, params, entity=ENTITY, payload=PROFILE_TYPE.payload
-    )
+    versions = await upsert_recorded(session, statement, params, entity=PROFILE_TYPE)
     summary.written(len(batch), versions)
     return []
 

@@ -15,28 +15,15 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import ResponseSession, violated_constraint
 from app.outbox.models import OutboxEvent
-from app.outbox.service import record_change
+from app.outbox.service import record_delete, record_upsert
 from app.profile_types.models import ProfileType
 from app.users.models import User
 from exchange.entities import PROFILE_TYPE
 from netsync.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 
-ENTITY = PROFILE_TYPE.name
-
 
 class UnknownProfileType(InvalidInput):
     code = "unknown_profile_type"
-
-
-async def _record(session: ResponseSession, profile_type: ProfileType) -> OutboxEvent:
-    return await record_change(
-        session,
-        entity=ENTITY,
-        entity_id=profile_type.id,
-        version=profile_type.version,
-        op="upsert",
-        data=PROFILE_TYPE.payload(profile_type),
-    )
 
 
 async def get(
@@ -97,7 +84,7 @@ async def create_profile_type(
     session.add(profile_type)
     await _flush(session, name)
     await session.refresh(profile_type)
-    return profile_type, await _record(session, profile_type)
+    return profile_type, await record_upsert(session, PROFILE_TYPE, profile_type)
 
 
 async def update_profile_type(
@@ -117,7 +104,7 @@ async def update_profile_type(
     profile_type.version += 1
     profile_type.updated_at = datetime.now(UTC)
     await _flush(session, profile_type.name)
-    return profile_type, await _record(session, profile_type)
+    return profile_type, await record_upsert(session, PROFILE_TYPE, profile_type)
 
 
 async def delete_profile_type(session: ResponseSession, profile_type_id: uuid.UUID) -> OutboxEvent:
@@ -131,18 +118,10 @@ async def delete_profile_type(session: ResponseSession, profile_type_id: uuid.UU
             f"profile type {profile_type.name!r} is assigned to {in_use} user(s); "
             "assign them another profile type first"
         )
-    tombstone_version = profile_type.version + 1
     await session.delete(profile_type)
     try:
         async with session.begin_nested():
             await session.flush()
     except IntegrityError as exc:  # a user was given this profile type concurrently
         raise Conflict(f"profile type {profile_type.name!r} is in use") from exc
-    return await record_change(
-        session,
-        entity=ENTITY,
-        entity_id=profile_type_id,
-        version=tombstone_version,
-        op="delete",
-        data=None,
-    )
+    return await record_delete(session, PROFILE_TYPE, profile_type)

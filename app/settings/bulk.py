@@ -24,7 +24,6 @@ from app.fields import MAX_JSON_BYTES
 from app.imports.rows import Record, RowError
 from app.imports.run import Bulk, ImportSummary, latest_by, upsert_recorded
 from app.settings.schemas import SettingCreate
-from app.settings.service import ENTITY
 from exchange.entities import SETTING
 
 #: A line holds a value of up to 64 KiB as JSON, its key and description: JSON's escapes can
@@ -102,9 +101,7 @@ async def write_batch(
         "descriptions": [kept.get(s.key, s.description) for s in rows],
     }
     statement = _UPSERT if update else _INSERT
-    versions = await upsert_recorded(
-        session, statement, params, entity=ENTITY, payload=SETTING.payload
-    )
+    versions = await upsert_recorded(session, statement, params, entity=SETTING)
     summary.written(len(batch), versions)
     return []
 

@@ -16,12 +16,11 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db import ResponseSession
 from app.outbox.models import OutboxEvent
-from app.outbox.service import record_change
+from app.outbox.service import record_delete, record_upsert
 from app.settings.models import Setting
 from exchange.entities import SETTING
 from netsync.errors import AlreadyExists, NotFound
 
-ENTITY = SETTING.name
 _SORTED = orjson.OPT_SORT_KEYS
 
 
@@ -31,17 +30,6 @@ def _same(old: Any, new: Any) -> bool:
         return bool(orjson.dumps(old, option=_SORTED) == orjson.dumps(new, option=_SORTED))
     except TypeError:  # a value orjson cannot write is never the same as a new, valid one
         return False
-
-
-async def _record(session: ResponseSession, setting: Setting) -> OutboxEvent:
-    return await record_change(
-        session,
-        entity=ENTITY,
-        entity_id=setting.id,
-        version=setting.version,
-        op="upsert",
-        data=SETTING.payload(setting),
-    )
 
 
 async def get(session: ResponseSession, key: str, *, for_update: bool = False) -> Setting:
@@ -78,7 +66,7 @@ async def create_setting(
     except IntegrityError as exc:  # a concurrent create of the same key won the race
         raise AlreadyExists(f"setting {key!r} already exists") from exc
     await session.refresh(setting)
-    return setting, await _record(session, setting)
+    return setting, await record_upsert(session, SETTING, setting)
 
 
 async def update_setting(
@@ -94,18 +82,11 @@ async def update_setting(
     setting.version += 1
     setting.updated_at = datetime.now(UTC)
     await session.flush()
-    return setting, await _record(session, setting)
+    return setting, await record_upsert(session, SETTING, setting)
 
 
 async def delete_setting(session: ResponseSession, key: str) -> OutboxEvent:
     setting = await get(session, key, for_update=True)
     await session.delete(setting)
     await session.flush()
-    return await record_change(
-        session,
-        entity=ENTITY,
-        entity_id=setting.id,
-        version=setting.version + 1,
-        op="delete",
-        data=None,
-    )
+    return await record_delete(session, SETTING, setting)

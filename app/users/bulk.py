@@ -39,7 +39,7 @@ from app.db import ResponseSession
 from app.imports.rows import RowError
 from app.imports.run import Bulk, ImportSummary, Sessions, given, latest_by, upsert_recorded
 from app.users.import_rows import ImportedUser, csv_fields
-from app.users.service import ENTITY, check_password
+from app.users.service import check_password
 from exchange.entities import USER
 from netsync.errors import InvalidInput
 from netsync.passwords import hash_password
@@ -202,9 +202,7 @@ async def write_batch(
         if update:
             params["keep"] = KEEP_HASH
         statement = _UPSERT if update else _INSERT
-        versions = await upsert_recorded(
-            session, statement, params, entity=ENTITY, payload=USER.payload
-        )
+        versions = await upsert_recorded(session, statement, params, entity=USER)
     summary.written(len(batch) - len(refused), versions)
     return refused
 

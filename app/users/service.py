@@ -13,15 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from app.db import ResponseSession, violated_constraint
 from app.fields import clean_text
 from app.outbox.models import OutboxEvent
-from app.outbox.service import record_change
+from app.outbox.service import record_delete, record_upsert
 from app.profile_types.service import UnknownProfileType, require_exists
 from app.users.models import User
 from app.users.policy import password_problems
 from exchange.entities import USER
 from netsync.errors import AlreadyExists, InvalidInput, NotFound
 from netsync.passwords import hash_password
-
-ENTITY = USER.name
 
 
 class WeakPassword(InvalidInput):
@@ -36,17 +34,6 @@ def check_password(password: str, *, username: str) -> None:
     problems = password_problems(password, username=username)
     if problems:
         raise WeakPassword(problems)
-
-
-async def _record(session: ResponseSession, user: User) -> OutboxEvent:
-    return await record_change(
-        session,
-        entity=ENTITY,
-        entity_id=user.id,
-        version=user.version,
-        op="upsert",
-        data=USER.payload(user),
-    )
 
 
 async def get_by_username(session: ResponseSession, username: str) -> User | None:
@@ -88,7 +75,7 @@ async def create_user(
     session.add(user)
     await _flush(session, user)
     await session.refresh(user)
-    return user, await _record(session, user)
+    return user, await record_upsert(session, USER, user)
 
 
 async def _flush(session: ResponseSession, user: User) -> None:
@@ -166,7 +153,7 @@ async def update_user(
     user.version += 1
     user.updated_at = datetime.now(UTC)
     await _flush(session, user)
-    return user, await _record(session, user)
+    return user, await record_upsert(session, USER, user)
 
 
 async def delete_user(session: ResponseSession, user_id: uuid.UUID) -> OutboxEvent:
@@ -174,14 +161,7 @@ async def delete_user(session: ResponseSession, user_id: uuid.UUID) -> OutboxEve
     user = await get(session, user_id, for_update=True)
     await session.delete(user)
     await session.flush()
-    return await record_change(
-        session,
-        entity=ENTITY,
-        entity_id=user_id,
-        version=user.version + 1,
-        op="delete",
-        data=None,
-    )
+    return await record_delete(session, USER, user)
 
 
 async def set_password(
@@ -202,7 +182,7 @@ async def set_password(
     locked.password_changed_at = locked.updated_at = datetime.now(UTC)
     await session.flush()
     await session.refresh(locked)
-    return locked, await _record(session, locked)
+    return locked, await record_upsert(session, USER, locked)
 
 
 async def rehash(
@@ -219,4 +199,4 @@ async def rehash(
     locked.updated_at = datetime.now(UTC)
     await session.flush()
     await session.refresh(locked)
-    return await _record(session, locked)
+    return await record_upsert(session, USER, locked)
