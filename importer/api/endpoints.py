@@ -8,7 +8,7 @@ that an older change arriving late cannot bring the entity back. Lists are pagin
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -65,18 +65,28 @@ async def _page(
     return list(rows), total or 0
 
 
+async def _listing(
+    session: RequestSession,
+    model: type[SyncedUser | SyncedSetting | SyncedProfileType],
+    schema: type[BaseModel],
+    order: Sequence[Any],
+    limit: int,
+    offset: int,
+) -> BaseModel:
+    """One page of a synced entity's live rows (never a tombstone), in a stable order."""
+    query = select(model).where(model.deleted.is_(False)).order_by(*order, model.id)
+    rows, total = await _page(session, query, limit, offset)
+    items = [schema.model_validate(r) for r in rows]
+    return page_of(schema)(items=items, total=total, limit=limit, offset=offset)
+
+
 @router.get("/users", tags=["users"], response_model=page_of(UserOut))
 async def list_users(
     session: SessionDep, _: Operator, limit: Limit = 50, offset: Offset = 0
 ) -> BaseModel:
-    query = (
-        select(SyncedUser)
-        .where(SyncedUser.deleted.is_(False))
-        .order_by(func.lower(SyncedUser.username), SyncedUser.id)
+    return await _listing(
+        session, SyncedUser, UserOut, [func.lower(SyncedUser.username)], limit, offset
     )
-    rows, total = await _page(session, query, limit, offset)
-    items = [UserOut.model_validate(r) for r in rows]
-    return page_of(UserOut)(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get("/users/me", tags=["users"], response_model=UserOut)
@@ -102,14 +112,7 @@ async def get_user(user_id: uuid.UUID, session: SessionDep, principal: Reader) -
 async def list_settings(
     session: SessionDep, _: Reader, limit: Limit = 50, offset: Offset = 0
 ) -> BaseModel:
-    query = (
-        select(SyncedSetting)
-        .where(SyncedSetting.deleted.is_(False))
-        .order_by(SyncedSetting.key, SyncedSetting.id)
-    )
-    rows, total = await _page(session, query, limit, offset)
-    items = [SettingOut.model_validate(r) for r in rows]
-    return page_of(SettingOut)(items=items, total=total, limit=limit, offset=offset)
+    return await _listing(session, SyncedSetting, SettingOut, [SyncedSetting.key], limit, offset)
 
 
 @router.get("/settings/{key}", tags=["settings"], response_model=SettingOut)
@@ -131,14 +134,9 @@ async def get_setting(
 async def list_profile_types(
     session: SessionDep, _: Reader, limit: Limit = 50, offset: Offset = 0
 ) -> BaseModel:
-    query = (
-        select(SyncedProfileType)
-        .where(SyncedProfileType.deleted.is_(False))
-        .order_by(SyncedProfileType.name, SyncedProfileType.id)
+    return await _listing(
+        session, SyncedProfileType, ProfileTypeOut, [SyncedProfileType.name], limit, offset
     )
-    rows, total = await _page(session, query, limit, offset)
-    items = [ProfileTypeOut.model_validate(r) for r in rows]
-    return page_of(ProfileTypeOut)(items=items, total=total, limit=limit, offset=offset)
 
 
 @router.get(
