@@ -49,19 +49,21 @@ class Locked:
 
 
 async def lock_stream(session: RequestSession, stream: str) -> Locked:
-    """Lock the stream's row (creating it on first use); return where it stands."""
-    await session.execute(
-        insert(SyncStream)
-        .values(stream=stream, high_seq=0, healed_through=0, generation=0)
-        .on_conflict_do_nothing()
+    """Lock the stream's row (creating it on first use); return where it stands. The row exists
+    from the stream's first file on, so the lock is one statement on every later batch."""
+    locking = (
+        select(SyncStream.generation, SyncStream.high_seq)
+        .where(SyncStream.stream == stream)
+        .with_for_update()
     )
-    row = (
+    row = (await session.execute(locking)).one_or_none()
+    if row is None:
         await session.execute(
-            select(SyncStream.generation, SyncStream.high_seq)
-            .where(SyncStream.stream == stream)
-            .with_for_update()
+            insert(SyncStream)
+            .values(stream=stream, high_seq=0, healed_through=0, generation=0)
+            .on_conflict_do_nothing()
         )
-    ).one()
+        row = (await session.execute(locking)).one()
     return Locked(int(row.generation), int(row.high_seq))
 
 
