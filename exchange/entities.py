@@ -13,14 +13,15 @@ and ``tests/exchange/test_entities.py`` checks they agree):
   columns with their SQL types (``Entity.sql_columns``), and the Request API's read schemas.
 
 A field kind knows its SQL type, its pydantic type, its fast check and how PostgreSQL renders it as
-JSON: the five kinds below are all the shapes synced data takes.
+JSON: the four kinds below (``TEXT``, ``FLAG``, ``REF``, ``JSON``) are all the shapes synced
+data takes.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -69,18 +70,26 @@ _UUID_RE = re.compile(_UUID_PATTERN.strip("^$"))
 
 def _storable(value: JsonValue) -> JsonValue:
     """A JSON value as the Request side stores it: every number ``check_number`` accepts, at most
-    ``MAX_JSON_DEPTH`` levels (the Response side never sends others: ``app.fields.StoredJson``)."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, int | float):
-            check_number(item)
-        elif isinstance(item, list | dict):
-            if depth > MAX_JSON_DEPTH:
-                raise ValueError(f"must not nest deeper than {MAX_JSON_DEPTH} levels")
-            children = item if isinstance(item, list) else item.values()
-            pending.extend((child, depth + 1) for child in children)
+    ``MAX_JSON_DEPTH`` levels (the Response side never sends others: ``app.fields.StoredJson``).
+    It runs per snapshot row: a number in range costs one comparison, a refused one is handed to
+    ``check_number`` for its reason."""
+    _walk([value], 0)
     return value
+
+
+def _walk(items: Iterable[Any], depth: int) -> None:
+    for item in items:
+        kind = type(item)
+        if kind is int:
+            if not -_INT64 <= item < _INT64:
+                check_number(item)
+        elif kind is float:
+            if not -_INT64 < item < _INT64:  # NaN and the infinities fail this too
+                check_number(item)
+        elif kind is list or kind is dict:
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+            _walk(item.values() if kind is dict else item, depth + 1)
 
 
 @dataclass(frozen=True)
@@ -152,80 +161,105 @@ class FieldSpec:
         rendered = self.kind.render.format(c=self.name)
         return f"coalesce({rendered}, 'null')" if self.null else rendered
 
-    def check(self) -> Callable[[Mapping[str, Any]], Any]:
+    def check(self) -> Check:
         """The fast check of a snapshot record's value: what the model accepts, as the column
         stores it (JSON as text), without building a model (ten times cheaper per record)."""
-        name, low, high, null = self.name, self.low, self.high, self.null
-        refused = f"{name} is not a valid value"
         if self.kind is FLAG:
-
-            def flag(d: Mapping[str, Any]) -> Any:
-                value = d.get(name)
-                if type(value) is bool or (value is None and null):
-                    return value
-                raise Invalid(f"{name} must be a boolean")
-
-            return flag
+            return _flag_check(self)
         if self.kind is JSON:
-            if self.names:
-
-                def names(d: Mapping[str, Any]) -> Any:
-                    value = d.get(name, [])
-                    if type(value) is not list or not all(
-                        type(v) is str and low <= len(v) <= high for v in value
-                    ):
-                        raise Invalid(f"{name} must be a list of names")
-                    return orjson.dumps(value).decode()
-
-                return names
-
-            def json(d: Mapping[str, Any]) -> Any:
-                if name not in d:
-                    if null:
-                        return None
-                    raise Invalid(f"{name} is missing")
-                # orjson already refused NaN and Infinity; integers of 2**63 and up, and the depth,
-                # are checked as the model does (orjson reads integers past 2**64 as floats)
-                try:
-                    return orjson.dumps(_storable(d[name])).decode()
-                except ValueError as exc:
-                    raise Invalid(f"{name} {exc}") from None
-
-            return json
+            return _names_check(self) if self.names else _json_check(self)
         if self.kind is REF:
+            return _ref_check(self)
+        return _text_check(self)
 
-            def ref(d: Mapping[str, Any]) -> Any:
-                value = d.get(name)
-                if value is None and null:
-                    return None
-                if type(value) is not str or not _UUID_RE.fullmatch(value):
-                    raise Invalid(f"{name} must be a UUID")
-                return value
 
-            return ref
-        choices = frozenset(self.choices)
-        # the pattern without anchors or captures, for fullmatch: twice as fast per record
-        pattern = re.compile(self.pattern.strip("^$").replace("(", "(?:")) if self.pattern else None
+#: A fast check: a record's data in, the field's column value out (``Invalid`` if refused).
+Check = Callable[[Mapping[str, Any]], Any]
 
-        def text(d: Mapping[str, Any]) -> Any:
-            value = d.get(name)
-            if value is None and null:
+
+def _flag_check(spec: FieldSpec) -> Check:
+    name, null = spec.name, spec.null
+
+    def flag(d: Mapping[str, Any]) -> Any:
+        value = d.get(name)
+        if type(value) is bool or (value is None and null):
+            return value
+        raise Invalid(f"{name} must be a boolean")
+
+    return flag
+
+
+def _names_check(spec: FieldSpec) -> Check:
+    name, low, high = spec.name, spec.low, spec.high
+
+    def names(d: Mapping[str, Any]) -> Any:
+        value = d.get(name, [])
+        if type(value) is not list or not all(
+            type(v) is str and low <= len(v) <= high for v in value
+        ):
+            raise Invalid(f"{name} must be a list of names")
+        return orjson.dumps(value).decode()
+
+    return names
+
+
+def _json_check(spec: FieldSpec) -> Check:
+    name, null = spec.name, spec.null
+
+    def json(d: Mapping[str, Any]) -> Any:
+        if name not in d:
+            if null:
                 return None
-            if choices:
-                if value not in choices or type(value) is not str:
-                    raise Invalid(refused)
-                return value
-            if type(value) is not str or not low <= len(value) <= high:
-                raise Invalid(f"{name} must be a string of {low}-{high} characters")
-            if pattern is not None and not pattern.fullmatch(value):
+            raise Invalid(f"{name} is missing")
+        # orjson already refused NaN and Infinity; integers of 2**63 and up, and the depth, are
+        # checked as the model does (orjson reads integers past 2**64 as floats)
+        try:
+            return orjson.dumps(_storable(d[name])).decode()
+        except ValueError as exc:
+            raise Invalid(f"{name} {exc}") from None
+
+    return json
+
+
+def _ref_check(spec: FieldSpec) -> Check:
+    name, null = spec.name, spec.null
+
+    def ref(d: Mapping[str, Any]) -> Any:
+        value = d.get(name)
+        if value is None and null:
+            return None
+        if type(value) is not str or not _UUID_RE.fullmatch(value):
+            raise Invalid(f"{name} must be a UUID")
+        return value
+
+    return ref
+
+
+def _text_check(spec: FieldSpec) -> Check:
+    name, low, high, null = spec.name, spec.low, spec.high, spec.null
+    refused = f"{name} is not a valid value"
+    choices = frozenset(spec.choices)
+    # the pattern without anchors or captures, for fullmatch: twice as fast per record
+    pattern = re.compile(spec.pattern.strip("^$").replace("(", "(?:")) if spec.pattern else None
+
+    def text(d: Mapping[str, Any]) -> Any:
+        value = d.get(name)
+        if value is None and null:
+            return None
+        if choices:
+            if value not in choices or type(value) is not str:
                 raise Invalid(refused)
             return value
+        if type(value) is not str or not low <= len(value) <= high:
+            raise Invalid(f"{name} must be a string of {low}-{high} characters")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise Invalid(refused)
+        return value
 
-        return text
+    return text
 
 
-def _config() -> ConfigDict:
-    return ConfigDict(extra="forbid", frozen=True)
+_CONFIG = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -244,9 +278,7 @@ class Entity:
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     #: The entity's own columns and their SQL types, in the contract's order.
     sql_columns: dict[str, str] = field(init=False, repr=False, compare=False)
-    _checks: tuple[Callable[[Mapping[str, Any]], Any], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    _checks: tuple[Check, ...] = field(init=False, repr=False, compare=False)
     _allowed: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -255,7 +287,7 @@ class Entity:
                 raise ValueError(f"{identifier!r} is not a lowercase identifier")
         model = create_model(  # type: ignore[call-overload]
             "".join(part.title() for part in self.name.split("_")) + "Data",
-            __config__=_config(),
+            __config__=_CONFIG,
             __doc__=self.doc or None,
             **{f.name: f.annotation() for f in self.fields},
         )
