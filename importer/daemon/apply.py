@@ -117,12 +117,13 @@ def _arrays(entity: Entity, chosen: Sequence[_Item]) -> dict[str, list[Any]]:
 
 async def _upsert(session: RequestSession, items: Sequence[_Item]) -> dict[int | None, int]:
     """Upsert the latest state of each entity; return how many rows each file seq wrote."""
-    latest = _latest_per_entity(items)
+    by_entity: dict[str, list[_Item]] = {}
+    for (name, _), item in _latest_per_entity(items).items():
+        by_entity.setdefault(name, []).append(item)
     now = datetime.now(UTC)
     written: dict[int | None, int] = {}
-    for name, entity in ENTITIES.items():
-        chosen = [item for (e, _), item in latest.items() if e == name]
-        if not chosen:
+    for name, entity in ENTITIES.items():  # always in this order: locks taken in one order
+        if not (chosen := by_entity.get(name)):
             continue
         params = {**_arrays(entity, chosen), "applied_at": now}
         ids = set((await session.execute(_upsert_statement(entity), params)).scalars().all())

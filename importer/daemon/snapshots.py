@@ -14,12 +14,12 @@ Two rules make a snapshot safe to apply at any time, in any order with the ``cha
   ignored, so a late file cannot undo a newer one.
 
 A million-row snapshot is ~280 MB. Its lines are read in blocks, parsed with orjson and checked
-against the record contract by small hand-written checks (``importer.daemon.snapshot_rows``: the
-pydantic models cost ten times more per record), then streamed with binary ``COPY`` into a typed
-temporary table and merged with one ``INSERT … SELECT … ON CONFLICT … WHERE version <
-excluded.version``, all in the caller's transaction. The file's signature was verified before
-any of this (``exchange.intake``): only a genuine file's rows reach the database, and a genuine
-but malformed one rolls back as a whole.
+against the record contract by the entity's own fast check (``importer.daemon.snapshot_rows``,
+``exchange.entities.Entity.row``: the pydantic models cost ten times more per record), then
+streamed with binary ``COPY`` into a typed temporary table and merged with one ``INSERT …
+SELECT … ON CONFLICT … WHERE version < excluded.version``, all in the caller's transaction. The
+file's signature was verified before any of this (``exchange.intake``): only a genuine file's
+rows reach the database, and a genuine but malformed one rolls back as a whole.
 """
 
 from __future__ import annotations
