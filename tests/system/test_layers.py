@@ -42,20 +42,18 @@ def _module_of(root: Path, path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def modules(path: Path, root: Path | None = None) -> set[str]:
+def modules(path: Path, root: Path) -> set[str]:
     """Every module name ``path`` imports, and for ``from X import y`` also ``X.y`` (``y`` may be
-    a module); relative imports resolved against ``path``'s package when ``root`` is given."""
+    a module); relative imports resolved against ``path``'s package."""
     names: set[str] = set()
-    package = _module_of(root, path).split(".") if root is not None else []
-    if root is not None and path.name != "__init__.py":
+    package = _module_of(root, path).split(".")
+    if path.name != "__init__.py":
         package = package[:-1]
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                if root is None:
-                    continue
                 base = package[: len(package) - node.level + 1]
                 module = ".".join([*base, *([node.module] if node.module else [])])
             else:
@@ -65,7 +63,7 @@ def modules(path: Path, root: Path | None = None) -> set[str]:
     return names
 
 
-def imported(path: Path, root: Path | None = None) -> set[str]:
+def imported(path: Path, root: Path) -> set[str]:
     """The top-level packages of ours that ``path`` imports."""
     return {name.split(".")[0] for name in modules(path, root)} & set(ALLOWED)
 
