@@ -21,7 +21,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 from pydantic import ValidationError
@@ -59,6 +59,7 @@ __all__ = [
     "VerifiedStream",
     "parse_header",
     "read_export",
+    "unsealing_request",
 ]
 
 #: No line of a streamed file may be longer than this: a bound on what one line costs.
@@ -138,10 +139,10 @@ def _first_line(raw: bytes, what: str) -> dict[str, object]:
     return value
 
 
-def open_body(taken: Taken, opener: Opener) -> Plain:
-    """The clear body of a verified file: unsealed (version 2) or, where accepted, as it is
-    (version 1). ``RejectedFile`` for an envelope that does not fit its name, a body sealed to
-    keys this importer lacks, a ciphertext that does not authenticate, refused plaintext."""
+def _envelope(taken: Taken, opener: Opener) -> tuple[BinaryIO, bytes, Envelope | None]:
+    """The body read past its first line, that line, and (for a sealed body) its envelope,
+    checked: ``RejectedFile`` for an envelope that does not fit its name, an unknown version,
+    refused plaintext."""
     signed = taken.body()
     line = signed.readline(MAX_TRAILER_BYTES + 1)
     if not line.endswith(b"\n"):
@@ -154,9 +155,7 @@ def open_body(taken: Taken, opener: Opener) -> Plain:
                 RejectReason.PLAINTEXT_REFUSED,
                 "an unsealed (version 1) file; NETSYNC_ACCEPT_PLAINTEXT=true accepts them",
             )
-        if taken.in_memory is not None:
-            return Plain(PLAINTEXT_VERSION, memory=taken.in_memory)
-        return Plain(PLAINTEXT_VERSION, file=signed, length=taken.size - len(taken.trailer))
+        return signed, line, None
     if version != FORMAT_VERSION:
         raise RejectedFile(RejectReason.UNSUPPORTED_VERSION, f"format version {str(version)[:20]}")
     try:
@@ -168,20 +167,53 @@ def open_body(taken: Taken, opener: Opener) -> Plain:
             RejectReason.NAME_MISMATCH,
             f"envelope says {envelope.stream}/{envelope.seq}, name {taken.name.name}",
         )
+    return signed, line, envelope
+
+
+def unsealing_request(taken: Taken, opener: Opener) -> tuple[bytes, list[Any]] | None:
+    """What decrypting a verified in-memory sealed body takes: its ciphertext and the private
+    keys that open it, for a batch of bodies to be decrypted in one request to an
+    ``UnsealingWorker`` and handed to ``open_body``. ``None`` for anything else, and for a body
+    ``open_body`` refuses (it says why)."""
+    if taken.in_memory is None:
+        return None
+    try:
+        _, line, envelope = _envelope(taken, opener)
+        if envelope is None:
+            return None
+        ciphertext = taken.in_memory[len(line) : -1]
+        return ciphertext, opener.identities.to_open(ciphertext, envelope.sealed.recipients)
+    except (RejectedFile, SealError):
+        return None
+
+
+def open_body(taken: Taken, opener: Opener, unsealed: bytes | StreamFailed | None = None) -> Plain:
+    """The clear body of a verified file: unsealed (version 2) or, where accepted, as it is
+    (version 1). ``unsealed`` is an in-memory body's plaintext (or rage's refusal of it) when
+    an ``UnsealingWorker`` decrypted it already. ``RejectedFile`` for an envelope that does not
+    fit its name, a body sealed to keys this importer lacks, a ciphertext that does not
+    authenticate, refused plaintext."""
+    signed, line, envelope = _envelope(taken, opener)
+    if envelope is None:
+        if taken.in_memory is not None:
+            return Plain(PLAINTEXT_VERSION, memory=taken.in_memory)
+        return Plain(PLAINTEXT_VERSION, file=signed, length=taken.size - len(taken.trailer))
     # the body is: envelope line, ciphertext, one separating newline (before the trailer)
     length = taken.size - len(taken.trailer) - len(line) - 1
     keys = envelope.sealed.recipients
     try:
         if taken.in_memory is not None:
-            return Plain(
-                version, memory=opener.identities.unseal(taken.in_memory[len(line) : -1], keys)
-            )
+            if isinstance(unsealed, StreamFailed):
+                raise decrypt_error(unsealed)
+            if unsealed is None:
+                unsealed = opener.identities.unseal(taken.in_memory[len(line) : -1], keys)
+            return Plain(FORMAT_VERSION, memory=unsealed)
         try:
             stream = opener.identities.unseal_streaming(signed, length, keys)
         except OSError as exc:  # cannot start the child, read the spool: no verdict on the file
             raise SpoolError(f"cannot unseal from the spool: {exc}") from exc
         taken.keep_open(stream)
-        return Plain(version, stream=stream)
+        return Plain(FORMAT_VERSION, stream=stream)
     except SealError as exc:
         raise _refusal(exc) from exc
 
@@ -248,12 +280,15 @@ def _change_records(lines: list[bytes]) -> list[ChangeRecord]:
     return records
 
 
-def parse_changes(taken: Taken, opener: Opener) -> ExportFile:
-    """Unseal and parse a verified ``changes`` file held in memory."""
+def parse_changes(
+    taken: Taken, opener: Opener, unsealed: bytes | StreamFailed | None = None
+) -> ExportFile:
+    """Unseal (unless ``unsealed`` holds its plaintext already, see ``open_body``) and parse a
+    verified ``changes`` file held in memory."""
     signed = taken.in_memory
     if signed is None:
         raise RejectedFile(RejectReason.TOO_LARGE, "a changes file is read in memory")
-    plain = open_body(taken, opener)
+    plain = open_body(taken, opener, unsealed)
     body = plain.memory
     assert body is not None
     lines = body.split(b"\n")

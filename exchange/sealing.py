@@ -268,6 +268,11 @@ class Identities:
         self.check_recipients(key_ids)
         return [self.by_key_id[k] for k in key_ids if k in self.by_key_id]
 
+    def to_open(self, body: bytes, key_ids: Iterable[str]) -> list[Any]:
+        """The identities to open ``body`` (sealed to ``key_ids``) with, once its age header is
+        within what netsync writes: what an ``UnsealingWorker`` is handed with it."""
+        return self._for_header(key_ids, body[:MAX_AGE_HEADER_BYTES])
+
     def _for_header(self, key_ids: Iterable[str], head: bytes) -> list[Any]:
         """The identities to open a body sealed to ``key_ids`` with, once its age header (the
         first bytes, ``head``) is within what netsync writes."""

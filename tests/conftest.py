@@ -80,6 +80,7 @@ async def worker(sandbox: Sandbox) -> AsyncIterator[Worker]:
 async def make_importer(sandbox: Sandbox) -> AsyncIterator[MakeImporter]:
     """Importers on this sandbox (not running): settings overrides as keyword arguments."""
     engines = []
+    importers: list[Importer] = []
 
     def make(**overrides: object) -> Importer:
         settings: RequestSettings = sandbox.request_settings(**overrides)
@@ -88,9 +89,12 @@ async def make_importer(sandbox: Sandbox) -> AsyncIterator[MakeImporter]:
         keyring = Keyring.from_sources(settings.trusted_keys_path)
         importer = Importer(settings, request_sessionmaker(engine), keyring)
         importer.prepare()
+        importers.append(importer)
         return importer
 
     yield make
+    for made in importers:
+        made.reader.close()  # its unsealing child
     for engine in engines:
         await engine.dispose()
 

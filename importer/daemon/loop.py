@@ -167,6 +167,7 @@ class Importer:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            self.reader.close()
 
     async def prune(self) -> dict[str, int]:
         """Delete archived and quarantined files past their retention (their rows stay), and

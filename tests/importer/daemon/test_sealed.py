@@ -314,3 +314,31 @@ def test_an_unsealing_child_that_dies_is_no_verdict_on_the_file(tmp_path: Path) 
         with pytest.raises(ChildLost):
             drain()
         stream.close()
+
+
+async def test_an_unsealing_worker_that_dies_quarantines_nothing_and_the_files_apply_later(
+    sandbox: Sandbox, make_importer: MakeImporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's small bodies are decrypted in one request to a long-lived child: if it dies
+    (the OOM killer, a stray signal), no file of the batch is judged, and the next pass starts
+    a new child and applies them all."""
+    from importer.daemon.failures import LocalFault
+
+    uid = uuid.uuid4()
+    names = [
+        publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq)).name
+        for seq in (1, 2, 3)
+    ]
+    monkeypatch.setattr(
+        "exchange.seal_streams._WORKER_CHILD", "import sys; sys.stdin.buffer.read(4); sys.exit(9)"
+    )
+    importer = make_importer()
+    with pytest.raises(LocalFault, match="unsealing"):
+        await importer.scan_once()
+    assert await quarantined(sandbox) == {}
+    assert await user_version(sandbox, uid) is None
+    assert all((sandbox.exports / name).exists() for name in names)
+
+    monkeypatch.undo()
+    assert (await importer.scan_once()).applied == 3
+    assert await user_version(sandbox, uid) == 3
