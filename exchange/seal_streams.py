@@ -289,18 +289,21 @@ class UnsealingWorker:
     needs. One request per batch, not per file: each blocking call costs a thread the GIL's
     hand-off under contention, so a round trip per file would cost more than it saves.
 
-    ``decrypt_many`` blocks the calling thread (not the GIL) for the child's answers: per body
-    its plaintext or a ``StreamFailed`` (rage refused it: a verdict on that file); ``ChildLost``
-    when the child failed (no verdict on any file: they stay for the next pass, and the next
-    request starts a new child). One request at a time (a lock). The child starts at the first
-    request and ends with ``close``, with this object's collection, or when this process exits
-    (the end of its stdin).
+    ``send`` hands a batch over and returns; ``receive`` blocks the calling thread (not the GIL)
+    for the child's answers: per body its plaintext or a ``StreamFailed`` (rage refused it: a
+    verdict on that file); ``ChildLost`` when the child failed (no verdict on any file: they
+    stay for the next pass, and the next request starts a new child). One batch in flight at a
+    time (a lock held from ``send`` to ``receive``): the caller reads the next files while the
+    child decrypts. The child starts at the first request and ends with ``close``, with this
+    object's collection, or when this process exits (the end of its stdin).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], UnsealingWorker] | None = None
+        #: The sizes of the batch in flight (sent, not yet received).
+        self._sent: list[int] | None = None
 
     def _child(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
@@ -328,38 +331,81 @@ class UnsealingWorker:
         self, bodies: Sequence[tuple[bytes, Iterable[Any]]]
     ) -> list[bytes | StreamFailed]:
         """Decrypt each ``(ciphertext, identities)`` in the child, in one round trip."""
-        if not bodies:
-            return []
-        with self._lock:
-            try:
-                return self._round_trip(bodies)
-            except (OSError, ValueError) as exc:  # a broken pipe, a child that could not start
-                self._drop()
-                if isinstance(exc, ChildLost):
-                    raise
-                raise ChildLost(f"the unsealing process failed: {exc!r}"[:300]) from exc
+        self.send(bodies)
+        return self.receive()
 
-    def _round_trip(
-        self, bodies: Sequence[tuple[bytes, Iterable[Any]]]
-    ) -> list[bytes | StreamFailed]:
-        proc = self._child()
+    def send(self, bodies: Sequence[tuple[bytes, Iterable[Any]]]) -> None:
+        """Hand a batch to the child, which decrypts it while the caller goes on; ``receive``
+        takes its answers. One batch at a time: a second ``send`` waits for the first's
+        ``receive`` (or ``abandon``)."""
+        self._lock.acquire()
+        try:
+            if bodies:
+                self._write(self._child(), bodies)
+        except (OSError, ValueError) as exc:  # a broken pipe, a child that could not start
+            self._drop()
+            self._lock.release()
+            raise _lost(exc) from exc
+        except BaseException:
+            self._drop()
+            self._lock.release()
+            raise
+        self._sent = [len(ciphertext) for ciphertext, _ in bodies]
+
+    def receive(self) -> list[bytes | StreamFailed]:
+        """The answers to the batch ``send`` handed over, in its order."""
+        sent, self._sent = self._sent, None
+        if sent is None:
+            raise RuntimeError("receive() without send()")
+        try:
+            return self._answers(sent) if sent else []
+        except (OSError, ValueError) as exc:
+            self._drop()
+            raise _lost(exc) from exc
+        except BaseException:
+            self._drop()
+            raise
+        finally:
+            self._lock.release()
+
+    @property
+    def in_flight(self) -> bool:
+        """A batch was sent and its answers are not received yet."""
+        return self._sent is not None
+
+    def abandon(self) -> None:
+        """Give up the batch in flight, if any (its caller failed): the child is stopped, so
+        no answer of it can be mistaken for the next batch's."""
+        if self._sent is None:
+            return
+        self._sent = None
+        self._drop()
+        self._lock.release()
+
+    @staticmethod
+    def _write(
+        proc: subprocess.Popen[bytes], bodies: Sequence[tuple[bytes, Iterable[Any]]]
+    ) -> None:
         assert proc.stdin is not None
-        assert proc.stdout is not None
         request = [_COUNT.pack(len(bodies))]
         for ciphertext, identities in bodies:
             blob = "\n".join(str(i) for i in identities).encode()
             request += [_BODY.pack(len(blob), len(ciphertext)), blob, ciphertext]
         proc.stdin.write(b"".join(request))
         proc.stdin.flush()
-        del request
+
+    def _answers(self, sent: list[int]) -> list[bytes | StreamFailed]:
+        proc = self._proc
+        assert proc is not None
+        assert proc.stdout is not None
         answers: list[bytes | StreamFailed] = []
-        for ciphertext, _ in bodies:
+        for size in sent:
             head = proc.stdout.read(_ANSWER.size)
             if len(head) != _ANSWER.size:
                 raise ChildLost(f"the unsealing process ended (exit {proc.poll()})")
             status, length = _ANSWER.unpack(head)
             # age only adds to a body: a longer answer is not one this child gave
-            if status not in (0, _REFUSED) or length > max(len(ciphertext), 400):
+            if status not in (0, _REFUSED) or length > max(size, 400):
                 raise ChildLost(f"the unsealing process answered {status}/{length}")
             answer = proc.stdout.read(length)
             if len(answer) != length:
@@ -374,3 +420,9 @@ class UnsealingWorker:
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+def _lost(exc: BaseException) -> ChildLost:
+    if isinstance(exc, ChildLost):
+        return exc
+    return ChildLost(f"the unsealing process failed: {exc!r}"[:300])

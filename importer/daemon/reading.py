@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from exchange.format import FileName, kind_of_stream
 from exchange.intake import MEMORY_COPY_BYTES, SpoolError, Taken, take
@@ -35,9 +36,14 @@ from importer.daemon.keys import TrustedKeys
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-#: A group of files read together (``FileReader.read_group``) ends once it holds this much:
-#: what is read past a batch's end and dropped stays small.
+#: A group of files read together (``FileReader.read_chunk``) holds at most this many files,
+#: and ends once it holds ``GROUP_BYTES``: what is read past a batch's end and dropped stays
+#: small, and groups are small enough to overlap.
+GROUP_FILES = 32
 GROUP_BYTES = 1 << 20
+#: Files up to this size (a one-change file is about 1.5 KiB) are read a group ahead; a larger
+#: one amortises its per-file work itself.
+SMALL_FILE_BYTES = 16 * 1024
 
 #: A file of a ``changes`` stream as read: parsed, refused, or gone (another importer took it).
 Read = tuple[FileName, ExportFile | RejectedFile | None]
@@ -130,63 +136,118 @@ class FileReader:
                 rejected.evidence = taken.in_memory + taken.trailer
             return rejected
 
-    def read_group(self, names: Sequence[FileName]) -> list[Read]:
-        """Read consecutive files of a stream as one group: take and verify each, decrypt the
-        sealed ones in one request to the unsealing child, then parse each. A group ends after
-        ``GROUP_BYTES`` of files (one larger file is a group of its own)."""
-        with contextlib.ExitStack() as held:
-            taken: list[tuple[FileName, Taken | RejectedFile | None]] = []
+    def _take_group(self, names: Sequence[FileName]) -> _Group:
+        """Take and verify consecutive files of a stream: at most ``GROUP_FILES``, ending after
+        ``GROUP_BYTES`` or at a file larger than ``SMALL_FILE_BYTES`` (which is taken)."""
+        group = _Group()
+        try:
             size = 0
-            for name in names:
-                if taken and self.stopping is not None and self.stopping.is_set():
+            for name in names[:GROUP_FILES]:
+                if group.taken and self._stopping():
                     break
                 outcome = self.verified(name)
+                group.taken.append((name, outcome))
                 if isinstance(outcome, Taken):
-                    held.enter_context(outcome)
+                    group.held.enter_context(outcome)
                     size += outcome.size
-                taken.append((name, outcome))
+                    if outcome.size > SMALL_FILE_BYTES:
+                        group.small = False
+                        break
                 if size >= GROUP_BYTES:
                     break
             opener = self.opener()
-            wanted = {
-                index: request
-                for index, (_, outcome) in enumerate(taken)
-                if isinstance(outcome, Taken)
-                and (request := unsealing_request(outcome, opener)) is not None
-            }
-            try:
-                decrypted = self.worker.decrypt_many(list(wanted.values()))
-                answers = dict(zip(wanted, decrypted, strict=True))
-            except ChildLost as exc:  # killed, out of memory: no verdict on any of these files
-                raise LocalFault(f"unsealing {len(wanted)} files: {exc}") from exc
+            for index, (_, outcome) in enumerate(group.taken):
+                if isinstance(outcome, Taken):
+                    request = unsealing_request(outcome, opener)
+                    if request is not None:
+                        group.sealed[index] = request
+            if len(group.sealed) < 2:  # a lone file (the latency case) is cheaper to decrypt here
+                group.sealed = {}
+        except BaseException:
+            group.held.close()
+            raise
+        return group
+
+    def _parsed_group(self, group: _Group, answers: list[bytes | StreamFailed]) -> list[Read]:
+        unsealed = dict(zip(group.sealed, answers, strict=True))
+        with group.held:
             return [
-                (name, self._parsed(outcome, answers.get(index)))
+                (name, self._parsed(outcome, unsealed.get(index)))
                 if isinstance(outcome, Taken)
                 else (name, outcome)
-                for index, (name, outcome) in enumerate(taken)
+                for index, (name, outcome) in enumerate(group.taken)
             ]
 
+    def _stopping(self) -> bool:
+        return self.stopping is not None and self.stopping.is_set()
+
     def read_chunk(self, names: Sequence[FileName], start: int) -> tuple[list[Read], int]:
-        """Read files from ``start`` until a batch is full (files, records or bytes), a group
-        at a time (``read_group``). Files of a group past the batch's end are dropped and read
-        again with the next batch: they were only read, nothing was decided about them."""
+        """Read files from ``start`` until a batch is full (files, records or bytes).
+
+        Files are read a group at a time (``_take_group``: opened, hashed, verified), the sealed
+        bodies of a group decrypted in one request to the unsealing child. While a group's
+        files are small, the next group is taken while the child decrypts the one before, and
+        that one is parsed while the child decrypts the next. A group taken past the batch's
+        end is dropped and read again with the next batch: it was only read, nothing was
+        decided about it (at most ``GROUP_FILES`` small files).
+        """
         reads: list[Read] = []
-        files = records = size = 0
-        index = start
-        # refused files count too: a flood of forged files is read a batch at a time as well
-        while index < len(names) and files < self.settings.batch_max_files:
-            if self.stopping is not None and self.stopping.is_set():
-                break
-            group = self.read_group(names[index : index + self.settings.batch_max_files - files])
-            for name, outcome in group:
-                if records >= self.settings.batch_max_records:
-                    return reads, index
-                if size >= self.settings.batch_max_bytes:
-                    return reads, index
-                reads.append((name, outcome))
-                index += 1
-                files += 1
-                if isinstance(outcome, ExportFile):
-                    records += len(outcome.records)
-                    size += outcome.size
+        records = size = 0
+        index = start  # the first file not yet in reads
+        pending: _Group | None = None  # taken, its sealed bodies with the child
+        following: _Group | None = None  # the group after it, taken while the child works
+        try:
+            while True:
+                ahead = index + (len(pending.taken) if pending is not None else 0)
+                budget = self.settings.batch_max_files - (ahead - start)
+                more = budget > 0 and ahead < len(names) and not self._stopping()
+                if more and (pending is None or pending.small):
+                    following = self._take_group(names[ahead : ahead + budget])
+                if pending is None and following is None:
+                    break
+                answers = self.worker.receive() if pending is not None else []
+                if following is not None:
+                    self.worker.send(list(following.sealed.values()))
+                full = False
+                if pending is not None:
+                    for name, outcome in self._parsed_group(pending, answers):
+                        if records >= self.settings.batch_max_records:
+                            full = True
+                        if size >= self.settings.batch_max_bytes:
+                            full = True
+                        if full:  # the rest, and the group taken ahead, are read again later
+                            break
+                        reads.append((name, outcome))
+                        index += 1
+                        if isinstance(outcome, ExportFile):
+                            records += len(outcome.records)
+                            size += outcome.size
+                pending, following = following, None
+                if full:
+                    break
+        except ChildLost as exc:  # killed, out of memory: no verdict on any of these files
+            raise LocalFault(f"unsealing a batch: {exc}") from exc
+        finally:
+            try:
+                if self.worker.in_flight:  # a group taken ahead and dropped
+                    with contextlib.suppress(ChildLost):  # (then the child is gone already)
+                        self.worker.receive()
+            finally:
+                self.worker.abandon()
+                for group in (pending, following):
+                    if group is not None:
+                        group.held.close()
         return reads, index
+
+
+@dataclass
+class _Group:
+    """Consecutive files taken and verified together."""
+
+    taken: list[tuple[FileName, Taken | RejectedFile | None]] = field(default_factory=list)
+    #: What decrypting each sealed body takes, by its index in ``taken``: one request.
+    sealed: dict[int, tuple[bytes, list[Any]]] = field(default_factory=dict)
+    #: The taken files' private copies, closed once they are parsed or dropped.
+    held: contextlib.ExitStack[bool | None] = field(default_factory=contextlib.ExitStack)
+    #: No file larger than ``SMALL_FILE_BYTES``: the next group may be taken ahead.
+    small: bool = True

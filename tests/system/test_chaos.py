@@ -16,7 +16,7 @@ from tests.chaos.harness import Chaos, default_faults
 from tests.chaos.plan import Plan
 from tests.support import Sandbox
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.proof]
 
 
 @pytest.fixture

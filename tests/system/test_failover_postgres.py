@@ -31,6 +31,7 @@ from tests.support import Services, make_sandbox
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.proof,
     pytest.mark.skipif(
         pg_bindir() is None,
         reason="needs PostgreSQL's server binaries: apt-get install postgresql",

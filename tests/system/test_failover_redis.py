@@ -20,7 +20,7 @@ from tests.chaos.plan import Plan
 from tests.sentinel import SentinelGroup
 from tests.support import Sandbox
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.proof]
 
 
 @pytest.fixture

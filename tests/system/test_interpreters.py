@@ -31,7 +31,7 @@ from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "smoke test pass phrase 1"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.proof]
 
 #: (label, how to find it, how to get it)
 INTERPRETERS = [
