@@ -124,6 +124,33 @@ async def test_files_are_archived_as_verified_and_the_read_ahead_is_bounded_by_b
     )
 
 
+async def test_files_read_ahead_past_a_full_batch_are_read_again_and_judged_once(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    """Small files are taken a group ahead while the unsealing child decrypts the group before:
+    a group taken past the batch's end (here: three records a batch) is dropped, read again
+    with the next batch, and applied or refused exactly once."""
+    importer = make_importer(batch_max_records=3)
+    uid = uuid.uuid4()
+    for seq in range(1, 41):
+        if seq == 20:  # a forged file among them, inside a group that is read ahead
+            (sandbox.exports / FileName("changes", seq).name).write_bytes(b"forged\n")
+        else:
+            publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq))
+    names = sorted(FileName("changes", n) for n in range(1, 41))
+    reads, index = importer.reader.read_chunk(names, 0)
+    assert (len(reads), index) == (3, 3)  # not the group of 32 it took
+    assert [name.seq for name, _ in reads] == [1, 2, 3]
+    assert not importer.reader.worker.in_flight
+
+    result = await importer.scan_once()
+    assert (result.applied, result.quarantined) == (39, 1)
+    assert await quarantined(sandbox) == {FileName("changes", 20).name: "truncated"}
+    assert await count(sandbox, "import_ledger") == 39
+    assert await user_version(sandbox, uid) == 40
+    assert [n for n in os.listdir(sandbox.exports) if not n.startswith(".")] == []
+
+
 def _importer_once(
     sandbox: Sandbox, *, drop_file_capabilities: bool = False
 ) -> subprocess.Popen[str]:
