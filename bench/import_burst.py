@@ -5,7 +5,9 @@ Runs the real ``Importer`` (the daemon's scan, batching, archiving and ledger) a
 Request database it creates, migrates and drops on ``NETSYNC_BENCH_DATABASE_URL`` (an admin URL,
 default ``postgresql://postgres@127.0.0.1:5432/postgres``), with its own temporary exports
 directory and keys. Files are written before the clock starts; the clock covers reading,
-verifying, applying and archiving every file. Usage: ``./run bench import_burst [--log-level X]``.
+verifying, applying and archiving every file. Usage: ``./run bench import_burst [--log-level X]
+[--plaintext] [--compare ROUNDS]``; ``--compare`` alternates sealed and plaintext bursts in one
+process and database and prints the cost of sealing (medians).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 import time
 import uuid
@@ -95,7 +98,8 @@ async def scenario(
     files: int,
     per: int,
     seq: int,
-) -> None:
+) -> float:
+    """Apply ``files`` files of ``per`` records; print and return the seconds it took."""
     changes = write_files(exports, signer, recipients, files, per, seq)
     started = time.perf_counter()
     applied = 0
@@ -108,10 +112,36 @@ async def scenario(
     print(
         f"{files:>6} files x {per:>5} records: {elapsed:6.2f} s  "
         f"{files / elapsed:9,.0f} files/s  {changes / elapsed:9,.0f} changes/s"
+        f"{'  (plaintext)' if recipients is None else ''}"
     )
+    return elapsed
 
 
-async def main(log_level: str, plaintext: bool) -> None:
+async def compare(
+    importer: Importer, exports: Path, signer: Signer, recipients: Recipients, rounds: int
+) -> None:
+    """The cost of sealing in one process and database: sealed and plaintext bursts of each
+    shape alternate (the order flips every round), so both meet the same machine."""
+    seq = 1
+    for files, per in ((10_000, 1), (100, 1_000)):
+        taken: dict[str, list[float]] = {"sealed": [], "plaintext": []}
+        for round_ in range(rounds):
+            order = ["sealed", "plaintext"] if round_ % 2 == 0 else ["plaintext", "sealed"]
+            for mode in order:
+                sealing = recipients if mode == "sealed" else None
+                taken[mode].append(
+                    await scenario(importer, exports, signer, sealing, files, per, seq)
+                )
+                seq += files
+        sealed, plain = statistics.median(taken["sealed"]), statistics.median(taken["plaintext"])
+        change = 100 * (plain / sealed - 1)  # throughput: sealed against plaintext
+        print(
+            f"{files:>6} x {per:>5}, median of {rounds}: sealed {files / sealed:,.0f} files/s,"
+            f" plaintext {files / plain:,.0f} files/s: sealed throughput {change:+.1f} %"
+        )
+
+
+async def main(log_level: str, plaintext: bool, rounds: int = 0) -> None:
     name = f"bench_import_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(ADMIN_URL)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -135,7 +165,7 @@ async def main(log_level: str, plaintext: bool) -> None:
             request_database_url=url,
             trusted_keys_dir=root / "trusted",
             decryption_keys_dir=root / "decryption",
-            accept_plaintext=plaintext,
+            accept_plaintext=plaintext or rounds > 0,
             log_level=log_level,
         )
         configure_logging("bench", level=log_level, fmt="json")
@@ -148,8 +178,11 @@ async def main(log_level: str, plaintext: bool) -> None:
             f"{settings.batch_max_records} records, log level {log_level},"
             f" {'plaintext (version 1)' if plaintext else 'sealed'} files"
         )
-        await scenario(importer, exports, signer, recipients, 10_000, 1, 1)
-        await scenario(importer, exports, signer, recipients, 100, 1_000, 10_001)
+        if rounds:
+            await compare(importer, exports, signer, Recipients.of([recipient]), rounds)
+        else:
+            await scenario(importer, exports, signer, recipients, 10_000, 1, 1)
+            await scenario(importer, exports, signer, recipients, 100, 1_000, 10_001)
     finally:
         if engine is not None:
             await engine.dispose()
@@ -168,6 +201,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--plaintext", action="store_true", help="unsealed (version 1) files: the cost of sealing"
     )
+    parser.add_argument(
+        "--compare",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="sealed and plaintext bursts alternated ROUNDS times each: the cost of sealing",
+    )
     args = parser.parse_args()
     logging.getLogger().setLevel(args.log_level)
-    asyncio.run(main(args.log_level, args.plaintext))
+    asyncio.run(main(args.log_level, args.plaintext, args.compare))

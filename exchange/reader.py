@@ -190,9 +190,15 @@ def unsealing_request(taken: Taken, opener: Opener) -> tuple[bytes, list[Any]] |
 def open_body(taken: Taken, opener: Opener, unsealed: bytes | StreamFailed | None = None) -> Plain:
     """The clear body of a verified file: unsealed (version 2) or, where accepted, as it is
     (version 1). ``unsealed`` is an in-memory body's plaintext (or rage's refusal of it) when
-    an ``UnsealingWorker`` decrypted it already. ``RejectedFile`` for an envelope that does not
-    fit its name, a body sealed to keys this importer lacks, a ciphertext that does not
-    authenticate, refused plaintext."""
+    an ``UnsealingWorker`` decrypted it already: the answer to this very body's
+    ``unsealing_request``, which checked its envelope. ``RejectedFile`` for an envelope that
+    does not fit its name, a body sealed to keys this importer lacks, a ciphertext that does
+    not authenticate, refused plaintext."""
+    if unsealed is not None and taken.in_memory is not None:
+        # decrypted by a worker: its ``unsealing_request`` checked the envelope already
+        if isinstance(unsealed, StreamFailed):
+            raise _refusal(decrypt_error(unsealed))
+        return Plain(FORMAT_VERSION, memory=unsealed)
     signed, line, envelope = _envelope(taken, opener)
     if envelope is None:
         if taken.in_memory is not None:
@@ -203,11 +209,8 @@ def open_body(taken: Taken, opener: Opener, unsealed: bytes | StreamFailed | Non
     keys = envelope.sealed.recipients
     try:
         if taken.in_memory is not None:
-            if isinstance(unsealed, StreamFailed):
-                raise decrypt_error(unsealed)
-            if unsealed is None:
-                unsealed = opener.identities.unseal(taken.in_memory[len(line) : -1], keys)
-            return Plain(FORMAT_VERSION, memory=unsealed)
+            body = opener.identities.unseal(taken.in_memory[len(line) : -1], keys)
+            return Plain(FORMAT_VERSION, memory=body)
         try:
             stream = opener.identities.unseal_streaming(signed, length, keys)
         except OSError as exc:  # cannot start the child, read the spool: no verdict on the file

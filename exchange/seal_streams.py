@@ -25,6 +25,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -254,13 +255,15 @@ _WORKER_CHILD = (
     "        try:\n"
     "            answer, status = pyrage.decrypt(body, keys(blob)), 0\n"
     "        except (pyrage.DecryptError, OSError) as exc:\n"  # rage: a bad chunk is an OSError
-    "            answer, status = str(exc)[:400].encode(), 3\n"
+    "            answer, status = str(exc).encode()[:400], 3\n"
     "        out.write(struct.pack('>BQ', status, len(answer)))\n"
     "        out.write(answer)\n"
     "    del bodies\n"
     "    out.flush()\n"
 )
 _COUNT = struct.Struct(">I")
+#: The most a refusal's message takes (the child cuts rage's message to this many bytes).
+_MAX_MESSAGE = 400
 _BODY = struct.Struct(">IQ")
 _ANSWER = struct.Struct(">BQ")
 
@@ -302,8 +305,10 @@ class UnsealingWorker:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], UnsealingWorker] | None = None
-        #: The sizes of the batch in flight (sent, not yet received).
-        self._sent: list[int] | None = None
+        #: The batch in flight (sent, not yet received): only its own ``receive`` reads answers.
+        self._current: Batch | None = None
+        #: The last identities sent and their text (the objects held: never a reused id).
+        self._blob: tuple[tuple[Any, ...], bytes] = ((), b"")
 
     def _child(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and self._proc.poll() is None:
@@ -321,7 +326,12 @@ class UnsealingWorker:
         self._finalizer = weakref.finalize(self, _stop_child, proc)
         return proc
 
-    def _drop(self) -> None:
+    def _drop(self, *, kill: bool = False) -> None:
+        """Stop the child: at once (``kill``: it failed, or its answers are not wanted), or by
+        closing its stdin."""
+        if kill and self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
         if self._finalizer is not None:
             self._finalizer()  # stops the child, once
         self._proc = None
@@ -331,81 +341,86 @@ class UnsealingWorker:
         self, bodies: Sequence[tuple[bytes, Iterable[Any]]]
     ) -> list[bytes | StreamFailed]:
         """Decrypt each ``(ciphertext, identities)`` in the child, in one round trip."""
-        self.send(bodies)
-        return self.receive()
+        return self.receive(self.send(bodies))
 
-    def send(self, bodies: Sequence[tuple[bytes, Iterable[Any]]]) -> None:
-        """Hand a batch to the child, which decrypts it while the caller goes on; ``receive``
-        takes its answers. One batch at a time: a second ``send`` waits for the first's
-        ``receive`` (or ``abandon``)."""
+    def send(self, bodies: Sequence[tuple[bytes, Iterable[Any]]]) -> Batch:
+        """Hand a batch to the child, which decrypts it while the caller goes on; the ``Batch``
+        returned is what ``receive`` (or ``abandon``) takes. One batch at a time: a second
+        ``send`` waits until the first is received or abandoned."""
+        batch = Batch([len(ciphertext) for ciphertext, _ in bodies])
         self._lock.acquire()
         try:
+            self._current = batch
             if bodies:
                 self._write(self._child(), bodies)
-        except (OSError, ValueError) as exc:  # a broken pipe, a child that could not start
-            self._drop()
-            self._lock.release()
-            raise _lost(exc) from exc
-        except BaseException:
-            self._drop()
-            self._lock.release()
+        except BaseException as exc:  # a broken pipe, a child that could not start
+            self._end(batch, kill=True)
+            if isinstance(exc, (OSError, ValueError)):
+                raise _lost(exc) from exc
             raise
-        self._sent = [len(ciphertext) for ciphertext, _ in bodies]
+        return batch
 
-    def receive(self) -> list[bytes | StreamFailed]:
-        """The answers to the batch ``send`` handed over, in its order."""
-        sent, self._sent = self._sent, None
-        if sent is None:
-            raise RuntimeError("receive() without send()")
+    def receive(self, batch: Batch) -> list[bytes | StreamFailed]:
+        """The answers to ``batch``, in its order."""
+        if batch is not self._current:
+            raise RuntimeError("not the batch in flight")
         try:
-            return self._answers(sent) if sent else []
-        except (OSError, ValueError) as exc:
-            self._drop()
-            raise _lost(exc) from exc
-        except BaseException:
-            self._drop()
+            answers = self._answers(batch.sizes) if batch.sizes else []
+        except BaseException as exc:
+            self._end(batch, kill=True)
+            if isinstance(exc, (OSError, ValueError)):
+                raise _lost(exc) from exc
             raise
+        self._end(batch)
+        return answers
+
+    def abandon(self, batch: Batch) -> None:
+        """Give up ``batch`` if it is still in flight (its caller failed, or no longer wants
+        it): the child is stopped, so no answer of it can be taken for the next batch's."""
+        if batch is self._current:
+            self._end(batch, kill=True)
+
+    def _end(self, batch: Batch, *, kill: bool = False) -> None:
+        if batch is not self._current:
+            return
+        self._current = None
+        try:
+            if kill:
+                self._drop(kill=True)
         finally:
             self._lock.release()
 
-    @property
-    def in_flight(self) -> bool:
-        """A batch was sent and its answers are not received yet."""
-        return self._sent is not None
+    def _text(self, identities: Iterable[Any]) -> bytes:
+        held = tuple(identities)
+        if held != self._blob[0]:
+            self._blob = (held, "\n".join(str(i) for i in held).encode())
+        return self._blob[1]
 
-    def abandon(self) -> None:
-        """Give up the batch in flight, if any (its caller failed): the child is stopped, so
-        no answer of it can be mistaken for the next batch's."""
-        if self._sent is None:
-            return
-        self._sent = None
-        self._drop()
-        self._lock.release()
-
-    @staticmethod
     def _write(
-        proc: subprocess.Popen[bytes], bodies: Sequence[tuple[bytes, Iterable[Any]]]
+        self, proc: subprocess.Popen[bytes], bodies: Sequence[tuple[bytes, Iterable[Any]]]
     ) -> None:
-        assert proc.stdin is not None
-        request = [_COUNT.pack(len(bodies))]
-        for ciphertext, identities in bodies:
-            blob = "\n".join(str(i) for i in identities).encode()
-            request += [_BODY.pack(len(blob), len(ciphertext)), blob, ciphertext]
-        proc.stdin.write(b"".join(request))
-        proc.stdin.flush()
+        stdin = proc.stdin
+        assert stdin is not None
+        stdin.write(_COUNT.pack(len(bodies)))
+        for ciphertext, identities in bodies:  # buffered: small parts go out together
+            blob = self._text(identities)
+            stdin.write(_BODY.pack(len(blob), len(ciphertext)))
+            stdin.write(blob)
+            stdin.write(ciphertext)
+        stdin.flush()
 
-    def _answers(self, sent: list[int]) -> list[bytes | StreamFailed]:
+    def _answers(self, sizes: list[int]) -> list[bytes | StreamFailed]:
         proc = self._proc
         assert proc is not None
         assert proc.stdout is not None
         answers: list[bytes | StreamFailed] = []
-        for size in sent:
+        for size in sizes:
             head = proc.stdout.read(_ANSWER.size)
             if len(head) != _ANSWER.size:
                 raise ChildLost(f"the unsealing process ended (exit {proc.poll()})")
             status, length = _ANSWER.unpack(head)
             # age only adds to a body: a longer answer is not one this child gave
-            if status not in (0, _REFUSED) or length > max(size, 400):
+            if status not in (0, _REFUSED) or length > max(size, _MAX_MESSAGE):
                 raise ChildLost(f"the unsealing process answered {status}/{length}")
             answer = proc.stdout.read(length)
             if len(answer) != length:
@@ -418,8 +433,16 @@ class UnsealingWorker:
         return answers
 
     def close(self) -> None:
+        """Stop the child once no batch is in flight (the next ``send`` starts another)."""
         with self._lock:
             self._drop()
+
+
+@dataclass(eq=False)
+class Batch:
+    """One request to an ``UnsealingWorker``: the size of each body, to bound each answer."""
+
+    sizes: list[int] = field(default_factory=list)
 
 
 def _lost(exc: BaseException) -> ChildLost:

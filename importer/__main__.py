@@ -54,7 +54,10 @@ async def main(once: bool = False) -> int:
     try:
         if once:
             importer.prepare()
-            result = await importer.scan_once()
+            try:
+                result = await importer.scan_once()
+            finally:
+                await asyncio.to_thread(importer.reader.close)  # its unsealing child
             log.info("import pass finished", extra=result.__dict__)
         else:
             probes = await start_probes(

@@ -167,7 +167,7 @@ class Importer:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            self.reader.close()
+            await asyncio.to_thread(self.reader.close)  # its unsealing child
 
     async def prune(self) -> dict[str, int]:
         """Delete archived and quarantined files past their retention (their rows stay), and

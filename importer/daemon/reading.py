@@ -28,7 +28,7 @@ from exchange.reader import (
     parse_changes,
     unsealing_request,
 )
-from exchange.seal_streams import ChildLost, StreamFailed, UnsealingWorker
+from exchange.seal_streams import Batch, ChildLost, StreamFailed, UnsealingWorker
 from importer.config import RequestSettings
 from importer.daemon.failures import LocalFault
 from importer.daemon.keys import TrustedKeys
@@ -138,21 +138,29 @@ class FileReader:
 
     def _take_group(self, names: Sequence[FileName]) -> _Group:
         """Take and verify consecutive files of a stream: at most ``GROUP_FILES``, ending after
-        ``GROUP_BYTES`` or at a file larger than ``SMALL_FILE_BYTES`` (which is taken)."""
+        ``GROUP_BYTES``, at a file larger than ``SMALL_FILE_BYTES`` or at one that is refused or
+        gone (each is taken into the group). A local fault on any file but the first ends the
+        group before it: it is raised when a batch reaches that file, not before."""
         group = _Group()
         try:
             size = 0
             for name in names[:GROUP_FILES]:
                 if group.taken and self._stopping():
                     break
-                outcome = self.verified(name)
+                try:
+                    outcome = self.verified(name)
+                except LocalFault:
+                    if not group.taken:
+                        raise
+                    break
                 group.taken.append((name, outcome))
-                if isinstance(outcome, Taken):
-                    group.held.enter_context(outcome)
-                    size += outcome.size
-                    if outcome.size > SMALL_FILE_BYTES:
-                        group.small = False
-                        break
+                if not isinstance(outcome, Taken):  # refused or gone: the group ends here
+                    break
+                group.held.enter_context(outcome)
+                size += outcome.size
+                if outcome.size > SMALL_FILE_BYTES:
+                    group.small = False
+                    break
                 if size >= GROUP_BYTES:
                     break
             opener = self.opener()
@@ -168,8 +176,30 @@ class FileReader:
             raise
         return group
 
-    def _parsed_group(self, group: _Group, answers: list[bytes | StreamFailed]) -> list[Read]:
-        unsealed = dict(zip(group.sealed, answers, strict=True))
+    def _send(self, group: _Group) -> None:
+        """Hand the group's sealed bodies to the unsealing child (they are decrypted in this
+        thread instead if it cannot take them)."""
+        group.order = list(group.sealed)
+        try:
+            group.batch = self.worker.send(list(group.sealed.values()))
+        except ChildLost as exc:
+            log.warning("the unsealing process failed, decrypting here", extra={"error": str(exc)})
+        group.sealed = {}  # the child has them: no second copy held while the group waits
+
+    def _receive(self, group: _Group) -> list[bytes | StreamFailed] | None:
+        if group.batch is None:
+            return None
+        batch, group.batch = group.batch, None
+        try:
+            return self.worker.receive(batch)
+        except ChildLost as exc:  # killed, out of memory: no verdict on any file; done here
+            log.warning("the unsealing process failed, decrypting here", extra={"error": str(exc)})
+            return None
+
+    def _parsed_group(
+        self, group: _Group, answers: list[bytes | StreamFailed] | None
+    ) -> list[Read]:
+        unsealed = dict(zip(group.order, answers, strict=True)) if answers is not None else {}
         with group.held:
             return [
                 (name, self._parsed(outcome, unsealed.get(index)))
@@ -189,7 +219,7 @@ class FileReader:
         files are small, the next group is taken while the child decrypts the one before, and
         that one is parsed while the child decrypts the next. A group taken past the batch's
         end is dropped and read again with the next batch: it was only read, nothing was
-        decided about it (at most ``GROUP_FILES`` small files).
+        decided about it (at most ``GROUP_FILES`` small files, or one other).
         """
         reads: list[Read] = []
         records = size = 0
@@ -205,9 +235,9 @@ class FileReader:
                     following = self._take_group(names[ahead : ahead + budget])
                 if pending is None and following is None:
                     break
-                answers = self.worker.receive() if pending is not None else []
+                answers = self._receive(pending) if pending is not None else None
                 if following is not None:
-                    self.worker.send(list(following.sealed.values()))
+                    self._send(following)
                 full = False
                 if pending is not None:
                     for name, outcome in self._parsed_group(pending, answers):
@@ -225,18 +255,12 @@ class FileReader:
                 pending, following = following, None
                 if full:
                     break
-        except ChildLost as exc:  # killed, out of memory: no verdict on any of these files
-            raise LocalFault(f"unsealing a batch: {exc}") from exc
         finally:
-            try:
-                if self.worker.in_flight:  # a group taken ahead and dropped
-                    with contextlib.suppress(ChildLost):  # (then the child is gone already)
-                        self.worker.receive()
-            finally:
-                self.worker.abandon()
-                for group in (pending, following):
-                    if group is not None:
-                        group.held.close()
+            for group in (pending, following):  # taken ahead and dropped, or failing
+                if group is not None:
+                    if group.batch is not None:
+                        self.worker.abandon(group.batch)
+                    group.held.close()
         return reads, index
 
 
@@ -245,8 +269,12 @@ class _Group:
     """Consecutive files taken and verified together."""
 
     taken: list[tuple[FileName, Taken | RejectedFile | None]] = field(default_factory=list)
-    #: What decrypting each sealed body takes, by its index in ``taken``: one request.
+    #: What decrypting each sealed body takes, by its index in ``taken``, until it is sent.
     sealed: dict[int, tuple[bytes, list[Any]]] = field(default_factory=dict)
+    #: The indices of the bodies sent, in the order their answers come.
+    order: list[int] = field(default_factory=list)
+    #: The request in flight with the unsealing child.
+    batch: Batch | None = None
     #: The taken files' private copies, closed once they are parsed or dropped.
     held: contextlib.ExitStack[bool | None] = field(default_factory=contextlib.ExitStack)
     #: No file larger than ``SMALL_FILE_BYTES``: the next group may be taken ahead.

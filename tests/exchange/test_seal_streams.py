@@ -79,9 +79,27 @@ def test_a_child_that_dies_mid_request_raises_child_lost(monkeypatch: pytest.Mon
     )
     worker = UnsealingWorker()
     try:
-        with pytest.raises(ChildLost):
-            worker.decrypt_many([(TEST_RECIPIENTS.seal(b"x" * 200_000), KEYS)])
-        assert worker._proc is None  # dropped: the next request starts afresh
+        for size in (200_000, 100):  # dies while the request is written, or after it
+            with pytest.raises(ChildLost):
+                worker.decrypt_many([(TEST_RECIPIENTS.seal(b"x" * size), KEYS)])
+            assert worker._proc is None  # dropped: the next request starts afresh
+        monkeypatch.undo()  # the real child again: the worker is not stuck (its lock is free)
+        assert worker.decrypt_many([(TEST_RECIPIENTS.seal(b"back"), KEYS)]) == [b"back"]
+    finally:
+        worker.close()
+
+
+def test_only_a_batch_in_flight_is_received_and_an_abandoned_one_is_never_answered() -> None:
+    worker = UnsealingWorker()
+    try:
+        first = worker.send([(TEST_RECIPIENTS.seal(b"first"), KEYS)])
+        worker.abandon(first)  # its caller failed: the child that has it is stopped
+        with pytest.raises(RuntimeError):
+            worker.receive(first)
+        second = worker.send([(TEST_RECIPIENTS.seal(b"second"), KEYS)])
+        assert worker.receive(second) == [b"second"]  # never the first one's answer
+        worker.abandon(second)  # received already: nothing happens
+        assert worker.decrypt_many([(TEST_RECIPIENTS.seal(b"third"), KEYS)]) == [b"third"]
     finally:
         worker.close()
 
@@ -108,10 +126,10 @@ def test_the_child_ends_with_close_and_with_the_process_that_started_it() -> Non
     body = TEST_RECIPIENTS.seal(b"payload\n")
     worker = UnsealingWorker()
     worker.decrypt_many([(body, KEYS)])
-    assert worker._proc is not None
-    pid = worker._proc.pid
+    proc = worker._proc
+    assert proc is not None
     worker.close()
-    assert _gone(pid)
+    assert proc.returncode is not None  # exited and reaped
 
     # a process that dies without closing anything (SIGKILL, os._exit): its child follows
     script = textwrap.dedent(

@@ -133,19 +133,28 @@ async def test_files_read_ahead_past_a_full_batch_are_read_again_and_judged_once
     importer = make_importer(batch_max_records=3)
     uid = uuid.uuid4()
     for seq in range(1, 41):
-        if seq == 20:  # a forged file among them, inside a group that is read ahead
+        if seq == 35:  # a forged file in the second group, the one taken ahead
             (sandbox.exports / FileName("changes", seq).name).write_bytes(b"forged\n")
         else:
             publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq))
+    taken: list[int] = []
+    verified = importer.reader.verified
+
+    def counting(name: FileName) -> object:
+        taken.append(name.seq)
+        return verified(name)
+
+    importer.reader.verified = counting  # type: ignore[assignment,method-assign]
     names = sorted(FileName("changes", n) for n in range(1, 41))
     reads, index = importer.reader.read_chunk(names, 0)
-    assert (len(reads), index) == (3, 3)  # not the group of 32 it took
+    assert (len(reads), index) == (3, 3)  # not the 35 files it took
     assert [name.seq for name, _ in reads] == [1, 2, 3]
-    assert not importer.reader.worker.in_flight
+    assert taken == list(range(1, 36))  # a group of 32, then one ahead, up to the forged file
 
     result = await importer.scan_once()
-    assert (result.applied, result.quarantined) == (39, 1)
-    assert await quarantined(sandbox) == {FileName("changes", 20).name: "truncated"}
+    assert (result.applied, result.quarantined, result.duplicates) == (39, 1, 0)
+    assert await quarantined(sandbox) == {FileName("changes", 35).name: "truncated"}
+    assert await count(sandbox, "quarantined_files") == 1
     assert await count(sandbox, "import_ledger") == 39
     assert await user_version(sandbox, uid) == 40
     assert [n for n in os.listdir(sandbox.exports) if not n.startswith(".")] == []

@@ -316,29 +316,30 @@ def test_an_unsealing_child_that_dies_is_no_verdict_on_the_file(tmp_path: Path) 
         stream.close()
 
 
-async def test_an_unsealing_worker_that_dies_quarantines_nothing_and_the_files_apply_later(
-    sandbox: Sandbox, make_importer: MakeImporter, monkeypatch: pytest.MonkeyPatch
+async def test_an_unsealing_worker_that_dies_is_no_verdict_and_its_files_are_decrypted_here(
+    sandbox: Sandbox,
+    make_importer: MakeImporter,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A batch's small bodies are decrypted in one request to a long-lived child: if it dies
-    (the OOM killer, a stray signal), no file of the batch is judged, and the next pass starts
-    a new child and applies them all."""
-    from importer.daemon.failures import LocalFault
-
+    (the OOM killer, a stray signal), no file of the batch is judged by it: the importer
+    decrypts them itself, and the next batch starts a new child."""
     uid = uuid.uuid4()
-    names = [
-        publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq)).name
-        for seq in (1, 2, 3)
-    ]
+    for seq in (1, 2, 3):
+        publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq))
     monkeypatch.setattr(
         "exchange.seal_streams._WORKER_CHILD", "import sys; sys.stdin.buffer.read(4); sys.exit(9)"
     )
     importer = make_importer()
-    with pytest.raises(LocalFault, match="unsealing"):
-        await importer.scan_once()
-    assert await quarantined(sandbox) == {}
-    assert await user_version(sandbox, uid) is None
-    assert all((sandbox.exports / name).exists() for name in names)
+    result = await importer.scan_once()
+    assert (result.applied, result.quarantined) == (3, 0)
+    assert await user_version(sandbox, uid) == 3
+    assert "the unsealing process failed, decrypting here" in caplog.text
 
     monkeypatch.undo()
+    for seq in (4, 5, 6):
+        publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq))
     assert (await importer.scan_once()).applied == 3
-    assert await user_version(sandbox, uid) == 3
+    assert importer.reader.worker._proc is not None  # a new child took the next batch
+    assert await user_version(sandbox, uid) == 6
