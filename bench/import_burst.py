@@ -136,8 +136,9 @@ async def compare(
         sealed, plain = statistics.median(taken["sealed"]), statistics.median(taken["plaintext"])
         change = 100 * (plain / sealed - 1)  # throughput: sealed against plaintext
         print(
-            f"{files:>6} x {per:>5}, median of {rounds}: sealed {files / sealed:,.0f} files/s,"
-            f" plaintext {files / plain:,.0f} files/s: sealed throughput {change:+.1f} %"
+            f"{files:>6} x {per:>5}, median of {rounds}: sealed {files * per / sealed:,.0f}"
+            f" changes/s, plaintext {files * per / plain:,.0f} changes/s:"
+            f" sealed throughput {change:+.1f} %"
         )
 
 
