@@ -346,6 +346,7 @@ class UnsealingWorker:
             close_fds=True,
             start_new_session=True,  # a Ctrl-C is the importer's to handle, not the child's
         )
+        _widen(proc.stdin, proc.stdout)  # a group's answers wait there until it is received
         self._proc = proc
         self._finalizer = weakref.finalize(self, _stop_child, proc)
         return proc
@@ -402,7 +403,7 @@ class UnsealingWorker:
         """Give up ``batch`` if it is still in flight (its caller failed, or no longer wants
         it): the child is stopped, so no answer of it can be taken for the next batch's."""
         if batch is self._current:
-            self._end(batch, kill=True)
+            self._end(batch, kill=bool(batch.sizes))  # an empty batch left the child idle
 
     def _end(self, batch: Batch, *, kill: bool = False) -> None:
         if batch is not self._current:

@@ -232,7 +232,12 @@ class FileReader:
                 budget = self.settings.batch_max_files - (ahead - start)
                 more = budget > 0 and ahead < len(names) and not self._stopping()
                 if more and (pending is None or pending.small):
-                    following = self._take_group(names[ahead : ahead + budget])
+                    try:
+                        following = self._take_group(names[ahead : ahead + budget])
+                    except LocalFault:
+                        if pending is None:  # the batch has reached the file: its fault now
+                            raise
+                        # taken ahead: raised again when the batch reaches it, if it does
                 if pending is None and following is None:
                     break
                 answers = self._receive(pending) if pending is not None else None
@@ -254,13 +259,17 @@ class FileReader:
                             size += outcome.size
                 pending, following = following, None
                 if full:
+                    if pending is not None:  # taken ahead: its answers are taken and dropped
+                        self._receive(pending)
                     break
         finally:
             for group in (pending, following):  # taken ahead and dropped, or failing
                 if group is not None:
-                    if group.batch is not None:
-                        self.worker.abandon(group.batch)
-                    group.held.close()
+                    try:
+                        if group.batch is not None:
+                            self.worker.abandon(group.batch)
+                    finally:
+                        group.held.close()
         return reads, index
 
 

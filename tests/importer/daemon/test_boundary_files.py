@@ -160,6 +160,38 @@ async def test_files_read_ahead_past_a_full_batch_are_read_again_and_judged_once
     assert [n for n in os.listdir(sandbox.exports) if not n.startswith(".")] == []
 
 
+async def test_a_local_fault_on_a_file_read_ahead_waits_until_a_batch_reaches_it(
+    sandbox: Sandbox, make_importer: MakeImporter
+) -> None:
+    """An EIO on a file of the group taken ahead does not cost the batch before it, and a full
+    batch leaves the unsealing child running for the next one."""
+    from importer.daemon.failures import LocalFault
+
+    importer = make_importer(batch_max_records=3)
+    uid = uuid.uuid4()
+    for seq in range(1, 41):
+        publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq))
+    verified = importer.reader.verified
+
+    def failing_at_33(name: FileName) -> object:
+        if name.seq == 33:
+            raise LocalFault("reading changes-33: EIO")
+        return verified(name)
+
+    importer.reader.verified = failing_at_33  # type: ignore[assignment,method-assign]
+    names = sorted(FileName("changes", n) for n in range(1, 41))
+    reads, index = importer.reader.read_chunk(names, 0)
+    assert (len(reads), index) == (3, 3)
+    child = importer.reader.worker._proc
+    assert child is not None
+    assert child.poll() is None  # the batch taken ahead was received, not killed
+    reads, index = importer.reader.read_chunk(names, 3)
+    assert (len(reads), index) == (3, 6)
+    assert importer.reader.worker._proc is child
+    with pytest.raises(LocalFault, match="EIO"):
+        importer.reader.read_chunk(names, 32)  # a batch that reaches it
+
+
 def _importer_once(
     sandbox: Sandbox, *, drop_file_capabilities: bool = False
 ) -> subprocess.Popen[str]:
