@@ -28,7 +28,8 @@ from exchange.reader import (
     parse_changes,
     unsealing_request,
 )
-from exchange.seal_streams import Batch, ChildLost, StreamFailed, UnsealingWorker
+from exchange.seal_streams import ChildLost, StreamFailed
+from exchange.unsealing_worker import Batch, UnsealingWorker
 from importer.config import RequestSettings
 from importer.daemon.failures import LocalFault
 from importer.daemon.keys import TrustedKeys

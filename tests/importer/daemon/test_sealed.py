@@ -329,7 +329,8 @@ async def test_an_unsealing_worker_that_dies_is_no_verdict_and_its_files_are_dec
     for seq in (1, 2, 3):
         publish(sandbox.exports, sandbox.signer, seq, user_record(uid, seq))
     monkeypatch.setattr(
-        "exchange.seal_streams._WORKER_CHILD", "import sys; sys.stdin.buffer.read(4); sys.exit(9)"
+        "exchange.unsealing_worker._WORKER_CHILD",
+        "import sys; sys.stdin.buffer.read(4); sys.exit(9)",
     )
     importer = make_importer()
     result = await importer.scan_once()

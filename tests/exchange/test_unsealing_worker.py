@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from exchange.seal_streams import ChildLost, StreamFailed, UnsealingWorker
+from exchange.seal_streams import ChildLost, StreamFailed
 from exchange.sealing import Recipients, SealReason, decrypt_error, generate_identity
+from exchange.unsealing_worker import UnsealingWorker
 from tests.support import TEST_IDENTITIES, TEST_RECIPIENTS
 
 KEYS = TEST_IDENTITIES.to_open(TEST_RECIPIENTS.seal(b"probe"), TEST_RECIPIENTS.key_ids)
@@ -75,7 +76,8 @@ def test_a_killed_child_is_no_verdict_and_the_next_batch_gets_a_new_one() -> Non
 def test_a_child_that_dies_mid_request_raises_child_lost(monkeypatch: pytest.MonkeyPatch) -> None:
     # a child that reads the start of a request and dies (the OOM killer, a stop signal)
     monkeypatch.setattr(
-        "exchange.seal_streams._WORKER_CHILD", "import sys; sys.stdin.buffer.read(4); sys.exit(9)"
+        "exchange.unsealing_worker._WORKER_CHILD",
+        "import sys; sys.stdin.buffer.read(4); sys.exit(9)",
     )
     worker = UnsealingWorker()
     try:
@@ -113,7 +115,7 @@ def test_a_child_that_claims_more_than_it_was_given_is_not_believed(
         "sys.stdout.buffer.write(struct.pack('>BQ', 0, 1 << 40)); sys.stdout.buffer.flush()\n"
         "sys.stdin.buffer.read()\n"
     )
-    monkeypatch.setattr("exchange.seal_streams._WORKER_CHILD", liar)
+    monkeypatch.setattr("exchange.unsealing_worker._WORKER_CHILD", liar)
     worker = UnsealingWorker()
     try:
         with pytest.raises(ChildLost, match="answered"):
@@ -135,7 +137,7 @@ def test_the_child_ends_with_close_and_with_the_process_that_started_it() -> Non
     script = textwrap.dedent(
         """
         import os, sys
-        from exchange.seal_streams import UnsealingWorker
+        from exchange.unsealing_worker import UnsealingWorker
         from tests.support import TEST_IDENTITIES, TEST_RECIPIENTS
         body = TEST_RECIPIENTS.seal(b"payload")
         keys = TEST_IDENTITIES.to_open(body, TEST_RECIPIENTS.key_ids)
