@@ -1,6 +1,6 @@
 """Snapshot benchmark: export and import 1,000,000 settings; seconds and peak RSS of each side.
 
-    ./run bench snapshot [--rows N] [--users N] [--verify] [--plaintext]
+    ./run bench snapshot [--rows N] [--users N] [--verify] [--plaintext] [--export-only]
 
 Creates two scratch databases on the server named by ``NETSYNC_BENCH_DATABASE_URL`` (default
 ``postgresql://postgres@127.0.0.1:5432/postgres``), fills the Response one with N settings and
@@ -164,6 +164,9 @@ def main() -> None:
     parser.add_argument(
         "--plaintext", action="store_true", help="unsealed (version 1) files: the cost of sealing"
     )
+    parser.add_argument(
+        "--export-only", action="store_true", help="export, then drop: no import, no verify"
+    )
     args = parser.parse_args()
     from exchange.sealing import generate_identity, write_identity, write_recipient
     from exchange.signing import Signer, write_key_pair
@@ -208,8 +211,11 @@ def main() -> None:
                 f"export ({mode[0]}): {out['seconds']:.2f} s ({each}),"
                 f" peak RSS {out['peak_mb']:.0f} MB"
                 f" (sealing child {out['child_peak_mb']:.0f} MB),"
+                f" CPU {out['cpu_s']:.2f} s (sealing child {out['child_cpu_s']:.2f} s),"
                 f" {out['records']:,} records, {out['bytes'] / 1e6:.0f} MB of files"
             )
+            if args.export_only:
+                return
             out = _side(["--side", "import", req, *sides])
             print(
                 f"import: {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB,"
@@ -230,7 +236,14 @@ if __name__ == "__main__":
         result = asyncio.run(
             run_side(url, Path(exports), Path(keys), mode == "plaintext", entities.split(","))
         )
-        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(json.dumps({**result, "peak_mb": _peak_mb(), "child_peak_mb": children}))
+        own, kids = (
+            resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        )
+        cpu = {"cpu_s": own.ru_utime + own.ru_stime, "child_cpu_s": kids.ru_utime + kids.ru_stime}
+        print(
+            json.dumps(
+                {**result, **cpu, "peak_mb": _peak_mb(), "child_peak_mb": kids.ru_maxrss / 1024}
+            )
+        )
     else:
         main()

@@ -22,8 +22,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import IO, Any
 
 try:
@@ -57,54 +56,71 @@ class ChildLost(OSError):
     """The unsealing child failed for a reason that is not the body's: no verdict on the file."""
 
 
-#: The child that encrypts a stream: plaintext on stdin, ciphertext on stdout, recipients (public
-#: keys, nothing secret) as arguments. It needs pyrage and nothing of netsync.
+#: The child that encrypts a stream into the file being written: plaintext on stdin, recipients
+#: (public keys, nothing secret) as arguments, the staging file as an inherited descriptor. It
+#: hashes what the file already holds (the clear envelope), writes the ciphertext and the newline
+#: that ends its line after it with ``pwrite``, hashing as it goes, and answers the file's digest
+#: and its end on stdout: the writer signs that digest, and never reads the ciphertext back.
+#: Errors: a message on stderr, exit 3. It needs pyrage and nothing of netsync.
 _CHILD = (
-    "import sys, pyrage\n"
+    "import hashlib, os, sys, pyrage\n"
     "from pyrage import x25519\n"
-    "keys = [x25519.Recipient.from_str(r) for r in sys.argv[1:]]\n"
-    "pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, keys)\n"
-    "sys.stdout.buffer.flush()\n"
+    "fd, start = int(sys.argv[1]), int(sys.argv[2])\n"
+    "keys = [x25519.Recipient.from_str(r) for r in sys.argv[3:]]\n"
+    "class Sink:\n"
+    "    def __init__(self):\n"
+    "        self.at, self.digest = 0, hashlib.sha256()\n"
+    "        while self.at < start:\n"
+    "            data = os.pread(fd, min(start - self.at, 1 << 20), self.at)\n"
+    "            if not data:\n"
+    "                raise OSError('the staging file is shorter than its envelope')\n"
+    "            self.digest.update(data)\n"
+    "            self.at += len(data)\n"
+    "    def write(self, data):\n"
+    "        self.digest.update(data)\n"
+    "        view = memoryview(data)\n"
+    "        while view:\n"
+    "            done = os.pwrite(fd, view, self.at)\n"
+    "            self.at += done\n"
+    "            view = view[done:]\n"
+    "        return len(data)\n"
+    "    def flush(self):\n"
+    "        pass\n"
+    "try:\n"
+    "    sink = Sink()\n"
+    "    pyrage.encrypt_io(sys.stdin.buffer, sink, keys)\n"
+    "    sink.write(b'\\n')\n"
+    "except (pyrage.EncryptError, OSError) as exc:\n"
+    "    sys.stderr.write(str(exc)[:400])\n"
+    "    sys.exit(3)\n"
+    "sys.stdout.write(sink.digest.hexdigest() + ' ' + str(sink.at) + '\\n')\n"
 )
-_PIPE_BLOCK = 1 << 20
 
 
 class SealingStream:
-    """A streaming age encryption in a child process, on the other core.
+    """A streaming age encryption in a child process, on the other core, straight into the
+    file being written.
 
     ``write`` hands plaintext to the child (blocking while its pipe is full, so memory stays
-    bounded); a thread hands the child's ciphertext to ``sink``. ``close`` ends the stream and
-    raises if anything failed on the way; ``abort`` kills the child.
+    bounded); the child writes the ciphertext into the file after ``start`` (what the file
+    holds up to there is hashed first). ``close`` ends the stream and returns the SHA-256 of the
+    file's bytes and where they end, or raises if anything failed on the way; ``abort`` kills
+    the child.
     """
 
-    def __init__(self, recipients: Iterable[str], sink: Callable[[bytes], None]) -> None:
-        self._sink = sink
-        self._error: BaseException | None = None
+    def __init__(self, recipients: Iterable[str], fd: int, start: int) -> None:
         self._proc = subprocess.Popen(  # noqa: S603 - our interpreter, our code, public keys
-            [sys.executable, "-I", "-c", _CHILD, *recipients],  # -I: no cwd, no PYTHONPATH
+            [sys.executable, "-I", "-c", _CHILD, str(fd), str(start), *recipients],
+            bufsize=_PIPE_BYTES,  # the database's 8 KiB pieces cross in 1 MiB writes
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            close_fds=True,
+            pass_fds=(fd,),  # -I: no cwd, no PYTHONPATH; only this descriptor is inherited
             start_new_session=True,  # a Ctrl-C is the worker's to handle, not the child's
         )
-        _widen(self._proc.stdin, self._proc.stdout)
-        self._thread = threading.Thread(target=self._drain, name="seal-drain", daemon=True)
-        self._thread.start()
+        _widen(self._proc.stdin)
 
-    def _drain(self) -> None:
-        out = self._proc.stdout
-        assert out is not None
-        try:
-            while chunk := out.read(_PIPE_BLOCK):
-                self._sink(chunk)
-        except BaseException as exc:  # a full disk: stop the child, tell the writer
-            self._error = exc
-            self._proc.kill()
-
-    def _failed(self) -> BaseException:
-        if self._error is not None:
-            return self._error
+    def _failed(self) -> OSError:
         stderr = self._proc.stderr.read()[-400:] if self._proc.stderr else b""
         return OSError(f"the sealing process failed: {stderr.decode(errors='replace').strip()}")
 
@@ -117,30 +133,32 @@ class SealingStream:
             if self._proc.poll() is None:
                 self._proc.kill()
             self._proc.wait()
-            self._thread.join()
             failure = self._failed()  # the child's stderr, read before the pipes close
             self._close_pipes()
             raise failure from exc
 
-    def close(self) -> None:
-        stdin = self._proc.stdin
+    def close(self) -> tuple[bytes, int]:
+        stdin, stdout = self._proc.stdin, self._proc.stdout
         assert stdin is not None
+        assert stdout is not None
         with contextlib.suppress(BrokenPipeError):
             stdin.close()
-        self._thread.join()
+        answer = stdout.read(200)
         code = self._proc.wait()
-        if self._error is not None or code != 0:
-            failure = self._failed()
+        try:
+            if code != 0:
+                raise self._failed()
+            digest, end = answer.split()
+            return bytes.fromhex(digest.decode()), int(end)
+        except ValueError as exc:
+            raise OSError(f"the sealing process answered {answer[:100]!r}") from exc
+        finally:
             self._close_pipes()
-            raise failure
-        self._close_pipes()
 
     def abort(self) -> None:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join()
         self._close_pipes()
 
     def _close_pipes(self) -> None:

@@ -13,9 +13,10 @@ a file's clear envelope can say which keys can open it, and an importer that hol
 can say which one it needs, without trying to decrypt.
 
 Sealing a small file happens in memory; a large one (a snapshot of a million rows) streams
-through a child process, so that encryption runs on the other core while this process reads the
-database (``pyrage`` holds the GIL while it encrypts). Unsealing happens in the importer, after
-the signature held, into memory or the importer's own spool.
+through a child process that writes the ciphertext into the file, so that encryption runs on
+the other core while this process reads the database (``pyrage`` holds the GIL while it
+encrypts). Unsealing happens in the importer, after the signature held, into memory or the
+importer's own spool.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -208,9 +209,9 @@ class Recipients:
         """Encrypt a body held in memory (a ``changes`` or ``results`` file)."""
         return bytes(pyrage.encrypt(plaintext, list(self._parsed)))
 
-    def stream(self, sink: Callable[[bytes], None]) -> SealingStream:
-        """Encrypt a body written piecewise; ciphertext goes to ``sink`` as it is made."""
-        return SealingStream(self.keys, sink)
+    def stream(self, fd: int, start: int) -> SealingStream:
+        """Encrypt a body written piecewise into the open file ``fd``, after ``start``."""
+        return SealingStream(self.keys, fd, start)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ same file id (in new ciphertext: sealing is randomised, so the bytes differ).
 
 Files are sealed to the Request Network's recipients (``exchange.sealing``): the clear envelope
 line is written first, and the body (header and records) goes into the ciphertext, in memory for
-a small file, through a sealing child process once it grows past ``STREAM_ABOVE_BYTES``. Files
+a small file, through a sealing child process once it grows past ``STREAM_ABOVE_BYTES`` (the
+child writes the ciphertext into the staging file itself and reports the file's digest, which is
+what gets signed: the ciphertext of a snapshot never comes back through this process). Files
 and staging files are created ``0640`` (a group for the transfer agent, nobody else), and the
 directories netsync creates ``0750``.
 """
@@ -84,9 +86,8 @@ def ensure_dir(path: Path) -> None:
 
 
 def _create(path: Path) -> BinaryIO:
-    fd = os.open(
-        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
+    # read and write: a sealing child hashes the envelope from this descriptor
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     os.fchmod(fd, FILE_MODE)  # exactly 0640, whatever the umask
     return os.fdopen(fd, "wb")
 
@@ -177,21 +178,25 @@ class ExportFileWriter:
         else:
             self._plain += data
             if len(self._plain) > STREAM_ABOVE_BYTES:
-                self._stream = self._recipients.stream(self._write)
+                self._fh.flush()  # the envelope, on file for the child to hash
+                self._stream = self._recipients.stream(self._fh.fileno(), self._fh.tell())
                 self._stream.write(bytes(self._plain))
                 self._plain = bytearray()
 
-    def _seal_body(self) -> None:
-        """End the ciphertext, and the line it stands on (the trailer starts a line)."""
+    def _seal_body(self) -> bytes:
+        """End the ciphertext, and the line it stands on (the trailer starts a line); the
+        SHA-256 of the file's bytes so far (the sealing child's, if it wrote them)."""
         if self._recipients is None:
-            return
+            return self._digest.digest()
         if self._stream is not None:
             stream, self._stream = self._stream, None
-            stream.close()
-        else:
-            self._write(self._recipients.seal(bytes(self._plain)))
-            self._plain = bytearray()
+            digest, end = stream.close()
+            self._fh.seek(end)  # past what the child wrote
+            return digest
+        self._write(self._recipients.seal(bytes(self._plain)))
+        self._plain = bytearray()
         self._write(b"\n")
+        return self._digest.digest()
 
     def write_record(self, record: Mapping[str, Any]) -> None:
         self._put(_line(record))
@@ -217,8 +222,7 @@ class ExportFileWriter:
                 raise ValueError(
                     f"header announced {self._expected} records, wrote {self._written}"
                 )
-            self._seal_body()
-            digest = self._digest.digest()
+            digest = self._seal_body()
             trailer = {
                 "signature": {
                     "alg": SIGNATURE_ALG,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from exchange import writer as writer_module
 from exchange.format import STAGING_DIRNAME, parse_file_name
 from exchange.reader import Opener, RejectedFile, RejectReason, read_export
 from exchange.signing import Keyring, Signer
@@ -155,6 +156,62 @@ def test_a_failed_write_publishes_nothing(tmp_path: Path, signer: Signer) -> Non
     writer.write_record(record())
     with pytest.raises(ValueError, match="announced 2 records"):
         writer.publish()  # one record short
+    assert sorted(os.listdir(tmp_path)) == [STAGING_DIRNAME]
+    assert os.listdir(tmp_path / STAGING_DIRNAME) == []
+
+
+def _streaming_writer(directory: Path, signer: Signer, records: int) -> ExportFileWriter:
+    return ExportFileWriter(
+        directory,
+        signer,
+        recipients=TEST_RECIPIENTS,
+        stream="changes",
+        seq=1,
+        kind="changes",
+        file_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        records=records,
+    )
+
+
+def test_a_body_past_the_stream_threshold_is_sealed_into_the_file_by_the_child(
+    tmp_path: Path, signer: Signer, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large body's ciphertext is written into the staging file by the sealing child, which
+    reports the digest the writer signs: the file must verify and open like any other."""
+    monkeypatch.setattr(writer_module, "STREAM_ABOVE_BYTES", 64 << 10)
+    writer = _streaming_writer(tmp_path, signer, records=3000)  # ~1 MB: streamed, many chunks
+    for _ in range(3000):
+        writer.write_record(record())
+    assert writer._stream is not None  # the child is sealing this one
+    published = writer.publish()
+    raw = published.path.read_bytes()
+    assert published.size == len(raw) > 900_000  # fifteen 64 KiB chunks and more
+    assert HASH.encode() not in raw
+    export = read(published.path, keyring, max_bytes=8 << 20)
+    assert len(export.records) == 3000
+    assert export.records[0].data.password_hash == HASH
+    assert os.listdir(tmp_path / STAGING_DIRNAME) == []
+
+
+def test_a_sealing_child_that_dies_publishes_nothing(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "STREAM_ABOVE_BYTES", 64 << 10)
+    writer = _streaming_writer(tmp_path, signer, records=2000)
+    for _ in range(1000):
+        writer.write_record(record())
+    assert writer._stream is not None
+    writer._stream._proc.kill()  # out of memory, or an operator's kill
+
+    def the_rest() -> None:
+        for _ in range(1000):
+            writer.write_record(record())
+        writer.publish()
+
+    with pytest.raises(OSError, match="sealing process"):
+        the_rest()
+    writer.abort()
     assert sorted(os.listdir(tmp_path)) == [STAGING_DIRNAME]
     assert os.listdir(tmp_path / STAGING_DIRNAME) == []
 
