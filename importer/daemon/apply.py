@@ -27,14 +27,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import TextClause, bindparam, text, update
+from sqlalchemy import TextClause, text
 
 from exchange.entities import ENTITIES, Entity
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
 from importer.daemon import gaps
 from importer.daemon.entities import BOOKKEEPING
-from importer.daemon.ledger import claim
+from importer.daemon.ledger import claim, standing
 from importer.db import RequestSession
 from importer.models import ImportLedger
 
@@ -133,8 +133,27 @@ async def _upsert(session: RequestSession, items: Sequence[_Item]) -> dict[int |
     return written
 
 
-async def _notify(
-    session: RequestSession, exports: Sequence[ExportFile], counts: dict[int, int]
+#: The applying transaction's last statement: the ledger's change counts, the stream's
+#: high-water mark and a ``NOTIFY`` per file, in one round trip.
+_FINISH = text(
+    f"""
+    WITH counted AS (
+        UPDATE {ImportLedger.__tablename__} AS l SET applied_changes = c.n
+        FROM unnest(CAST(:count_seqs AS bigint[]), CAST(:counts AS integer[])) AS c(seq, n)
+        WHERE l.stream = :stream AND l.generation = :generation AND l.seq = c.seq
+    ), raised AS ({gaps.raise_high_sql()})
+    SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p
+    """  # noqa: S608 - table names from the models, values are parameters
+)
+
+
+async def _finish(
+    session: RequestSession,
+    stream: str,
+    generation: int,
+    high: int,
+    exports: Sequence[ExportFile],
+    counts: dict[int, int],
 ) -> None:
     payloads = [
         orjson.dumps(
@@ -147,10 +166,16 @@ async def _notify(
         ).decode()
         for e in exports
     ]
-    await session.execute(
-        text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
-        {"channel": APPLIED_CHANNEL, "payloads": payloads},
-    )
+    params = {
+        "stream": stream,
+        "generation": generation,
+        "high": high,
+        "count_seqs": list(counts),
+        "counts": list(counts.values()),
+        "channel": APPLIED_CHANNEL,
+        "payloads": payloads,
+    }
+    await session.execute(_FINISH, params)
 
 
 async def apply_changes(
@@ -163,7 +188,8 @@ async def apply_changes(
     if any(e.header.kind != "changes" or e.header.stream != stream for e in exports):
         raise ValueError("apply_changes takes changes files of a single stream")
     locked = await gaps.lock_stream(session, stream)
-    found = await claim(session, exports)
+    read = await standing(session, stream)
+    found = await claim(session, exports, read)
     fresh = [e for e in exports if e.header.seq in found.claimed]
     counts: dict[int, int] = {}
     if fresh:
@@ -171,29 +197,17 @@ async def apply_changes(
         if generation > locked.generation:
             since = min(e.header.since_seq for e in fresh)
             locked = await gaps.enter_generation(session, stream, generation, since)
-        marks = await gaps.snapshot_marks(session)
         items = [
             (r, e.header.seq, generation)
             for e in fresh
             for r in e.records
-            if e.header.place > marks.get(r.entity, (0, 0))  # else a snapshot already covers it
+            # else a snapshot already covers it
+            if e.header.place > read.marks.get(r.entity, (0, 0))
         ]
         written = await _upsert(session, items)
         counts = {seq: n for seq, n in written.items() if seq is not None}
-        if counts:
-            conn = await session.connection()
-            await conn.execute(
-                update(ImportLedger)
-                .where(
-                    ImportLedger.stream == stream,
-                    ImportLedger.generation == generation,
-                    ImportLedger.seq == bindparam("b_seq"),
-                )
-                .values(applied_changes=bindparam("b_changes")),
-                [{"b_seq": seq, "b_changes": n} for seq, n in counts.items()],
-            )
-        await gaps.record_applied(session, stream, locked, found.claimed)
-        await _notify(session, fresh, counts)
+        high = await gaps.record_applied(session, stream, locked, found.claimed)
+        await _finish(session, stream, generation, high, fresh, counts)
     return {
         e.header.seq: ApplyResult(
             duplicate=e.header.seq not in found.claimed,

@@ -95,9 +95,11 @@ def _split(first: int, last: int, filled: Iterable[int]) -> list[tuple[int, int]
 
 async def record_applied(
     session: RequestSession, stream: str, locked: Locked, seqs: Iterable[int]
-) -> None:
+) -> int:
     """Account for newly applied files of ``stream`` in its generation (``locked``, as returned
-    by ``lock_stream`` or ``enter_generation``)."""
+    by ``lock_stream`` or ``enter_generation``): open the gaps they leave, fill the gaps they
+    arrived in. Returns the stream's new high-water sequence number, which the caller records
+    (``raise_high_sql``) in the statement that ends its transaction's work."""
     now, high, generation = datetime.now(UTC), locked.high, locked.generation
     opened: list[tuple[int, int]] = []
     filled: set[int] = set()
@@ -116,12 +118,18 @@ async def record_applied(
             "sync gap: files missing",
             extra={"stream": stream, "first_seq": first, "last_seq": last},
         )
-    await session.execute(
-        update(SyncStream)
-        .where(SyncStream.stream == stream, SyncStream.high_seq < high)
-        .values(high_seq=high)
+    if opened or filled:
+        await session.flush()
+    return high
+
+
+def raise_high_sql() -> str:
+    """A statement (for a data-modifying ``WITH``) that records ``:high`` as the high-water
+    sequence number of ``:stream`` if it is higher."""
+    return (
+        f"UPDATE {SyncStream.__tablename__} SET high_seq = :high"  # noqa: S608 - the model's name
+        " WHERE stream = :stream AND high_seq < :high"
     )
-    await session.flush()
 
 
 def _open(

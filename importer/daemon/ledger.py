@@ -40,12 +40,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import case, delete, func, or_, select, tuple_, update
+import orjson
+from sqlalchemy import case, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import CHANGES_STREAM, ExportHeader, FileName
+from importer.daemon.gaps import Place
 from importer.db import RequestSession, RequestSessionMaker
-from importer.models import ImportLedger, SyncGap, SyncGeneration, SyncStream, SyncStreamStats
+from importer.models import (
+    ImportLedger,
+    SnapshotMark,
+    SyncGap,
+    SyncGeneration,
+    SyncStream,
+    SyncStreamStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +70,6 @@ class Claimable(Protocol):
     def sha256(self) -> str: ...
     @property
     def key_id(self) -> str: ...
-
-
-def _row(file: Claimable, now: datetime) -> dict[str, Any]:
-    header = file.header
-    return {
-        "stream": header.stream,
-        "generation": header.generation,
-        "seq": header.seq,
-        "file_id": header.file_id,
-        "file_name": file.name.name,
-        "sha256": file.sha256,
-        "key_id": file.key_id,
-        "records": header.records,
-        "applied_changes": 0,
-        "exported_at": header.created_at,
-        "applied_at": now,
-    }
 
 
 @dataclass
@@ -128,18 +120,41 @@ class _Pruned:
     exported_at: datetime | None = None
 
 
-async def _pruned(session: RequestSession, stream: str) -> _Pruned:
-    stats = SyncStreamStats
-    row = (
-        await session.execute(
-            select(stats.pruned_generation, stats.pruned_seq, stats.pruned_exported_at).where(
-                stats.stream == stream
-            )
-        )
-    ).first()
-    if row is None:
-        return _Pruned()
-    return _Pruned((int(row.pruned_generation), int(row.pruned_seq)), row.pruned_exported_at)
+@dataclass(frozen=True)
+class Standing:
+    """What claiming and applying a stream's files depend on besides the ledger, read in one
+    statement once the stream is locked (``gaps.lock_stream``): the newest generation seen,
+    how far the stream's ledger was pruned, and the snapshot marks per entity type. Pruning
+    and snapshot marks change only under the same lock, so reading them after it is what
+    reading them one statement at a time was, in a fifth of the round trips."""
+
+    generation: int
+    pruned: _Pruned
+    marks: dict[str, Place]
+
+
+_STANDING = text(
+    f"""
+    SELECT (SELECT max(generation) FROM {SyncGeneration.__tablename__}) AS generation,
+           p.pruned_generation, p.pruned_seq, p.pruned_exported_at,
+           (SELECT json_agg(json_build_array(entity, generation, changes_seq))::text
+              FROM {SnapshotMark.__tablename__}) AS marks
+    FROM (SELECT 1) AS one
+    LEFT JOIN {SyncStreamStats.__tablename__} AS p ON p.stream = :stream
+    """  # noqa: S608 - table names from the models, the stream a parameter
+)
+
+
+async def standing(session: RequestSession, stream: str) -> Standing:
+    """Read the ``Standing`` of ``stream`` (in the caller's transaction, after its lock)."""
+    row = (await session.execute(_STANDING, {"stream": stream})).one()
+    pruned = (
+        _Pruned((int(row.pruned_generation), int(row.pruned_seq)), row.pruned_exported_at)
+        if row.pruned_seq is not None
+        else _Pruned()
+    )
+    marks = {e: (int(g), int(q)) for e, g, q in orjson.loads(row.marks or "[]")}
+    return Standing(int(row.generation or 0), pruned, marks)
 
 
 def _below_pruned(file: Claimable, pruned: _Pruned) -> str | None:
@@ -158,67 +173,95 @@ def _below_pruned(file: Claimable, pruned: _Pruned) -> str | None:
     )
 
 
-async def claim(session: RequestSession, files: Sequence[Claimable]) -> Claim:
-    """Insert the files' ledger rows; the files are of one stream."""
+async def claim(
+    session: RequestSession, files: Sequence[Claimable], read: Standing | None = None
+) -> Claim:
+    """Insert the files' ledger rows; the files are of one stream (locked by the caller, whose
+    ``Standing`` read after the lock is ``read``, or read here)."""
     result = Claim()
     if not files:
         return result
-    result.generation = await current_generation(session)
+    stream = files[0].header.stream
+    if read is None:
+        read = await standing(session, stream)
+    result.generation = read.generation
     await _enter(session, files, result)
     candidates = list(files)
     if files[0].header.kind != "results":
         result.superseded = {f.header.seq for f in files if f.header.generation < result.generation}
-        pruned = await _pruned(session, files[0].header.stream)
         candidates = []
         for f in files:
             if f.header.seq in result.superseded:
                 continue
-            verdict = _below_pruned(f, pruned)
+            verdict = _below_pruned(f, read.pruned)
             if verdict is None:
                 candidates.append(f)
             elif verdict:
                 result.conflicts[f.header.seq] = verdict
     if not candidates:
         return result
-    now = datetime.now(UTC)
-    stmt = insert(ImportLedger).on_conflict_do_nothing().returning(ImportLedger.seq)
-    conn = await session.connection()
-    rows = [_row(f, now) for f in candidates]
-    result.claimed = set((await conn.execute(stmt, rows)).scalars().all())
-    if result.claimed:
-        await _count(session, [f for f in candidates if f.header.seq in result.claimed], now)
+    rows = await session.execute(_CLAIM, _claim_params(stream, candidates))
+    result.claimed = set(rows.scalars().all())
     others = [f for f in candidates if f.header.seq not in result.claimed]
     result.conflicts.update(await _conflicts(session, others))
     return result
 
 
-async def _count(session: RequestSession, files: Sequence[Claimable], now: datetime) -> None:
-    """Keep the stream's counters in the claiming transaction: the sync status reads them, never
-    the ledger (constant time however long the ledger grows)."""
-    last = max(files, key=lambda f: f.header.place).header
-    stmt = insert(SyncStreamStats).values(
-        stream=last.stream,
-        files_applied=len(files),
-        generation=last.generation,
-        last_seq=last.seq,
-        last_exported_at=last.created_at,
-        last_applied_at=now,
+#: The claim in one statement: the ledger rows inserted (a place or a file id already held
+#: inserts nothing), and the stream's counters kept in the same statement, from what was
+#: inserted (the sync status reads them, never the ledger: constant time however long it grows).
+_CLAIM = text(
+    f"""
+    WITH claimed AS (
+        INSERT INTO {ImportLedger.__tablename__} AS l (stream, generation, seq, file_id,
+            file_name, sha256, key_id, records, applied_changes, exported_at, applied_at)
+        SELECT :stream, f.generation, f.seq, f.file_id, f.file_name, f.sha256, f.key_id,
+               f.records, 0, f.exported_at, :now
+        FROM unnest(CAST(:generations AS bigint[]), CAST(:seqs AS bigint[]),
+                    CAST(:file_ids AS uuid[]), CAST(:file_names AS text[]),
+                    CAST(:sha256s AS text[]), CAST(:key_ids AS text[]),
+                    CAST(:records AS integer[]), CAST(:exported AS timestamptz[]))
+             AS f(generation, seq, file_id, file_name, sha256, key_id, records, exported_at)
+        ON CONFLICT DO NOTHING
+        RETURNING l.generation, l.seq, l.exported_at
+    ), newest AS (
+        SELECT generation, seq, exported_at FROM claimed
+        ORDER BY generation DESC, seq DESC LIMIT 1
+    ), counted AS (
+        INSERT INTO {SyncStreamStats.__tablename__} AS s (stream, files_applied, generation,
+            last_seq, last_exported_at, last_applied_at)
+        SELECT :stream, (SELECT count(*) FROM claimed), generation, seq, exported_at, :now
+        FROM newest
+        ON CONFLICT (stream) DO UPDATE SET
+            files_applied = s.files_applied + excluded.files_applied,
+            last_applied_at = excluded.last_applied_at,
+            last_exported_at = CASE WHEN (excluded.generation, excluded.last_seq)
+                > (s.generation, s.last_seq) THEN excluded.last_exported_at
+                ELSE s.last_exported_at END,
+            generation = CASE WHEN (excluded.generation, excluded.last_seq)
+                > (s.generation, s.last_seq) THEN excluded.generation ELSE s.generation END,
+            last_seq = CASE WHEN (excluded.generation, excluded.last_seq)
+                > (s.generation, s.last_seq) THEN excluded.last_seq ELSE s.last_seq END
     )
-    old = SyncStreamStats.__table__.c
-    new = stmt.excluded
-    newer = tuple_(new.generation, new.last_seq) > tuple_(old.generation, old.last_seq)
-    await session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[old.stream],
-            set_={
-                "files_applied": old.files_applied + new.files_applied,
-                "last_applied_at": new.last_applied_at,
-                "last_exported_at": case((newer, new.last_exported_at), else_=old.last_exported_at),
-                "generation": case((newer, new.generation), else_=old.generation),
-                "last_seq": case((newer, new.last_seq), else_=old.last_seq),
-            },
-        )
-    )
+    SELECT seq FROM claimed
+    """  # noqa: S608 - table names from the models, values are parameters
+)
+
+
+def _claim_params(stream: str, files: Sequence[Claimable]) -> dict[str, Any]:
+    headers = [f.header for f in files]
+    return {
+        "stream": stream,
+        "now": datetime.now(UTC),
+        "generations": [h.generation for h in headers],
+        "seqs": [h.seq for h in headers],
+        "file_ids": [h.file_id for h in headers],
+        "file_names": [f.name.name for f in files],
+        "sha256s": [f.sha256 for f in files],
+        "key_ids": [f.key_id for f in files],
+        "records": [h.records for h in headers],
+        "exported": [h.created_at for h in headers],
+    }
 
 
 async def _conflicts(session: RequestSession, files: Sequence[Claimable]) -> dict[int, str]:
