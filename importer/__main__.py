@@ -44,7 +44,9 @@ async def main(once: bool = False) -> int:
     except (KeyFileError, ConfigurationError) as exc:
         log.error("refusing to start: %s", exc)
         return 2
-    engine = make_engine(settings.database_url, pool_size=2, application_name="netsync-importer")
+    engine = make_engine(
+        settings.database_url, pool_size=2, application_name="netsync-importer", pre_ping=False
+    )
     importer = Importer(settings, make_sessionmaker(engine), keyring, identities)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
