@@ -170,7 +170,7 @@ async def main(log_level: str, plaintext: bool, rounds: int = 0) -> None:
             log_level=log_level,
         )
         configure_logging("bench", level=log_level, fmt="json")
-        engine = make_engine(url, pool_size=2)
+        engine = make_engine(url, pool_size=2, pre_ping=False)  # as the daemon's
         keyring = Keyring.from_sources(settings.trusted_keys_path)
         importer = Importer(settings, make_sessionmaker(engine), keyring)
         importer.prepare()

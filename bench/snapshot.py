@@ -82,7 +82,7 @@ async def _import(
         decryption_keys_dir=keys / "decryption",
         accept_plaintext=plaintext,
     )
-    engine = make_engine(url, pool_size=2)
+    engine = make_engine(url, pool_size=2, pre_ping=False)  # as the daemon's
     keyring = Keyring.from_sources(keys / "trusted")
     importer = Importer(settings, make_sessionmaker(engine), keyring)
     importer.prepare()
