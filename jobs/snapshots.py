@@ -150,7 +150,10 @@ async def export_snapshot(
                 except Exception as exc:  # e.g. OSError(ENOSPC): the exports disk is full
                     failed.append(exc)
                     return
-                await _gather(chunk)
+                try:
+                    await _gather(chunk)
+                except asyncio.CancelledError as exc:  # a job timeout, a shutdown: raised
+                    failed.append(exc)  # once the COPY has ended, never into it
 
             try:
                 driver = (await snapshot.get_raw_connection()).driver_connection

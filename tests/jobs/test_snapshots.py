@@ -347,3 +347,48 @@ async def test_a_genuine_snapshot_with_a_record_outside_the_contract_is_refused_
     reason = orjson.loads(sidecar.read_bytes())
     assert reason["reason"] == "invalid_schema"
     assert "record 18" in reason["detail"]
+
+
+async def test_a_snapshot_export_cancelled_on_its_last_piece_ends_and_publishes_nothing(
+    sandbox: Sandbox, monkeypatch: Any
+) -> None:
+    """A job timeout or a shutdown cancels the export while COPY hands over its last piece (a
+    small table is one piece): the cancellation must end the export, not leave the connection
+    waiting for a COPY that already ended."""
+    import asyncio
+
+    from jobs import snapshots
+
+    for n in range(5):
+        await _setting(sandbox, f"cancel.key_{n}", n, 1)
+    reached = asyncio.Event()
+    gather = snapshots._gather
+
+    async def slow_gather(chunk: bytes) -> None:
+        reached.set()
+        await asyncio.sleep(5)
+        await gather(chunk)
+
+    monkeypatch.setattr(snapshots, "_gather", slow_gather)
+    engine = make_engine(sandbox.services.response_url)
+    try:
+        export = asyncio.create_task(
+            export_snapshot(
+                engine,
+                make_sessionmaker(engine),
+                sandbox.exports,
+                sandbox.signer,
+                "setting",
+                recipients=sandbox.recipients,
+            )
+        )
+        await asyncio.wait_for(reached.wait(), 10)
+        export.cancel()
+        done, _ = await asyncio.wait({export}, timeout=10)
+        assert export in done, "the cancelled export hung"
+        assert export.cancelled()
+        async with engine.connect() as conn:  # the pool's connections still answer
+            assert (await conn.exec_driver_sql("SELECT 1")).scalar() == 1
+    finally:
+        await asyncio.wait_for(engine.dispose(), 10)
+    assert not [p for p in sandbox.exports.rglob("*") if p.is_file()]
