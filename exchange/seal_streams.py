@@ -13,13 +13,15 @@ lines of ``pyrage`` and nothing of netsync:
   thread needs.
 
 Nothing secret is ever in argv or the environment: the sealing child gets public keys as
-arguments; the unsealing children get the private keys on stdin. ``exchange.sealing`` decides
+arguments; the unsealing children get the private keys on stdin; each child's environment is
+``child_env()``, which holds none of this process's secrets. ``exchange.sealing`` decides
 what a failure means.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -29,6 +31,17 @@ try:
     import fcntl
 except ImportError:  # not on this platform: pipes keep their size
     fcntl = None  # type: ignore[assignment]
+
+
+#: What of this process's environment a child gets: enough for the interpreter to start and
+#: nothing else (the environment holds database URLs and tokens; ``-I`` already ignores
+#: ``PYTHON*`` variables).
+_CHILD_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "LD_LIBRARY_PATH", "TMPDIR", "SYSTEMROOT")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a sealing child: no secret of this process's in it."""
+    return {k: v for k in _CHILD_ENV_KEYS if (v := os.environ.get(k)) is not None}
 
 
 #: Pipes to and from a sealing child hold this much (Linux: ``F_SETPIPE_SZ``; 1 MiB is the
@@ -66,7 +79,6 @@ _CHILD = (
     "import hashlib, os, sys, pyrage\n"
     "from pyrage import x25519\n"
     "fd, start = int(sys.argv[1]), int(sys.argv[2])\n"
-    "keys = [x25519.Recipient.from_str(r) for r in sys.argv[3:]]\n"
     "class Sink:\n"
     "    def __init__(self):\n"
     "        self.at, self.digest = 0, hashlib.sha256()\n"
@@ -87,10 +99,11 @@ _CHILD = (
     "    def flush(self):\n"
     "        pass\n"
     "try:\n"
+    "    keys = [x25519.Recipient.from_str(r) for r in sys.argv[3:]]\n"
     "    sink = Sink()\n"
     "    pyrage.encrypt_io(sys.stdin.buffer, sink, keys)\n"
     "    sink.write(b'\\n')\n"
-    "except (pyrage.EncryptError, OSError) as exc:\n"
+    "except (pyrage.EncryptError, pyrage.RecipientError, OSError, ValueError) as exc:\n"
     "    sys.stderr.write(str(exc)[:400])\n"
     "    sys.exit(3)\n"
     "sys.stdout.write(sink.digest.hexdigest() + ' ' + str(sink.at) + '\\n')\n"
@@ -116,6 +129,7 @@ class SealingStream:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(fd,),  # -I: no cwd, no PYTHONPATH; only this descriptor is inherited
+            env=child_env(),
             start_new_session=True,  # a Ctrl-C is the worker's to handle, not the child's
         )
         _widen(self._proc.stdin)
@@ -141,10 +155,14 @@ class SealingStream:
         stdin, stdout = self._proc.stdin, self._proc.stdout
         assert stdin is not None
         assert stdout is not None
-        with contextlib.suppress(BrokenPipeError):
-            stdin.close()
-        answer = stdout.read(200)
-        code = self._proc.wait()
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                stdin.close()
+            answer = stdout.read(200)
+            code = self._proc.wait()
+        except BaseException:  # never leave a child writing into the file
+            self.abort()
+            raise
         try:
             if code != 0:
                 raise self._failed()
@@ -216,6 +234,7 @@ class UnsealingStream:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(fd,),
+            env=child_env(),
             start_new_session=True,
         )
         assert self._proc.stdin is not None

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from exchange.seal_streams import _REFUSED, ChildLost, StreamFailed, _widen
+from exchange.seal_streams import _REFUSED, ChildLost, StreamFailed, _widen, child_env
 
 __all__ = ["Batch", "UnsealingWorker"]
 
@@ -117,6 +117,7 @@ class UnsealingWorker:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             close_fds=True,
+            env=child_env(),
             start_new_session=True,  # a Ctrl-C is the importer's to handle, not the child's
         )
         _widen(proc.stdin, proc.stdout)  # a group's answers wait there until it is received

@@ -101,7 +101,7 @@ def generation_watch(
 async def startup(ctx: dict[str, Any]) -> None:
     settings: ResponseSettings = ctx["settings"]
     configure_logging("worker", level=settings.log_level, fmt=settings.log_format)
-    engine = make_engine(settings.database_url, application_name="netsync-worker", pre_ping=False)
+    engine = make_engine(settings.database_url, application_name="netsync-worker")
     ensure_dir(settings.exports_path)
     ctx["engine"] = engine
     signer, recipients = export_keys(settings)

@@ -36,12 +36,15 @@ def make_engine(
     a hash (or anything else a row holds) into a log line or an exception.
 
     ``pre_ping`` tests each connection with a round trip when it leaves the pool, so that a
-    connection the server dropped (a restart, a failover) is replaced before anyone sees an
-    error. The APIs keep it: a request should not fail for that. The sync path turns it off
-    (the relay's worker, the importer): a round trip on every checkout is a tenth of a change's
-    way, and both retry whatever the database refuses (the worker's job backs off from 50 ms,
-    the importer's scan from 0.1 s), after which the pool has replaced every connection older
-    than the failure (SQLAlchemy invalidates the whole pool on a disconnect)."""
+    connection the server dropped (a restart, a failover, an idle timeout of the server or a
+    pooler) is replaced before anyone sees an error. The APIs and the workers keep it: a
+    request should not fail for that, and a sync job whose "published" mark failed would
+    publish its file a second time. The importer turns it off: it checks a connection out for
+    every applying transaction, the ping is one round trip of about seven, and a transaction
+    that fails on a dropped connection is retried whole with the scan (after 0.1 s, with one
+    warning line, never a quarantined file: ``importer.daemon.failures``), by which time the
+    pool has replaced every connection older than the failure (SQLAlchemy invalidates the
+    whole pool on a disconnect)."""
     return create_async_engine(
         to_asyncpg_url(url),
         pool_size=pool_size,

@@ -123,10 +123,14 @@ class _Pruned:
 @dataclass(frozen=True)
 class Standing:
     """What claiming and applying a stream's files depend on besides the ledger, read in one
-    statement once the stream is locked (``gaps.lock_stream``): the newest generation seen,
-    how far the stream's ledger was pruned, and the snapshot marks per entity type. Pruning
-    and snapshot marks change only under the same lock, so reading them after it is what
-    reading them one statement at a time was, in a fifth of the round trips."""
+    statement: the newest generation seen, how far the stream's ledger was pruned, and the
+    snapshot marks per entity type. ``apply_changes`` reads it right after the ``changes``
+    stream's lock (``gaps.lock_stream``), under which that stream's pruning and every
+    snapshot mark change; a snapshot or results file's claim reads it as its first statement.
+    Either way each value is what the separate statements it replaces read (each statement
+    of a READ COMMITTED transaction sees what committed before it began), in a third of the
+    round trips. Not in the lock's own statement: one that waits for the lock keeps the
+    snapshot it began with, and would miss what the holder committed."""
 
     generation: int
     pruned: _Pruned
@@ -176,8 +180,8 @@ def _below_pruned(file: Claimable, pruned: _Pruned) -> str | None:
 async def claim(
     session: RequestSession, files: Sequence[Claimable], read: Standing | None = None
 ) -> Claim:
-    """Insert the files' ledger rows; the files are of one stream (locked by the caller, whose
-    ``Standing`` read after the lock is ``read``, or read here)."""
+    """Insert the files' ledger rows; the files are of one stream. ``read``: its ``Standing``
+    if the caller read it already (after the stream's lock), else it is read here."""
     result = Claim()
     if not files:
         return result

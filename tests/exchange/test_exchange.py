@@ -244,3 +244,22 @@ def test_a_setting_value_jsonb_or_orjson_would_not_keep_as_it_is_is_refused(valu
         ChangeRecord.model_validate_json(line)
     ok = line.replace(value, "[9223372036854775807, 1.5, true]")
     assert ChangeRecord.model_validate_json(ok).data is not None
+
+
+def test_a_sealing_child_inherits_none_of_the_workers_secrets(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever reads the child's /proc environ (the same user) finds no database URL or token."""
+    monkeypatch.setenv("NETSYNC_DATABASE_URL", "postgresql://netsync:s3cret-password@db/netsync")
+    monkeypatch.setattr(writer_module, "STREAM_ABOVE_BYTES", 64 << 10)
+    writer = _streaming_writer(tmp_path, signer, records=1000)
+    try:
+        for _ in range(1000):
+            writer.write_record(record())
+        assert writer._stream is not None
+        environ = Path(f"/proc/{writer._stream._proc.pid}/environ").read_bytes()
+        assert b"s3cret-password" not in environ
+        assert b"NETSYNC_" not in environ
+        writer.publish()
+    finally:
+        writer.abort()
