@@ -34,7 +34,8 @@ from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
 from importer.daemon import gaps
 from importer.daemon.entities import BOOKKEEPING
-from importer.daemon.ledger import claim, standing
+from importer.daemon.ledger import claim
+from importer.daemon.standing import standing
 from importer.db import RequestSession
 from importer.models import ImportLedger
 

@@ -40,21 +40,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
 from sqlalchemy import case, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from exchange.format import CHANGES_STREAM, ExportHeader, FileName
-from importer.daemon.gaps import Place
+from importer.daemon.standing import Pruned, Standing, standing
 from importer.db import RequestSession, RequestSessionMaker
-from importer.models import (
-    ImportLedger,
-    SnapshotMark,
-    SyncGap,
-    SyncGeneration,
-    SyncStream,
-    SyncStreamStats,
-)
+from importer.models import ImportLedger, SyncGap, SyncGeneration, SyncStream, SyncStreamStats
 
 log = logging.getLogger(__name__)
 
@@ -112,56 +104,7 @@ async def _enter(session: RequestSession, files: Sequence[Claimable], result: Cl
         result.began = result.generation
 
 
-@dataclass(frozen=True)
-class _Pruned:
-    """How far a stream's ledger was pruned, and the newest export time among what went."""
-
-    place: tuple[int, int] = (0, 0)
-    exported_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Standing:
-    """What claiming and applying a stream's files depend on besides the ledger, read in one
-    statement: the newest generation seen, how far the stream's ledger was pruned, and the
-    snapshot marks per entity type. ``apply_changes`` reads it right after the ``changes``
-    stream's lock (``gaps.lock_stream``), under which that stream's pruning and every
-    snapshot mark change; a snapshot or results file's claim reads it as its first statement.
-    Either way each value is what the separate statements it replaces read (each statement
-    of a READ COMMITTED transaction sees what committed before it began), in a third of the
-    round trips. Not in the lock's own statement: one that waits for the lock keeps the
-    snapshot it began with, and would miss what the holder committed."""
-
-    generation: int
-    pruned: _Pruned
-    marks: dict[str, Place]
-
-
-_STANDING = text(
-    f"""
-    SELECT (SELECT max(generation) FROM {SyncGeneration.__tablename__}) AS generation,
-           p.pruned_generation, p.pruned_seq, p.pruned_exported_at,
-           (SELECT json_agg(json_build_array(entity, generation, changes_seq))::text
-              FROM {SnapshotMark.__tablename__}) AS marks
-    FROM (SELECT 1) AS one
-    LEFT JOIN {SyncStreamStats.__tablename__} AS p ON p.stream = :stream
-    """  # noqa: S608 - table names from the models, the stream a parameter
-)
-
-
-async def standing(session: RequestSession, stream: str) -> Standing:
-    """Read the ``Standing`` of ``stream`` (in the caller's transaction, after its lock)."""
-    row = (await session.execute(_STANDING, {"stream": stream})).one()
-    pruned = (
-        _Pruned((int(row.pruned_generation), int(row.pruned_seq)), row.pruned_exported_at)
-        if row.pruned_seq is not None
-        else _Pruned()
-    )
-    marks = {e: (int(g), int(q)) for e, g, q in orjson.loads(row.marks or "[]")}
-    return Standing(int(row.generation or 0), pruned, marks)
-
-
-def _below_pruned(file: Claimable, pruned: _Pruned) -> str | None:
+def _below_pruned(file: Claimable, pruned: Pruned) -> str | None:
     """``None`` for a file above the pruned place. At or below it, a file exported no later than
     the newest pruned one is a duplicate (a resend keeps its export time): ``""``; a newer one
     was numbered again, by a restored Response database that did not notice: a conflict."""

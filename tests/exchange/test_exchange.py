@@ -141,26 +141,7 @@ def test_symlinks_are_never_followed(tmp_path: Path, signer: Signer, keyring: Ke
     assert err.value.reason is RejectReason.SYMLINK
 
 
-def test_a_failed_write_publishes_nothing(tmp_path: Path, signer: Signer) -> None:
-    writer = ExportFileWriter(
-        tmp_path,
-        signer,
-        recipients=TEST_RECIPIENTS,
-        stream="changes",
-        seq=1,
-        kind="changes",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=2,
-    )
-    writer.write_record(record())
-    with pytest.raises(ValueError, match="announced 2 records"):
-        writer.publish()  # one record short
-    assert sorted(os.listdir(tmp_path)) == [STAGING_DIRNAME]
-    assert os.listdir(tmp_path / STAGING_DIRNAME) == []
-
-
-def _streaming_writer(directory: Path, signer: Signer, records: int) -> ExportFileWriter:
+def _writer(directory: Path, signer: Signer, records: int) -> ExportFileWriter:
     return ExportFileWriter(
         directory,
         signer,
@@ -174,13 +155,22 @@ def _streaming_writer(directory: Path, signer: Signer, records: int) -> ExportFi
     )
 
 
+def test_a_failed_write_publishes_nothing(tmp_path: Path, signer: Signer) -> None:
+    writer = _writer(tmp_path, signer, records=2)
+    writer.write_record(record())
+    with pytest.raises(ValueError, match="announced 2 records"):
+        writer.publish()  # one record short
+    assert sorted(os.listdir(tmp_path)) == [STAGING_DIRNAME]
+    assert os.listdir(tmp_path / STAGING_DIRNAME) == []
+
+
 def test_a_body_past_the_stream_threshold_is_sealed_into_the_file_by_the_child(
     tmp_path: Path, signer: Signer, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A large body's ciphertext is written into the staging file by the sealing child, which
     reports the digest the writer signs: the file must verify and open like any other."""
     monkeypatch.setattr(writer_module, "STREAM_ABOVE_BYTES", 64 << 10)
-    writer = _streaming_writer(tmp_path, signer, records=3000)  # ~1 MB: streamed, many chunks
+    writer = _writer(tmp_path, signer, records=3000)  # ~1 MB: streamed, many chunks
     for _ in range(3000):
         writer.write_record(record())
     assert writer._stream is not None  # the child is sealing this one
@@ -198,7 +188,7 @@ def test_a_sealing_child_that_dies_publishes_nothing(
     tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(writer_module, "STREAM_ABOVE_BYTES", 64 << 10)
-    writer = _streaming_writer(tmp_path, signer, records=2000)
+    writer = _writer(tmp_path, signer, records=2000)
     for _ in range(1000):
         writer.write_record(record())
     assert writer._stream is not None
@@ -252,7 +242,7 @@ def test_a_sealing_child_inherits_none_of_the_workers_secrets(
     """Whoever reads the child's /proc environ (the same user) finds no database URL or token."""
     monkeypatch.setenv("NETSYNC_DATABASE_URL", "postgresql://netsync:s3cret-password@db/netsync")
     monkeypatch.setattr(writer_module, "STREAM_ABOVE_BYTES", 64 << 10)
-    writer = _streaming_writer(tmp_path, signer, records=1000)
+    writer = _writer(tmp_path, signer, records=1000)
     try:
         for _ in range(1000):
             writer.write_record(record())
