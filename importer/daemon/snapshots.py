@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import CursorResult, func, select, text, tuple_, update
-from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
 from exchange.entities import ENTITIES, Entity, Invalid
 from exchange.format import ExportHeader
@@ -49,6 +49,7 @@ from importer.models import ImportLedger
 BATCH_LINES = 20_000
 
 _ROWS = "snapshot_rows"
+_CARDINALITY_VIOLATION = "21000"
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,14 @@ async def _merge(session: RequestSession, header: ExportHeader) -> tuple[int, in
                 {"changes_seq": changes_seq, "generation": generation},
             ),
         )
-    except (DataError, IntegrityError, ProgrammingError) as exc:
-        # an entity listed twice (ON CONFLICT cannot touch a row twice)
+    except DBAPIError as exc:
+        # an entity listed twice: ON CONFLICT cannot touch a row twice (SQLSTATE 21000, which
+        # SQLAlchemy raises as the bare DBAPIError); a value the replica refuses
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate == _CARDINALITY_VIOLATION:
+            raise RejectedFile(RejectReason.INVALID_SCHEMA, "an entity is listed twice") from exc
+        if not isinstance(exc, DataError | IntegrityError | ProgrammingError):
+            raise
         detail = str(exc.orig)[:200] if exc.orig else "invalid record"
         raise RejectedFile(RejectReason.INVALID_SCHEMA, detail) from exc
     return int(merged.rowcount), int(tombstoned.rowcount)
