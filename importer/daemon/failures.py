@@ -33,8 +33,10 @@ def blames_the_file(exc: Exception) -> bool:
         if exc.connection_invalidated:
             return False
         state = getattr(exc.orig, "sqlstate", None)
-        if state:  # 22: data exception (too long, out of range), 23: integrity violation
-            return str(state).startswith(("22", "23"))
+        # 21: cardinality violation (a statement given one row twice, an entity listed twice
+        # in a snapshot), 22: data exception (too long, out of range), 23: integrity violation
+        if state:
+            return str(state).startswith(("21", "22", "23"))
         cause = exc.orig.__cause__ if exc.orig is not None else None
         # the driver refused to encode a value (e.g. out of the column's range) before sending
         return isinstance(cause, ValueError) and not isinstance(exc, InterfaceError | OSError)

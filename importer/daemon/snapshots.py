@@ -32,13 +32,13 @@ from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import CursorResult, func, select, text, tuple_, update
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 
 from exchange.entities import ENTITIES, Entity, Invalid
 from exchange.format import ExportHeader
 from exchange.reader import RejectedFile, RejectReason, VerifiedStream
 from importer.daemon import gaps
-from importer.daemon.failures import DatabaseUnavailable
+from importer.daemon.failures import DatabaseUnavailable, blames_the_file
 from importer.daemon.ledger import claim
 from importer.daemon.results import apply_results
 from importer.daemon.snapshot_rows import rows
@@ -49,7 +49,6 @@ from importer.models import ImportLedger
 BATCH_LINES = 20_000
 
 _ROWS = "snapshot_rows"
-_CARDINALITY_VIOLATION = "21000"
 
 
 @dataclass(frozen=True)
@@ -204,12 +203,9 @@ async def _merge(session: RequestSession, header: ExportHeader) -> tuple[int, in
             ),
         )
     except DBAPIError as exc:
-        # an entity listed twice: ON CONFLICT cannot touch a row twice (SQLSTATE 21000, which
-        # SQLAlchemy raises as the bare DBAPIError); a value the replica refuses
-        sqlstate = getattr(exc.orig, "sqlstate", None)
-        if sqlstate == _CARDINALITY_VIOLATION:
-            raise RejectedFile(RejectReason.INVALID_SCHEMA, "an entity is listed twice") from exc
-        if not isinstance(exc, DataError | IntegrityError | ProgrammingError):
+        # an entity listed twice (ON CONFLICT cannot touch a row twice), a value the replica
+        # refuses: the file's content; anything else is the database's, and retried
+        if not blames_the_file(exc):
             raise
         detail = str(exc.orig)[:200] if exc.orig else "invalid record"
         raise RejectedFile(RejectReason.INVALID_SCHEMA, detail) from exc
