@@ -27,6 +27,7 @@ from app.users.endpoints import router as users_router
 from netsync.asgi import instrument
 from netsync.db import make_engine
 from netsync.errors import install_error_handlers
+from netsync.heap import freeze
 from netsync.logging import configure_logging
 from netsync.passwords import warm_up
 from netsync.throttle import SignInGuard, redis_storage
@@ -58,6 +59,7 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         )
         await warm_up()  # the dummy hash for unknown users, off the event loop
         sampling = trends.start(app)
+        freeze()  # built what it keeps: the collector's full passes skip it from now on
         try:
             yield
         finally:

@@ -35,6 +35,7 @@ from importer.daemon.loop import Importer
 from importer.db import make_sessionmaker
 from netsync.config import with_database
 from netsync.db import make_engine
+from netsync.heap import counting_pauses, freeze
 from netsync.logging import configure_logging
 from ops.migrate import upgrade
 
@@ -103,17 +104,19 @@ async def scenario(
     changes = write_files(exports, signer, recipients, files, per, seq)
     started = time.perf_counter()
     applied = 0
-    while applied < files:
-        result = await importer.scan_once()
-        applied += result.applied
-        if result.applied == 0 and result.quarantined:
-            raise SystemExit("files were quarantined: the benchmark is broken")
+    with counting_pauses() as pauses:
+        while applied < files:
+            result = await importer.scan_once()
+            applied += result.applied
+            if result.applied == 0 and result.quarantined:
+                raise SystemExit("files were quarantined: the benchmark is broken")
     elapsed = time.perf_counter() - started
     print(
         f"{files:>6} files x {per:>5} records: {elapsed:6.2f} s  "
         f"{files / elapsed:9,.0f} files/s  {changes / elapsed:9,.0f} changes/s"
         f"{'  (plaintext)' if recipients is None else ''}"
     )
+    print(f"{'':>8}{pauses}")
     return elapsed
 
 
@@ -174,6 +177,7 @@ async def main(log_level: str, plaintext: bool, rounds: int = 0) -> None:
         keyring = Keyring.from_sources(settings.trusted_keys_path)
         importer = Importer(settings, make_sessionmaker(engine), keyring)
         importer.prepare()
+        freeze()  # as the daemon does once it has started
         print(
             f"batches of up to {settings.batch_max_files} files / "
             f"{settings.batch_max_records} records, log level {log_level},"

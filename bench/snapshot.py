@@ -31,6 +31,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from netsync.heap import counting_pauses, freeze  # noqa: E402 - after the path
+
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -51,16 +53,24 @@ async def _export(
     recipients = None if plaintext else Recipients.from_sources(keys / "recipients")
     each: dict[str, float] = {}
     records = size = 0
-    for entity in entities:
-        started = time.perf_counter()
-        done = await export_snapshot(
-            engine, make_sessionmaker(engine), exports, signer, entity, recipients=recipients
-        )
-        each[entity] = time.perf_counter() - started
-        records += done.records
-        size += done.bytes
+    freeze()  # as the worker does once it has started
+    with counting_pauses() as pauses:
+        for entity in entities:
+            started = time.perf_counter()
+            done = await export_snapshot(
+                engine, make_sessionmaker(engine), exports, signer, entity, recipients=recipients
+            )
+            each[entity] = time.perf_counter() - started
+            records += done.records
+            size += done.bytes
     await engine.dispose()
-    return {"seconds": sum(each.values()), "each": each, "records": records, "bytes": size}
+    return {
+        "seconds": sum(each.values()),
+        "each": each,
+        "records": records,
+        "bytes": size,
+        "pauses": str(pauses),
+    }
 
 
 async def _import(
@@ -86,11 +96,18 @@ async def _import(
     keyring = Keyring.from_sources(keys / "trusted")
     importer = Importer(settings, make_sessionmaker(engine), keyring)
     importer.prepare()
+    freeze()  # as the daemon does once it has started
     started = time.perf_counter()
-    result = await importer.scan_once()
+    with counting_pauses() as pauses:
+        result = await importer.scan_once()
     seconds = time.perf_counter() - started
     await engine.dispose()
-    return {"seconds": seconds, "applied": result.applied, "changes": result.changes}
+    return {
+        "seconds": seconds,
+        "applied": result.applied,
+        "changes": result.changes,
+        "pauses": str(pauses),
+    }
 
 
 def _side(argv: list[str]) -> dict[str, Any]:
@@ -212,14 +229,15 @@ def main() -> None:
                 f" peak RSS {out['peak_mb']:.0f} MB"
                 f" (sealing child {out['child_peak_mb']:.0f} MB),"
                 f" CPU {out['cpu_s']:.2f} s (sealing child {out['child_cpu_s']:.2f} s),"
-                f" {out['records']:,} records, {out['bytes'] / 1e6:.0f} MB of files"
+                f" {out['records']:,} records, {out['bytes'] / 1e6:.0f} MB of files;"
+                f" {out['pauses']}"
             )
             if args.export_only:
                 return
             out = _side(["--side", "import", req, *sides])
             print(
                 f"import: {out['seconds']:.2f} s, peak RSS {out['peak_mb']:.0f} MB,"
-                f" {out['changes']:,} rows written"
+                f" {out['changes']:,} rows written; {out['pauses']}"
             )
             if args.verify:
                 seconds, drift = asyncio.run(_verify(resp, req))

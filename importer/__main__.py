@@ -22,6 +22,7 @@ from importer.daemon.probes import importer_probes
 from importer.db import make_sessionmaker
 from netsync.config import ConfigurationError
 from netsync.db import make_engine
+from netsync.heap import freeze
 from netsync.logging import configure_logging
 from netsync.probes import start_probes
 
@@ -53,6 +54,7 @@ async def main(once: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, importer.request_key_reload)
+    freeze()  # built what it keeps: the collector's full passes skip it from now on
     try:
         if once:
             importer.prepare()

@@ -37,6 +37,7 @@ from jobs.observe import observed
 from jobs.relay import OutboxRelay
 from jobs.shutdown import OutageRetry
 from netsync.db import make_engine
+from netsync.heap import freeze
 from netsync.keys import load_export_keys
 from netsync.logging import configure_logging
 from netsync.redis_conn import connection_pool
@@ -117,6 +118,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     wakeup.install()
     ctx["wake_task"] = asyncio.create_task(wakeup.listen(ctx["redis"], settings.sync_queue))
+    freeze()  # built what it keeps: the collector's full passes skip it from now on
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

@@ -31,8 +31,15 @@ import orjson
 
 from app.imports.rows import Record, RowError
 
-#: Rows fetched per round trip of the cursor.
-PREFETCH = 2000
+#: Rows fetched per round trip of the cursor: with ``MAX_ROW_BYTES``, what one round trip may
+#: hold in memory (128 MiB at worst, a few hundred KiB for real rows).
+PREFETCH = 500
+#: The largest row read, in its text form, where it is: far above the largest row the checks
+#: accept (a setting's value may be 64 KiB of JSON, which ``jsonb`` prints up to about 1.5 times
+#: as long), so only a row that would be refused anyway is refused unread.
+MAX_ROW_BYTES = 256 * 1024
+#: The column that carries a row's size (never a field of the record).
+ROW_BYTES = "netsync_row_bytes"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -80,41 +87,49 @@ def select(kind: Kind, schema: str, found: dict[str, str]) -> str:
         missing.append("hashed_password")
     if missing:
         raise LegacySchemaError(f"{schema}.{kind.table} has no column {', '.join(missing)}")
-    fields = [f"t.{quoted(c)}" for c in kind.required if c != "value"]
+    fields = {c: f"t.{quoted(c)}" for c in kind.required if c != "value"}
     if kind is SETTINGS:
-        fields.append('t."value"::text AS value')
+        fields["value"] = 't."value"::text'
     optional = {
         PROFILE_TYPES: ("description", "permissions"),
         SETTINGS: ("description",),
         USERS: ("email", "is_active", "role"),
     }[kind]
-    fields += [f"t.{quoted(c)}" for c in optional if c in found and c != "permissions"]
+    fields |= {c: f"t.{quoted(c)}" for c in optional if c in found and c != "permissions"}
     if "permissions" in optional and "permissions" in found:
         cast = "" if found["permissions"].startswith("_") else "::text"
-        fields.append(f't."permissions"{cast} AS permissions')
+        fields["permissions"] = f't."permissions"{cast}'
     join = ""
     if kind is USERS:
         hash_column = "hashed_password" if "hashed_password" in found else "password_hash"
-        fields.append(f"t.{quoted(hash_column)} AS password_hash")
+        fields["password_hash"] = f"t.{quoted(hash_column)}"
         if "role" not in found and "is_superuser" in found:
-            fields.append("CASE WHEN t.is_superuser THEN 'admin' ELSE 'user' END AS role")
+            fields["role"] = "CASE WHEN t.is_superuser THEN 'admin' ELSE 'user' END"
         if "profile_type_id" in found:
-            fields.append("p.name AS profile_type")
+            fields["profile_type"] = "p.name"
             join = (
                 f" LEFT JOIN {quoted(schema)}.{quoted(PROFILE_TYPES.table)} AS p"
                 " ON p.id = t.profile_type_id"
             )
+    # A row is measured where it is (its fields' text) and only one of at most MAX_ROW_BYTES
+    # leaves the old database: a prefetch of rows holding megabytes each never reaches this
+    # process's memory.
+    inner = ", ".join(f"{expr} AS {quoted(name)}" for name, expr in fields.items())
+    capped = ", ".join(
+        f"CASE WHEN q.{ROW_BYTES} <= {MAX_ROW_BYTES} THEN q.{quoted(name)} END AS {quoted(name)}"
+        for name in fields
+    )
     # every name in it is one of ours or passed through quoted(), which allows only plain
     # identifiers: nothing of the caller's reaches the SQL unchecked
-    return (
-        f"SELECT {', '.join(fields)} FROM {quoted(schema)}.{quoted(kind.table)} AS t"  # noqa: S608
-        f"{join} ORDER BY t.{quoted(kind.order)}"
-    )
+    read = f"SELECT {inner} FROM {quoted(schema)}.{quoted(kind.table)} AS t{join}"  # noqa: S608
+    measured = f"SELECT s.*, octet_length(s::text) AS {ROW_BYTES} FROM ({read}) AS s"  # noqa: S608
+    order = quoted(kind.order)
+    return f"SELECT {capped}, q.{ROW_BYTES} FROM ({measured}) AS q ORDER BY q.{order}"  # noqa: S608
 
 
 def record(kind: Kind, row: asyncpg.Record, found: dict[str, str]) -> Record:
     """One row as an import record: NULLs are absent fields, JSON text decoded."""
-    fields: dict[str, Any] = {k: v for k, v in row.items() if v is not None}
+    fields: dict[str, Any] = {k: v for k, v in row.items() if v is not None and k != ROW_BYTES}
     if kind is SETTINGS and "value" in fields:
         text = fields["value"]
         try:
@@ -160,6 +175,9 @@ async def rows(
     number = 0
     async for row in conn.cursor(reading.query, prefetch=PREFETCH):
         number += 1
+        if row[ROW_BYTES] > MAX_ROW_BYTES:  # its fields never left the old database
+            yield number, RowError(number, f"row longer than {MAX_ROW_BYTES} bytes")
+            continue
         try:
             yield number, record(reading.kind, row, reading.found)
         except orjson.JSONDecodeError:

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from netsync.config import to_libpq_url, with_database
+from ops.legacy import MAX_ROW_BYTES
 from tests.commands import anetsync
 from tests.processes import Process, start_system
 from tests.queries import fetch
@@ -225,3 +226,29 @@ async def test_a_column_of_the_wrong_type_stops_the_migration_before_anything_is
         "SELECT (SELECT count(*) FROM profile_types) + (SELECT count(*) FROM settings) AS n",
     )
     assert written[0]["n"] == 0
+
+
+async def test_a_row_larger_than_an_import_line_is_refused_by_number_and_never_fetched(
+    sandbox: Sandbox, legacy: str
+) -> None:
+    """A setting whose value is megabytes (a cursor prefetches hundreds of rows at a time) is
+    measured in the old database and refused there, like an import file's overlong line; the
+    rows around it are imported."""
+    conn = await asyncpg.connect(legacy)
+    try:
+        await conn.execute(
+            "INSERT INTO settings (key, value) VALUES ('big.blob', to_jsonb(repeat('x', $1::int)))",
+            8 * 1024 * 1024,
+        )
+    finally:
+        await conn.close()
+    code, result, stderr = await _migrate(sandbox, legacy)
+    assert code == 1, stderr
+    settings = result["tables"]["settings"]
+    assert (settings["created"], settings["failed"]) == (len(SETTINGS), 1)
+    # numbered along the table's order (by key): big.blob comes after app.title
+    assert [(e["line"], e["error"]) for e in settings["errors"]] == [
+        (2, f"row longer than {MAX_ROW_BYTES} bytes")
+    ]
+    stored = await fetch(sandbox.services.response_url, "SELECT key FROM settings ORDER BY key")
+    assert [r["key"] for r in stored] == sorted(SETTINGS)
