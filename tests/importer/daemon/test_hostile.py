@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import orjson
+import pytest
 
 from exchange.format import FileName
 from exchange.reader import RejectReason
@@ -154,14 +157,22 @@ async def test_every_hostile_file_is_quarantined_with_its_reason_and_genuine_fil
     await eventually(applied)
 
 
+#: Records the contract admits and the database refuses.
+REFUSED_BY_THE_DATABASE = {
+    "a version beyond the column's range": lambda uid: user_record(uid, 2**40),
+    "a NUL character in a name": lambda uid: user_record(uid, 1, username="ali\x00ce"),
+}
+
+
+@pytest.mark.parametrize("refused", REFUSED_BY_THE_DATABASE.values(), ids=REFUSED_BY_THE_DATABASE)
 async def test_a_signed_file_the_database_refuses_is_quarantined_without_holding_back_its_batch(
-    sandbox: Sandbox, make_importer: MakeImporter
+    sandbox: Sandbox, make_importer: MakeImporter, refused: Callable[[uuid.UUID], dict[str, Any]]
 ) -> None:
     importer = make_importer()
     users = [uuid.uuid4() for _ in range(5)]
     for seq, uid in enumerate(users, start=1):
-        version = 2**40 if seq == 3 else 1  # valid in the contract, beyond the column's range
-        publish(sandbox.exports, sandbox.signer, seq, user_record(uid, version))
+        record = refused(uid) if seq == 3 else user_record(uid, 1)
+        publish(sandbox.exports, sandbox.signer, seq, record)
     result = await importer.scan_once()
     assert (result.applied, result.quarantined) == (4, 1)
     assert [await user_version(sandbox, u) for u in users] == [1, 1, None, 1, 1]
