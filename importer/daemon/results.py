@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from pydantic import ValidationError
-from sqlalchemy import func
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import text
 
 from exchange.format import JobResultRecord
 from exchange.reader import RejectedFile, RejectReason, VerifiedStream
@@ -18,6 +18,33 @@ from importer.db import RequestSession
 from importer.models import SyncedJobResult
 
 _BATCH = 1000
+_COLUMNS = {
+    "job_id": "text",
+    "function": "text",
+    "queue": "text",
+    "status": "text",
+    "tries": "integer",
+    "enqueued_at": "timestamptz",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "summary": "jsonb",
+}
+#: A batch as one JSON text (as ``importer.daemon.apply`` sends changes): building a multi-row
+#: ``VALUES`` through SQLAlchemy cost 0.4 s of the daemon's loop for a file of 600 results.
+_INSERT = text(
+    f"""
+    WITH written AS (
+        INSERT INTO {SyncedJobResult.__tablename__} ({", ".join(_COLUMNS)}, export_seq, applied_at)
+        SELECT {", ".join(c if c != "summary" else "coalesce(summary, 'null')" for c in _COLUMNS)},
+            :seq, clock_timestamp()
+        FROM json_to_recordset(CAST(:rows AS json))
+            AS r({", ".join(f"{c} {kind}" for c, kind in _COLUMNS.items())})
+        ON CONFLICT (job_id) DO NOTHING
+        RETURNING job_id
+    )
+    SELECT count(*) FROM written
+    """  # noqa: S608 - identifiers are this module's, values are parameters
+)
 
 
 async def apply_results(session: RequestSession, export: VerifiedStream) -> int:
@@ -26,26 +53,20 @@ async def apply_results(session: RequestSession, export: VerifiedStream) -> int:
     written = 0
     while lines := await asyncio.to_thread(export.record_lines, _BATCH):
         first = export.records_read - len(lines) + 1
-        rows: list[dict[str, object]] = []
+        rows: list[JobResultRecord] = []
         for number, line in enumerate(lines, start=first):
             try:
-                record = JobResultRecord.model_validate_json(line)
+                rows.append(JobResultRecord.model_validate_json(line))
             except ValidationError as exc:
                 raise RejectedFile(
                     RejectReason.INVALID_SCHEMA, f"record {number}: {exc.errors()[0]['msg']}"
                 ) from exc
-            rows.append(
-                {
-                    **record.model_dump(),
-                    "export_seq": header.seq,
-                    "applied_at": func.clock_timestamp(),
-                }
-            )
-        stmt = (
-            insert(SyncedJobResult)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=[SyncedJobResult.job_id])
-            .returning(SyncedJobResult.job_id)
-        )
-        written += len((await session.execute(stmt)).all())
+        params = {
+            # naive times read as UTC, as asyncpg reads them
+            "rows": orjson.dumps(
+                [r.model_dump() for r in rows], option=orjson.OPT_NAIVE_UTC
+            ).decode(),
+            "seq": header.seq,
+        }
+        written += int((await session.execute(_INSERT, params)).scalar_one())
     return written
