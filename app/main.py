@@ -59,7 +59,8 @@ def create_app(settings: ResponseSettings | None = None) -> FastAPI:
         )
         await warm_up()  # the dummy hash for unknown users, off the event loop
         sampling = trends.start(app)
-        freeze()  # built what it keeps: the collector's full passes skip it from now on
+        if cfg.gc_freeze:  # built what it keeps: the collector's full passes skip it now
+            freeze()
         try:
             yield
         finally:

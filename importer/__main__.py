@@ -54,7 +54,8 @@ async def main(once: bool = False) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, importer.request_key_reload)
-    freeze()  # built what it keeps: the collector's full passes skip it from now on
+    if settings.gc_freeze:  # built what it keeps: the collector's full passes skip it now
+        freeze()
     try:
         if once:
             importer.prepare()

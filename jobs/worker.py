@@ -118,7 +118,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     wakeup.install()
     ctx["wake_task"] = asyncio.create_task(wakeup.listen(ctx["redis"], settings.sync_queue))
-    freeze()  # built what it keeps: the collector's full passes skip it from now on
+    if settings.gc_freeze:  # built what it keeps: the collector's full passes skip it now
+        freeze()
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

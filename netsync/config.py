@@ -96,6 +96,10 @@ class CommonSettings(BaseSettings):
     sign_in_address_limits: str = "100/15 minutes"
     #: Keeps the counters of installations sharing one Redis database apart.
     sign_in_namespace: str = ""
+    #: Once started, move what the process built out of the collector's full passes
+    #: (``netsync.heap``). Off where one process hosts many short-lived apps (a test run),
+    #: which would otherwise keep whatever the first one left behind.
+    gc_freeze: bool = True
 
     @model_validator(mode="after")
     def _defaults(self) -> CommonSettings:

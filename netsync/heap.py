@@ -11,7 +11,9 @@ sets off those full passes: 15 of them in a 100,000-change burst, 110 ms each he
 ``freeze`` moves what exists at start-up into the collector's permanent generation
 (``gc.freeze``), which no pass walks: a full pass then costs what the process is working on. The
 price is that a reference cycle among those start-up objects, should one become garbage later,
-is never freed; they are the process's own modules and settings, which it keeps anyway.
+is never freed (the first pool connections replaced after an outage, a keyring replaced on a
+reload): a leak bounded by the start-up heap, once. Settings turn it off (``gc_freeze``) where
+one process hosts many short-lived apps, a test run.
 """
 
 from __future__ import annotations

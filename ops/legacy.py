@@ -30,14 +30,15 @@ import asyncpg
 import orjson
 
 from app.imports.rows import Record, RowError
+from app.settings.bulk import MAX_LINE as SETTING_LINE
 
 #: Rows fetched per round trip of the cursor: with ``MAX_ROW_BYTES``, what one round trip may
-#: hold in memory (128 MiB at worst, a few hundred KiB for real rows).
-PREFETCH = 500
-#: The largest row read, in its text form, where it is: far above the largest row the checks
-#: accept (a setting's value may be 64 KiB of JSON, which ``jsonb`` prints up to about 1.5 times
-#: as long), so only a row that would be refused anyway is refused unread.
-MAX_ROW_BYTES = 256 * 1024
+#: hold in memory (about 100 MiB at worst, a few hundred KiB for real rows).
+PREFETCH = 250
+#: The largest row read (its fields' text, where it is): as long as a settings import file's
+#: line may be, well above the largest row the checks accept (a setting's value may be 64 KiB
+#: of JSON, however it is indented or escaped in the old column).
+MAX_ROW_BYTES = SETTING_LINE
 #: The column that carries a row's size (never a field of the record).
 ROW_BYTES = "netsync_row_bytes"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -111,18 +112,20 @@ def select(kind: Kind, schema: str, found: dict[str, str]) -> str:
                 f" LEFT JOIN {quoted(schema)}.{quoted(PROFILE_TYPES.table)} AS p"
                 " ON p.id = t.profile_type_id"
             )
-    # A row is measured where it is (its fields' text) and only one of at most MAX_ROW_BYTES
-    # leaves the old database: a prefetch of rows holding megabytes each never reaches this
-    # process's memory.
+    # A row is measured where it is, field by field in the text it is read as, and only one of
+    # at most MAX_ROW_BYTES leaves the old database: a prefetch of rows holding megabytes each
+    # never reaches this process's memory. OFFSET 0 keeps each level from being folded into
+    # the next (the planner would otherwise compute the fields and the size once per use).
     inner = ", ".join(f"{expr} AS {quoted(name)}" for name, expr in fields.items())
+    size = " + ".join(f"coalesce(octet_length(s.{quoted(name)}::text), 0)" for name in fields)
     capped = ", ".join(
         f"CASE WHEN q.{ROW_BYTES} <= {MAX_ROW_BYTES} THEN q.{quoted(name)} END AS {quoted(name)}"
         for name in fields
     )
     # every name in it is one of ours or passed through quoted(), which allows only plain
     # identifiers: nothing of the caller's reaches the SQL unchecked
-    read = f"SELECT {inner} FROM {quoted(schema)}.{quoted(kind.table)} AS t{join}"  # noqa: S608
-    measured = f"SELECT s.*, octet_length(s::text) AS {ROW_BYTES} FROM ({read}) AS s"  # noqa: S608
+    read = f"SELECT {inner} FROM {quoted(schema)}.{quoted(kind.table)} AS t{join} OFFSET 0"  # noqa: S608
+    measured = f"SELECT s.*, {size} AS {ROW_BYTES} FROM ({read}) AS s OFFSET 0"  # noqa: S608
     order = quoted(kind.order)
     return f"SELECT {capped}, q.{ROW_BYTES} FROM ({measured}) AS q ORDER BY q.{order}"  # noqa: S608
 

@@ -166,6 +166,7 @@ class Sandbox:
             "log_format": "json",
             "worker_metrics_port": 0,
             "bulk_worker_metrics_port": 0,
+            "gc_freeze": False,  # many apps and workers in this one process
         }
         return ResponseSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 
@@ -182,6 +183,7 @@ class Sandbox:
             "sign_in_address_limits": LENIENT_SIGN_IN,
             "log_format": "json",
             "importer_metrics_port": 0,
+            "gc_freeze": False,
         }
         return RequestSettings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
 

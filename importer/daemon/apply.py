@@ -105,8 +105,9 @@ def _upsert_statement(entity: Entity) -> TextClause:
 
 
 def _rows(entity: Entity, chosen: Sequence[_Item]) -> bytes:
-    """The rows of ``chosen`` as the statement's JSON (naive times read as UTC, as asyncpg
-    reads them)."""
+    """The rows of ``chosen`` as the statement's JSON. Times are written in UTC, as asyncpg
+    encodes them (a naive one taken as local time), so that one beyond year 9999 in UTC is an
+    ``OverflowError`` here, the file's fault, not a row no driver can read back."""
     columns = list(entity.sql_columns)
     empty = {column: entity.empty(column) for column in columns}
     rows: list[dict[str, Any]] = []
@@ -116,7 +117,7 @@ def _rows(entity: Entity, chosen: Sequence[_Item]) -> bytes:
             "generation": generation,
             "version": record.version,
             "event_id": record.event_id,
-            "changed_at": record.occurred_at,
+            "changed_at": record.occurred_at.astimezone(UTC),
             "deleted": record.op == "delete",
             "last_changes_seq": seq,
         }
@@ -125,7 +126,7 @@ def _rows(entity: Entity, chosen: Sequence[_Item]) -> bytes:
         for column in columns:
             row[column] = empty[column] if data is None else getattr(data, column, empty[column])
         rows.append(row)
-    return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC)
+    return orjson.dumps(rows)
 
 
 async def _upsert(session: RequestSession, items: Sequence[_Item]) -> dict[int | None, int]:

@@ -7,6 +7,7 @@ file applied twice (or a job exported twice) changes nothing.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 
 import orjson
 from pydantic import ValidationError
@@ -47,6 +48,16 @@ _INSERT = text(
 )
 
 
+def _row(record: JobResultRecord) -> dict[str, object]:
+    """A result as the statement's JSON: times in UTC, as asyncpg encodes them (a naive one
+    taken as local time; one beyond year 9999 in UTC is an ``OverflowError``, the file's
+    fault, not a row no driver can read back)."""
+    row = record.model_dump()
+    for name in ("enqueued_at", "started_at", "finished_at"):
+        row[name] = getattr(record, name).astimezone(UTC)
+    return row
+
+
 async def apply_results(session: RequestSession, export: VerifiedStream) -> int:
     """Insert the verified file's job results a batch at a time; return how many were new."""
     header = export.header
@@ -61,12 +72,6 @@ async def apply_results(session: RequestSession, export: VerifiedStream) -> int:
                 raise RejectedFile(
                     RejectReason.INVALID_SCHEMA, f"record {number}: {exc.errors()[0]['msg']}"
                 ) from exc
-        params = {
-            # naive times read as UTC, as asyncpg reads them
-            "rows": orjson.dumps(
-                [r.model_dump() for r in rows], option=orjson.OPT_NAIVE_UTC
-            ).decode(),
-            "seq": header.seq,
-        }
+        params = {"rows": orjson.dumps([_row(r) for r in rows]).decode(), "seq": header.seq}
         written += int((await session.execute(_INSERT, params)).scalar_one())
     return written

@@ -161,6 +161,11 @@ async def test_every_hostile_file_is_quarantined_with_its_reason_and_genuine_fil
 REFUSED_BY_THE_DATABASE = {
     "a version beyond the column's range": lambda uid: user_record(uid, 2**40),
     "a NUL character in a name": lambda uid: user_record(uid, 1, username="ali\x00ce"),
+    # year 10000 in UTC: stored, it would make the row unreadable to every driver
+    "a time beyond year 9999": lambda uid: {
+        **user_record(uid, 1),
+        "occurred_at": "9999-12-31T23:59:59-01:00",
+    },
 }
 
 

@@ -1,7 +1,8 @@
 """``results`` files: the audit trail of the Response Network's jobs (``importer.daemon.results``).
 
 What an auditor reading ``synced_job_results`` checks: every job once, its times as the worker
-wrote them (a time without an offset is UTC), its summary as sent, a job exported twice kept as
+wrote them (one without an offset read as the importer's local time, as the driver reads
+it), its summary as sent, a job exported twice kept as
 it first arrived; and a genuine file the database refuses is quarantined whole.
 """
 
@@ -65,16 +66,17 @@ async def test_each_job_is_kept_once_with_its_times_and_summary_as_sent(
         sandbox,
         1,
         job("a"),
-        job("b", enqueued_at="2026-12-03T10:00:00", summary=None),  # no offset: UTC
+        job("b", enqueued_at="2026-12-03T10:00:00", summary=None),  # no offset: local time
         job("c", enqueued_at="2026-12-03T12:00:00+02:00", summary=["x", 1.5, {"k": None}]),
     )
     publish_results(sandbox, 2, job("a", function="other"), job("d"))
     result = await importer.scan_once()
     assert (result.applied, result.quarantined) == (2, 0)
     ten = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
+    local_ten = datetime(2026, 12, 3, 10, 0).astimezone(UTC)  # as asyncpg reads it
     assert await trail(sandbox) == {
         "a": ("export_settings", ten, '{"records": 3}', 1),  # as it first arrived
-        "b": ("export_settings", ten, "null", 1),
+        "b": ("export_settings", local_ten, "null", 1),
         "c": ("export_settings", ten, '["x", 1.5, {"k": null}]', 1),
         "d": ("export_settings", ten, '{"records": 3}', 2),
     }
