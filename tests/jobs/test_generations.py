@@ -57,8 +57,8 @@ class Worker:
     async def export(self) -> list[str]:
         """Number and publish what is pending, as a sync job does; the files' names."""
         names = []
-        while (allocation := await self.relay.allocate()) is not None:
-            names.append((await self.relay.publish_allocation(allocation)).name)
+        while (published := await self.relay.publish_next()) is not None:
+            names.append(published[1].name)
         return names
 
     async def close(self) -> None:

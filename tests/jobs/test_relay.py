@@ -83,9 +83,9 @@ async def test_a_file_allocated_but_never_published_is_published_by_the_sweeper(
         # The fast path (the rows handed back by the allocation) writes the very bytes the
         # recovery path (the rows read again) writes.
         await create_user(api, admin, "kim")
-        fresh = await relay.allocate()
-        assert fresh is not None
-        fast = (await relay.publish_allocation(fresh)).path.read_bytes()
+        published = await relay.publish_next()
+        assert published is not None
+        fresh, fast = published[0], published[1].path.read_bytes()
         async with sessions() as session, session.begin():
             file = await session.get(ExportFile, ("changes", fresh.seq))
             assert file is not None
