@@ -187,16 +187,14 @@ class OutboxRelay:
         return Allocation(first.seq, file_id, created_at, events, first.generation, first.since_seq)
 
     async def publish_next(self) -> tuple[Allocation, PublishedFile] | None:
-        """Allocate the next file, write it and mark it published, on one connection: the
-        mark follows the write on a connection that answered a millisecond before (one pool
-        checkout, its ping and its reset on return per file, not two)."""
-        if self.generations is not None:
-            await self.generations.ensure()  # before the checkout: it reads on its own
-        async with self._autocommit() as conn:
-            allocation = await self._allocate(conn)
-            if allocation is None:
-                return None
-            return allocation, await self._publish_allocation(conn, allocation)
+        """Allocate the next file, write it and mark it published. The mark takes a connection
+        of its own, pinged as it leaves the pool: one the server dropped during the write is
+        replaced there, where a held one would fail the mark after the rename and the job's
+        retry would publish the file a second time; and no connection waits on the disk."""
+        allocation = await self.allocate()
+        if allocation is None:
+            return None
+        return allocation, await self._publish_allocation(allocation)
 
     async def _write(
         self,
@@ -239,9 +237,7 @@ class OutboxRelay:
         )
         return published
 
-    async def _publish_allocation(
-        self, conn: AsyncConnection, allocation: Allocation
-    ) -> PublishedFile:
+    async def _publish_allocation(self, allocation: Allocation) -> PublishedFile:
         """Write a freshly allocated file and mark it published (one more round trip)."""
         published = await self._write(
             allocation.seq,
@@ -252,15 +248,14 @@ class OutboxRelay:
             since_seq=allocation.since_seq,
             mark=True,
         )
-        await conn.execute(
-            _MARK_PUBLISHED,
-            {
-                "stream": self.stream,
-                "seq": allocation.seq,
-                "at": datetime.now(UTC),
-                "sha256": published.sha256,
-            },
-        )
+        mark = {
+            "stream": self.stream,
+            "seq": allocation.seq,
+            "at": datetime.now(UTC),
+            "sha256": published.sha256,
+        }
+        async with self._autocommit() as conn:
+            await conn.execute(_MARK_PUBLISHED, mark)
         return published
 
     async def _publish(self, session: ResponseSession, file: ExportFile) -> PublishedFile:

@@ -7,15 +7,21 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 from arq.worker import Worker, create_worker
 
 from app.db import make_sessionmaker
 from app.outbox.models import ExportFile
+from exchange.writer import PublishedFile, publish_export
+from jobs import relay as relay_module
 from jobs.maintenance import prune_outbox
 from jobs.relay import OutboxRelay
 from jobs.worker import worker_settings
+from netsync.config import to_libpq_url
 from netsync.db import make_engine
 from tests.commands import netsync
 from tests.conftest import MakeImporter
@@ -86,6 +92,11 @@ async def test_a_file_allocated_but_never_published_is_published_by_the_sweeper(
         published = await relay.publish_next()
         assert published is not None
         fresh, fast = published[0], published[1].path.read_bytes()
+        async with sessions() as session:
+            marked = await session.get(ExportFile, ("changes", fresh.seq))
+            assert marked is not None
+            assert marked.published_at is not None
+            assert marked.sha256 == published[1].sha256
         async with sessions() as session, session.begin():
             file = await session.get(ExportFile, ("changes", fresh.seq))
             assert file is not None
@@ -242,5 +253,60 @@ async def test_a_file_whose_rows_are_partly_gone_is_never_resent_with_fewer(
         resent = await relay.resend(seq, seq)
         assert (resent.files, resent.incomplete) == ([], [seq])
         assert not file.path.exists()  # nothing published under its id with fewer records
+    finally:
+        await engine.dispose()
+
+
+async def test_a_connection_the_server_drops_while_a_file_is_written_costs_no_second_copy(
+    api: httpx.AsyncClient, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server drops the relay's connections (a restart, a failover) while the file is being
+    written: the published mark must still land, so that no retry publishes the file again."""
+    settings = sandbox.response_settings()
+    admin = await admin_headers(api, settings)
+    await create_user(api, admin, "lena")  # no worker runs: the change waits in the outbox
+    name = f"relay-{uuid.uuid4().hex[:8]}"
+    engine = make_engine(settings.database_url, pool_size=1, application_name=name)
+    relay = OutboxRelay(
+        make_sessionmaker(engine), sandbox.exports, sandbox.signer, recipients=sandbox.recipients
+    )
+    writes: list[tuple[str, str]] = []
+    original = publish_export
+
+    def drop_connections() -> None:
+        async def terminate() -> None:
+            conn = await asyncpg.connect(to_libpq_url(sandbox.services.response_url))
+            try:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = $1",
+                    name,
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(terminate())
+
+    def publish_and_drop(*args: Any, **kwargs: Any) -> PublishedFile:
+        published = original(*args, **kwargs)
+        writes.append((published.name, published.sha256))
+        drop_connections()
+        return published
+
+    monkeypatch.setattr(relay_module, "publish_export", publish_and_drop)
+    try:
+        rows = await fetch(
+            sandbox.services.response_url,
+            "SELECT event_id FROM outbox_events WHERE export_seq IS NULL",
+        )
+        event_id = rows[-1]["event_id"]  # the admin's and lena's changes wait: one file
+        result = await relay.export_event(event_id)
+        assert result["published_now"] is True
+        assert [name for name, _ in writes] == [result["file"]]  # written once
+        async with make_sessionmaker(engine)() as session:
+            file = await session.get(ExportFile, ("changes", result["seq"]))
+            assert file is not None
+            assert file.published_at is not None  # marked: nothing will publish it again
+            assert file.sha256 == writes[0][1]
     finally:
         await engine.dispose()
