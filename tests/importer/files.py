@@ -69,6 +69,7 @@ def publish(
     seq: int,
     *records: dict[str, Any],
     stream: str = "changes",
+    kind: str = "changes",
     recipients: Recipients | None = TEST_RECIPIENTS,
     header: dict[str, Any] | None = None,
 ) -> PublishedFile:
@@ -78,7 +79,7 @@ def publish(
         recipients=recipients,
         stream=stream,
         seq=seq,
-        kind="changes",
+        kind=kind,
         file_id=uuid.uuid4(),
         created_at=datetime.now(UTC),
         records=list(records),

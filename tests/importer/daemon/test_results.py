@@ -8,13 +8,12 @@ it first arrived; and a genuine file the database refuses is quarantined whole.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from exchange.writer import PublishedFile, publish_export
+from exchange.writer import PublishedFile
 from tests.conftest import MakeImporter
-from tests.importer.files import quarantined, query
+from tests.importer.files import publish, quarantined, query
 from tests.support import Sandbox
 
 
@@ -34,17 +33,7 @@ def job(job_id: str, *, function: str = "export_settings", **overrides: Any) -> 
 
 
 def publish_results(sandbox: Sandbox, seq: int, *records: dict[str, Any]) -> PublishedFile:
-    return publish_export(
-        sandbox.exports,
-        sandbox.signer,
-        recipients=sandbox.recipients,
-        stream="results",
-        seq=seq,
-        kind="results",
-        file_id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        records=list(records),
-    )
+    return publish(sandbox.exports, sandbox.signer, seq, *records, stream="results", kind="results")
 
 
 async def trail(sandbox: Sandbox) -> dict[str, tuple[str, datetime, str, int]]:
