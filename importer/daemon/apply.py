@@ -32,7 +32,7 @@ from sqlalchemy import TextClause, text
 from exchange.entities import ENTITIES, Entity
 from exchange.format import ChangeRecord
 from exchange.reader import ExportFile
-from importer.daemon import gaps
+from importer.daemon import gaps, json_rows
 from importer.daemon.entities import BOOKKEEPING
 from importer.daemon.ledger import claim
 from importer.daemon.standing import standing
@@ -73,24 +73,17 @@ def _latest_per_entity(items: Sequence[_Item]) -> dict[_Key, _Item]:
 
 
 def _upsert_sql(entity: Entity) -> str:
-    """One statement for a batch of an entity's rows, given as one JSON array of objects
-    (``json_to_recordset``): a single text parameter however many rows, which PostgreSQL parses
-    in C, where typed arrays cost asyncpg an encoding call and an ``isinstance`` against an ABC
-    for every value (three times the importer's CPU for a batch). The version guard decides
-    per row; what comes back is how many rows each file wrote, not every id."""
+    """One statement for a batch of an entity's rows, given as one JSON text
+    (``importer.daemon.json_rows``). The version guard decides per row; what comes back is how
+    many rows each file wrote, not every id."""
     columns = {**BOOKKEEPING, **entity.sql_columns}
     names = ", ".join(columns)
-    declared = ", ".join(f"{c} {kind}" for c, kind in columns.items())
-    # a JSON null arrives as SQL NULL; the array path stored the JSON null, and so does this
-    chosen = ", ".join(
-        f"coalesce({c}, 'null')" if kind == "jsonb" else c for c, kind in columns.items()
-    )
+    chosen, source = json_rows.columns(columns)
     updates = ", ".join(f"{c} = excluded.{c}" for c in [*columns, "applied_at"] if c != "id")
     return f"""
         WITH written AS (
             INSERT INTO {entity.replica} AS t ({names}, applied_at)
-            SELECT {chosen}, :applied_at
-            FROM json_to_recordset(CAST(:rows AS json)) AS r({declared})
+            SELECT {chosen}, :applied_at FROM {source}
             ON CONFLICT (id) DO UPDATE SET {updates}
             WHERE (t.generation, t.version) < (excluded.generation, excluded.version)
             RETURNING t.last_changes_seq
@@ -105,9 +98,7 @@ def _upsert_statement(entity: Entity) -> TextClause:
 
 
 def _rows(entity: Entity, chosen: Sequence[_Item]) -> bytes:
-    """The rows of ``chosen`` as the statement's JSON. Times are written in UTC, as asyncpg
-    encodes them (a naive one taken as local time), so that one beyond year 9999 in UTC is an
-    ``OverflowError`` here, the file's fault, not a row no driver can read back."""
+    """The rows of ``chosen`` as the statement's JSON."""
     columns = list(entity.sql_columns)
     empty = {column: entity.empty(column) for column in columns}
     rows: list[dict[str, Any]] = []
@@ -117,7 +108,7 @@ def _rows(entity: Entity, chosen: Sequence[_Item]) -> bytes:
             "generation": generation,
             "version": record.version,
             "event_id": record.event_id,
-            "changed_at": record.occurred_at.astimezone(UTC),
+            "changed_at": json_rows.utc(record.occurred_at),
             "deleted": record.op == "delete",
             "last_changes_seq": seq,
         }
