@@ -4,7 +4,8 @@ The body is read as it arrives, a line at a time, so a file of a million rows co
 one batch, never the file; the administrator is checked in a session that ends before the body
 is read, so no transaction (nor its locks) stays open while it streams in. Batches commit one by
 one (``atomic=true``: one transaction for all, nothing kept if a row is bad; the body is held
-in a temporary file first, at most 48 MiB, so that transaction opens once it is in); the
+in a temporary file first, at most 48 MiB, so that transaction opens once it is in, and read
+from it twice for users: plain passwords are hashed before the transaction opens); the
 answer is the summary, with each refused row's line number and reason. When rows were written,
 the outbox sweeper is asked to run at once: the rows leave in the relay's large files rather
 than one sync job per row.
@@ -12,6 +13,7 @@ than one sync job per row.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -20,7 +22,7 @@ from pydantic import BaseModel
 from app.db import session_scope
 from app.deps import BriefAdmin, QueueDep
 from app.imports.rows import Format
-from app.imports.run import Bulk, import_stream, spooled
+from app.imports.run import Bulk, Chunks, import_stream, spooled
 from app.profile_types.bulk import PROFILE_TYPES
 from app.queue.client import JobQueue
 from app.settings.bulk import SETTINGS
@@ -87,10 +89,15 @@ async def _import(
     if fmt is None:
         raise InvalidInput(f"unsupported Content-Type {media!r}: application/x-ndjson or text/csv")
     maker = request.app.state.sessionmaker
-    body = await spooled(request.stream()) if atomic else request.stream()
-    summary = await import_stream(
-        bulk, lambda: session_scope(maker), body, fmt, atomic=atomic, update=update
-    )
+    async with contextlib.AsyncExitStack() as held:
+        body: Chunks = (
+            await held.enter_async_context(spooled(request.stream()))
+            if atomic
+            else request.stream  # read once
+        )
+        summary = await import_stream(
+            bulk, lambda: session_scope(maker), body, fmt, atomic=atomic, update=update
+        )
     written = summary.created + summary.updated
     started = bool(written) and await queue.enqueue_sweep() is not None
     return Imported.model_validate({**summary.as_dict(), "export_started": started})

@@ -3,7 +3,12 @@
 Non-atomic imports commit every batch, so an interrupted import keeps what it did and a re-run
 finishes it; while one batch is in the database the next is parsed (at most one of each), so
 parsing here and writing in PostgreSQL use both cores. An atomic import is one transaction,
-written batch after batch, and stops at ``MAX_ATOMIC_ROWS`` lines rather than hold more.
+written batch after batch, and stops at ``MAX_ATOMIC_ROWS`` lines rather than hold more. Where
+a domain has work to do before a batch is written (hashing plain passwords, tens of
+milliseconds each), an atomic import reads its rows twice: the first reading checks every row
+and does that work with no transaction open, keeping what it found (a hash per row, at most
+``MAX_ATOMIC_ROWS`` of them); the second writes. So its transaction lasts as long as the
+writing, not the hashing, and a bad row refuses the import before anything is written.
 
 A domain (``app.users.bulk``, ``app.settings.bulk``, ``app.profile_types.bulk``) gives a
 ``Bulk``: the model of a row, an optional extra check, and how one batch is written. Writing a
@@ -45,6 +50,11 @@ SPOOL_CHUNK = 256 * 1024
 MAX_ERRORS_LISTED = 100
 
 M = TypeVar("M", bound=BaseModel)
+#: Starts a reading of an import's records with their line numbers (``app.imports.rows.records``,
+#: or a database's rows): an atomic import with work before its writing reads them twice.
+Source = Callable[[], AsyncIterator[tuple[int, Record | RowError | None]]]
+#: Starts a reading of an import's bytes (a request's body, a file, a spool of either).
+Chunks = Callable[[], AsyncIterator[bytes]]
 
 
 @dataclass
@@ -112,20 +122,24 @@ class Bulk(Generic[M]):
     #: Rows per batch: fewer where a row may be large (two batches are held at a time).
     batch: int = BATCH
     #: Work on a batch before its transaction opens (hashing plain passwords), in sessions of
-    #: its own.
+    #: its own; it leaves what it found on the rows.
     prepare: Callable[[Sessions, list[tuple[int, M]]], Awaitable[None]] | None = None
+    #: What ``prepare`` left on a row (None: nothing), and how it is put back on the same row
+    #: read again: an atomic import prepares all its rows before its transaction opens.
+    carry: Callable[[M], Any] = lambda _row: None
+    restore: Callable[[M, Any], None] = lambda _row, _found: None
 
 
 async def run_import(
     bulk: Bulk[M],
     sessions: Sessions,
-    source: AsyncIterator[tuple[int, Record | RowError | None]],
+    source: Source,
     *,
     atomic: bool = False,
     update: bool = False,
     progress: Callable[[ImportSummary], None] | None = None,
 ) -> ImportSummary:
-    """Import the records of ``source`` (``app.imports.rows.records``, or a database's rows)."""
+    """Import the records ``source`` reads (twice for an atomic import with a ``prepare``)."""
     summary = ImportSummary()
 
     def refuse(row: RowError) -> None:
@@ -152,7 +166,7 @@ async def run_import(
 
     async def batches() -> AsyncIterator[list[tuple[int, M]]]:
         batch: list[tuple[int, M]] = []
-        async for number, record in source:
+        async for number, record in source():
             summary.lines = number
             if record is None:
                 continue
@@ -175,9 +189,18 @@ async def run_import(
             yield batch
 
     if atomic:
-        async with sessions() as session:
+        found: dict[int, Any] = {}  # line → what prepare left on its row
+        if bulk.prepare is not None:
             async for batch in batches():
                 await prepare(batch)
+                for line, row in batch:
+                    if (kept := bulk.carry(row)) is not None:
+                        found[line] = kept
+        async with sessions() as session:
+            async for batch in batches():
+                for line, row in batch:
+                    if line in found:
+                        bulk.restore(row, found[line])
                 await write(batch, session)
         return summary
     writing: asyncio.Task[None] | None = None
@@ -201,56 +224,57 @@ class AtomicTooLarge(ImportRefused):
     code = "payload_too_large"
 
 
-async def spooled(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The whole stream, held in a temporary file (bounded) before it is given back: the API's
-    atomic imports read their body so, and their one transaction opens only once the body is
-    in, so a slow client cannot hold it (nor the rows it locked) open while it sends. Where the
-    temporary file cannot be written (a full ``/tmp``) the import is unavailable (503), not the
-    client's fault."""
+@contextlib.asynccontextmanager
+async def spooled(chunks: AsyncIterator[bytes]) -> AsyncIterator[Chunks]:
+    """The whole stream, held in a temporary file (bounded) and read back from it, as often as
+    asked, until the block ends: the API's atomic imports read their body so, and their one
+    transaction opens only once the body is in, so a slow client cannot hold it (nor the rows
+    it locked) open while it sends; standard input is held so for a second reading. Where the
+    temporary file cannot be written (a full ``/tmp``) the import is unavailable (503), not
+    the client's fault."""
     spool = await asyncio.to_thread(tempfile.TemporaryFile)
     try:
         size = 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > MAX_ATOMIC_BYTES:
-                raise AtomicTooLarge(
-                    f"an atomic import is held whole first: at most {MAX_ATOMIC_BYTES} bytes;"
-                    " import larger files without atomic (each batch commits; a re-run resumes)"
-                )
-            await asyncio.to_thread(spool.write, chunk)
-        await asyncio.to_thread(spool.seek, 0)
-    except OSError as exc:
-        spool.close()
-        raise ServiceUnavailable("no room to hold the import; try again later") from exc
-    except BaseException:
-        spool.close()
-        raise
-
-    async def replay() -> AsyncIterator[bytes]:
         try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > MAX_ATOMIC_BYTES:
+                    raise AtomicTooLarge(
+                        f"an atomic import is held whole first: at most {MAX_ATOMIC_BYTES} bytes;"
+                        " import larger files without atomic (each batch commits; a re-run"
+                        " resumes)"
+                    )
+                await asyncio.to_thread(spool.write, chunk)
+            await asyncio.to_thread(spool.flush)
+        except OSError as exc:
+            raise ServiceUnavailable("no room to hold the import; try again later") from exc
+
+        async def replay() -> AsyncIterator[bytes]:
+            await asyncio.to_thread(spool.seek, 0)
             while chunk := await asyncio.to_thread(spool.read, SPOOL_CHUNK):
                 yield chunk
-        finally:
-            spool.close()
 
-    return replay()
+        yield replay
+    finally:
+        spool.close()
 
 
 async def import_stream(
     bulk: Bulk[M],
     sessions: Sessions,
-    chunks: AsyncIterator[bytes],
+    chunks: Chunks,
     fmt: Format,
     *,
     atomic: bool = False,
     update: bool = False,
     progress: Callable[[ImportSummary], None] | None = None,
 ) -> ImportSummary:
-    """Import an NDJSON or CSV byte stream (a request's body, a file, standard input)."""
+    """Import an NDJSON or CSV byte stream (a request's body, a file, standard input); an
+    atomic import may start ``chunks`` twice (``spooled`` where the stream cannot be)."""
     return await run_import(
         bulk,
         sessions,
-        records(chunks, fmt, csv_fields=bulk.csv_fields, max_line=bulk.max_line),
+        lambda: records(chunks(), fmt, csv_fields=bulk.csv_fields, max_line=bulk.max_line),
         atomic=atomic,
         update=update,
         progress=progress,

@@ -184,7 +184,7 @@ async def write_batch(
             hashes.append(user.password_hash if replace else KEEP_HASH)
         elif user.password_hash is not None:
             hashes.append(user.password_hash)
-        else:  # created since hash_new looked (or earlier in this atomic import's transaction)
+        else:  # it existed when hash_new looked, and is gone since
             assert user.password is not None
             hashes.append(user._hashed or await hash_password(user.password))
     versions: list[int] = []
@@ -231,4 +231,10 @@ def users_bulk(protect: str | None = None, *, replace_hashes: bool = False) -> B
         _check(protect),
         csv_fields=csv_fields,
         prepare=hash_new,
+        carry=lambda user: user._hashed,
+        restore=_restore_hash,
     )
+
+
+def _restore_hash(user: ImportedUser, hashed: str) -> None:
+    user._hashed = hashed

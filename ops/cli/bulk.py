@@ -12,6 +12,8 @@ runs next to it), then asks a worker to export at once; the sweeper would within
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +28,16 @@ from sqlalchemy.exc import DBAPIError
 from app.config import ResponseSettings
 from app.db import make_sessionmaker, session_scope
 from app.imports.rows import Format
-from app.imports.run import Bulk, ImportRefused, ImportSummary, Sessions, import_stream, run_import
+from app.imports.run import (
+    Bulk,
+    Chunks,
+    ImportRefused,
+    ImportSummary,
+    Sessions,
+    import_stream,
+    run_import,
+    spooled,
+)
 from app.profile_types.bulk import PROFILE_TYPES
 from app.queue.client import JobQueue, redis_pool
 from app.settings.bulk import SETTINGS
@@ -107,15 +118,26 @@ async def _import(
                     f" {summary.failed} bad",
                 )
 
-            return await import_stream(
-                bulk,
-                sessions,
-                _chunks(stream, lambda n: bar.update(task, advance=n)),
-                fmt,
-                atomic=atomic,
-                update=update,
-                progress=shown,
-            )
+            def advance(n: int) -> None:
+                bar.update(task, advance=n)
+
+            def reading() -> AsyncIterator[bytes]:
+                """The file from its start (an atomic import may read it twice)."""
+                stream.seek(0)
+                bar.reset(task, total=total)
+                return _chunks(stream, advance)
+
+            async with contextlib.AsyncExitStack() as held:
+                chunks: Chunks = reading
+                if not stream.seekable():  # a pipe: held in a temporary file if read twice
+                    chunks = (
+                        await held.enter_async_context(spooled(_chunks(stream, advance)))
+                        if atomic
+                        else lambda: _chunks(stream, advance)
+                    )
+                return await import_stream(
+                    bulk, sessions, chunks, fmt, atomic=atomic, update=update, progress=shown
+                )
 
     try:
         summary: ImportSummary = await against_response(settings, work)
@@ -248,7 +270,7 @@ async def _migrate(
                         summary = await run_import(
                             bulk,
                             sessions,
-                            legacy.rows(legacy_db, reading),
+                            functools.partial(legacy.rows, legacy_db, reading),
                             update=update,
                             progress=shown,
                         )

@@ -21,7 +21,9 @@ import orjson
 import pytest
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
+from app.imports.run import BATCH
 from app.users.import_rows import import_email
+from netsync.passwords import hash_password
 from tests.commands import BIN
 from tests.factories import HASHES, PASSWORDS, admin_headers, create_user
 from tests.processes import ADMIN_PASSWORD, Process, start_system, token
@@ -145,6 +147,40 @@ async def test_a_bad_row_is_reported_by_its_line_and_the_others_are_imported(
         "SELECT count(*) AS n FROM users WHERE username LIKE 'atomic%'",
     )
     assert kept[0]["n"] == 0
+
+
+async def test_an_atomic_import_hashes_its_plain_passwords_before_its_transaction_opens(
+    api: httpx.AsyncClient, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An atomic import is one transaction, and a password takes tens of milliseconds to hash:
+    hashed inside it, 2,000 plain passwords would hold every row it wrote (and, updating,
+    locked) for a minute. Every hash is computed before the transaction writes anything."""
+    headers = await admin_headers(api, sandbox.response_settings())
+    writing_while_hashing: list[int] = []
+
+    async def witnessed(password: str) -> str:
+        rows = await fetch(
+            sandbox.services.response_url,
+            "SELECT count(*) AS n FROM pg_stat_activity"
+            " WHERE datname = current_database() AND backend_xid IS NOT NULL",
+        )
+        writing_while_hashing.append(rows[0]["n"])
+        return await hash_password(password)
+
+    monkeypatch.setattr("app.users.bulk.hash_password", witnessed)
+    plain = b"".join(
+        orjson.dumps({"username": f"new{i}", "password": f"a long enough pass phrase {i}"}) + b"\n"
+        for i in range(3)
+    )
+    body = legacy_rows(BATCH) + plain  # the plain passwords are the second batch's
+    answer = await _import(api, headers, body, atomic="true")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["created"] == BATCH + 3
+    assert writing_while_hashing == [0, 0, 0]
+    login = await api.post(
+        "/api/v1/auth/token", data={"username": "new2", "password": "a long enough pass phrase 2"}
+    )
+    assert login.status_code == 200, login.text
 
 
 async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
@@ -351,6 +387,62 @@ async def test_an_import_killed_half_way_is_finished_by_running_it_again(
         " GROUP BY entity_id HAVING count(*) > 1) AS t",
     )
     assert twice[0]["n"] == 0  # no user was sent twice
+
+
+async def test_the_command_imports_atomically_from_a_pipe_and_from_a_file(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """``--atomic`` reads its rows twice (plain passwords are hashed before its transaction):
+    standard input is held for the second reading, a file is read again; a bad last row keeps
+    nothing of either."""
+    env = sandbox.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+
+    async def run(source: str, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "netsync"),
+            "users",
+            "import",
+            source,
+            "--atomic",
+            "--json",
+            env=env,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), 120)
+        assert proc.returncode is not None
+        return proc.returncode, stdout, stderr
+
+    def plain(prefix: str) -> bytes:
+        row = {"username": f"{prefix}plain", "password": "a long enough pass phrase of theirs"}
+        return orjson.dumps(row) + b"\n"
+
+    piped = legacy_rows(5, prefix="piped") + plain("piped")
+    code, stdout, stderr = await run("-", piped)
+    assert code == 0, stderr.decode()
+    assert orjson.loads(stdout)["created"] == 6
+    source = tmp_path / "users.ndjson"
+    source.write_bytes(legacy_rows(5, prefix="filed") + plain("filed"))
+    code, stdout, stderr = await run(str(source), None)
+    assert code == 0, stderr.decode()
+    assert orjson.loads(stdout)["created"] == 6
+    hashes = await fetch(
+        sandbox.services.response_url,
+        "SELECT password_hash FROM users WHERE username IN ('pipedplain', 'filedplain')",
+    )
+    assert [r["password_hash"][:10] for r in hashes] == ["$argon2id$"] * 2
+    refused = legacy_rows(5, prefix="refused") + plain("refused") + b"{oops\n"
+    source.write_bytes(refused)
+    for name, stdin in (("-", refused), (str(source), None)):
+        code, _, stderr = await run(name, stdin)
+        assert code == 2, stderr.decode()
+        assert "line 7" in stderr.decode()
+    kept = await fetch(
+        sandbox.services.response_url,
+        "SELECT count(*) AS n FROM users WHERE username LIKE 'refused%'",
+    )
+    assert kept[0]["n"] == 0
 
 
 @pytest.mark.parametrize(
