@@ -20,14 +20,8 @@ from typing import Any, TypeVar
 
 from exchange.format import FileName, kind_of_stream
 from exchange.intake import MEMORY_COPY_BYTES, SpoolError, Taken, take
-from exchange.reader import (
-    ExportFile,
-    Opener,
-    RejectedFile,
-    RejectReason,
-    parse_changes,
-    unsealing_request,
-)
+from exchange.opening import Opener, unsealing_request
+from exchange.reader import ExportFile, RejectedFile, RejectReason, parse_changes
 from exchange.seal_streams import ChildLost, StreamFailed
 from exchange.unsealing_worker import Batch, UnsealingWorker
 from importer.config import RequestSettings

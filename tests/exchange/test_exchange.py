@@ -12,7 +12,8 @@ import pytest
 
 from exchange import writer as writer_module
 from exchange.format import STAGING_DIRNAME, parse_file_name
-from exchange.reader import Opener, RejectedFile, RejectReason, read_export
+from exchange.opening import Opener
+from exchange.reader import RejectedFile, RejectReason, read_export
 from exchange.signing import Keyring, Signer
 from exchange.writer import ExportFileWriter, publish_export
 from tests.support import TEST_IDENTITIES, TEST_RECIPIENTS
