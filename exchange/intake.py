@@ -125,7 +125,8 @@ class Taken:
     inode: tuple[int, int]
     _memory: bytes | None = None
     _spool: BinaryIO | None = None
-    #: What lives as long as this copy: the unsealing child of a large body (``exchange.reader``).
+    #: What lives as long as this copy: the unsealing child of a large body
+    #: (``exchange.opening.open_body``).
     _companions: list[Closeable] = field(default_factory=list)
 
     @property

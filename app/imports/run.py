@@ -232,7 +232,10 @@ async def spooled(chunks: AsyncIterator[bytes]) -> AsyncIterator[Chunks]:
     it locked) open while it sends; standard input is held so for a second reading. Where the
     temporary file cannot be written (a full ``/tmp``) the import is unavailable (503), not
     the client's fault."""
-    spool = await asyncio.to_thread(tempfile.TemporaryFile)
+    try:
+        spool = await asyncio.to_thread(tempfile.TemporaryFile)
+    except OSError as exc:
+        raise ServiceUnavailable("no room to hold the import; try again later") from exc
     try:
         size = 0
         try:

@@ -30,6 +30,9 @@ is kept (``app.imports.run``, the driver every bulk import shares).
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -184,7 +187,7 @@ async def write_batch(
             hashes.append(user.password_hash if replace else KEEP_HASH)
         elif user.password_hash is not None:
             hashes.append(user.password_hash)
-        else:  # it existed when hash_new looked, and is gone since
+        else:  # it existed when hash_new looked (gone since), or its row changed in between
             assert user.password is not None
             hashes.append(user._hashed or await hash_password(user.password))
     versions: list[int] = []
@@ -231,10 +234,34 @@ def users_bulk(protect: str | None = None, *, replace_hashes: bool = False) -> B
         _check(protect),
         csv_fields=csv_fields,
         prepare=hash_new,
-        carry=lambda user: user._hashed,
+        carry=_carried_hash,
         restore=_restore_hash,
     )
 
 
-def _restore_hash(user: ImportedUser, hashed: str) -> None:
-    user._hashed = hashed
+#: Keys the fingerprints that tie a hash kept between an atomic import's two readings to its
+#: row; random per process, so a fingerprint is no fast hash of a password anyone can compute.
+_FINGERPRINT_KEY = secrets.token_bytes(32)
+
+
+def _fingerprint(user: ImportedUser) -> bytes:
+    assert user.password is not None
+    name = user.username.lower().encode()
+    data = len(name).to_bytes(4, "big") + name + user.password.encode()
+    return hmac.new(_FINGERPRINT_KEY, data, hashlib.sha256).digest()
+
+
+def _carried_hash(user: ImportedUser) -> tuple[bytes, str] | None:
+    """The hash ``hash_new`` made for this row, with what ties it to the row's username and
+    password: the line it came from may hold another row when a file is read again."""
+    if user._hashed is None:
+        return None
+    return _fingerprint(user), user._hashed
+
+
+def _restore_hash(user: ImportedUser, kept: tuple[bytes, str]) -> None:
+    """Put the kept hash back on the row it was made for; another row (the file changed
+    between the readings) is hashed while it is written, as a row ``hash_new`` missed."""
+    fingerprint, hashed = kept
+    if user.password is not None and hmac.compare_digest(fingerprint, _fingerprint(user)):
+        user._hashed = hashed

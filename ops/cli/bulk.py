@@ -44,7 +44,7 @@ from app.settings.bulk import SETTINGS
 from app.users.bulk import users_bulk
 from netsync.config import to_libpq_url
 from netsync.db import make_engine
-from netsync.errors import database_unavailable
+from netsync.errors import ServiceUnavailable, database_unavailable
 from netsync.logging import configure_logging
 from ops import legacy
 from ops.cli.output import JsonOption, err, print_json, print_table, progress, run
@@ -92,6 +92,9 @@ async def against_response(settings: ResponseSettings, work: Callable[[Sessions]
     except ImportRefused as exc:
         err.print("[red]refused:[/red] " + escape(str(exc.detail)))
         raise typer.Exit(2) from exc
+    except ServiceUnavailable as exc:  # no room to hold standard input; the hashing pool busy
+        err.print("[red]unavailable:[/red] " + escape(str(exc.detail)) + "; run the import again")
+        raise typer.Exit(3) from exc
     except (DBAPIError, OSError) as exc:
         if not database_unavailable(exc):
             raise
@@ -106,6 +109,9 @@ async def _import(
 ) -> dict[str, Any]:
     settings = ResponseSettings()
     stream, total = await asyncio.to_thread(_open, source)
+    start = stream.tell() if stream.seekable() else 0  # standard input may be part read
+    if total is not None:
+        total -= start
 
     async def work(sessions: Sessions) -> ImportSummary:
         with progress("B", quiet=quiet) as bar:
@@ -121,10 +127,17 @@ async def _import(
             def advance(n: int) -> None:
                 bar.update(task, advance=n)
 
+            twice = atomic and bulk.prepare is not None  # checked (and hashed), then written
+            readings = 0
+
             def reading() -> AsyncIterator[bytes]:
-                """The file from its start (an atomic import may read it twice)."""
-                stream.seek(0)
-                bar.reset(task, total=total)
+                """The input from where it started (an atomic import may read it twice)."""
+                nonlocal readings
+                readings += 1
+                stream.seek(start)
+                checking = twice and readings == 1
+                what = "checking and hashing" if checking else "importing"
+                bar.reset(task, total=total, description=f"{what} {source}")
                 return _chunks(stream, advance)
 
             async with contextlib.AsyncExitStack() as held:
@@ -132,7 +145,7 @@ async def _import(
                 if not stream.seekable():  # a pipe: held in a temporary file if read twice
                     chunks = (
                         await held.enter_async_context(spooled(_chunks(stream, advance)))
-                        if atomic
+                        if twice
                         else lambda: _chunks(stream, advance)
                     )
                 return await import_stream(

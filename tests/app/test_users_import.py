@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -21,8 +21,11 @@ import orjson
 import pytest
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
-from app.imports.run import BATCH
+from app.db import make_sessionmaker, session_scope
+from app.imports.run import BATCH, import_stream
+from app.users.bulk import users_bulk
 from app.users.import_rows import import_email
+from netsync.db import make_engine
 from netsync.passwords import hash_password
 from tests.commands import BIN
 from tests.factories import HASHES, PASSWORDS, admin_headers, create_user
@@ -389,15 +392,59 @@ async def test_an_import_killed_half_way_is_finished_by_running_it_again(
     assert twice[0]["n"] == 0  # no user was sent twice
 
 
+async def test_a_file_changed_between_an_atomic_imports_readings_gives_no_row_anothers_hash(
+    api: httpx.AsyncClient, sandbox: Sandbox
+) -> None:
+    """A file read twice may hold other rows the second time (edited, sorted, regenerated
+    while the first reading hashed): a hash kept between the readings goes only to the row it
+    was made from, and a row it was not made for is hashed from its own password."""
+    await admin_headers(api, sandbox.response_settings())  # the schema and an administrator
+
+    passwords = {"ann": "the first long enough pass phrase", "bob": "another long pass phrase"}
+
+    def row(name: str) -> bytes:
+        return orjson.dumps({"username": name, "password": passwords[name]}) + b"\n"
+
+    readings = [row("ann") + row("bob"), row("bob") + row("ann")]
+
+    async def body() -> AsyncIterator[bytes]:
+        yield readings.pop(0)
+
+    engine = make_engine(sandbox.response_settings().database_url, pool_size=1)
+    try:
+        summary = await import_stream(
+            users_bulk(),
+            lambda: session_scope(make_sessionmaker(engine)),
+            body,
+            "ndjson",
+            atomic=True,
+        )
+    finally:
+        await engine.dispose()
+    assert summary.created == 2
+    for name in ("ann", "bob"):
+        login = await api.post(
+            "/api/v1/auth/token", data={"username": name, "password": passwords[name]}
+        )
+        assert login.status_code == 200, (name, login.text)
+
+
 async def test_the_command_imports_atomically_from_a_pipe_and_from_a_file(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """``--atomic`` reads its rows twice (plain passwords are hashed before its transaction):
-    standard input is held for the second reading, a file is read again; a bad last row keeps
-    nothing of either."""
+    a pipe is held for the second reading, a file (or standard input redirected from one) is
+    read again from where it started; a bad last row keeps nothing of either."""
     env = sandbox.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
-    async def run(source: str, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+    async def run(source: str, stdin: bytes | int | None) -> tuple[int, bytes, bytes]:
+        """The command's exit code and output; ``stdin``: bytes through a pipe, or a file's
+        descriptor (read from where it stands)."""
+        given: int = asyncio.subprocess.DEVNULL
+        if isinstance(stdin, bytes):
+            given = asyncio.subprocess.PIPE
+        elif stdin is not None:
+            given = stdin
         proc = await asyncio.create_subprocess_exec(
             str(BIN / "netsync"),
             "users",
@@ -406,11 +453,12 @@ async def test_the_command_imports_atomically_from_a_pipe_and_from_a_file(
             "--atomic",
             "--json",
             env=env,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdin=given,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        stdout, stderr = await asyncio.wait_for(proc.communicate(stdin), 120)
+        sent = stdin if isinstance(stdin, bytes) else None
+        stdout, stderr = await asyncio.wait_for(proc.communicate(sent), 120)
         assert proc.returncode is not None
         return proc.returncode, stdout, stderr
 
@@ -427,11 +475,24 @@ async def test_the_command_imports_atomically_from_a_pipe_and_from_a_file(
     code, stdout, stderr = await run(str(source), None)
     assert code == 0, stderr.decode()
     assert orjson.loads(stdout)["created"] == 6
+    # standard input redirected from a file, its first line read already by the caller
+    # (``{ read -r _; netsync users import - --atomic; } < users.ndjson``)
+    skipped = b"{a line the caller read}\n"
+    source.write_bytes(skipped + legacy_rows(5, prefix="redirected") + plain("redirected"))
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.lseek(fd, len(skipped), os.SEEK_SET)
+        code, stdout, stderr = await run("-", fd)
+    finally:
+        os.close(fd)
+    assert code == 0, stderr.decode()
+    assert orjson.loads(stdout)["created"] == 6
     hashes = await fetch(
         sandbox.services.response_url,
-        "SELECT password_hash FROM users WHERE username IN ('pipedplain', 'filedplain')",
+        "SELECT password_hash FROM users"
+        " WHERE username IN ('pipedplain', 'filedplain', 'redirectedplain')",
     )
-    assert [r["password_hash"][:10] for r in hashes] == ["$argon2id$"] * 2
+    assert [r["password_hash"][:10] for r in hashes] == ["$argon2id$"] * 3
     refused = legacy_rows(5, prefix="refused") + plain("refused") + b"{oops\n"
     source.write_bytes(refused)
     for name, stdin in (("-", refused), (str(source), None)):
