@@ -185,6 +185,25 @@ def test_a_body_past_the_stream_threshold_is_sealed_into_the_file_by_the_child(
     assert os.listdir(tmp_path / STAGING_DIRNAME) == []
 
 
+def test_a_file_announcing_many_records_is_sealed_by_the_child_from_its_first_byte(
+    tmp_path: Path, signer: Signer, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large snapshot starts its sealing child before the first record (its start-up then
+    overlaps the database's first rows); however little it turns out to hold, it verifies and
+    opens like any other file."""
+    monkeypatch.setattr(writer_module, "STREAM_FROM_START_RECORDS", 3)
+    writer = _writer(tmp_path, signer, records=3)
+    assert writer._stream is not None  # before any record
+    for _ in range(3):
+        writer.write_record(record())
+    published = writer.publish()
+    raw = published.path.read_bytes()
+    assert HASH.encode() not in raw
+    export = read(published.path, keyring)
+    assert [r.data.password_hash for r in export.records] == [HASH] * 3
+    assert os.listdir(tmp_path / STAGING_DIRNAME) == []
+
+
 def test_a_sealing_child_that_dies_publishes_nothing(
     tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
