@@ -141,6 +141,25 @@ class ExportFileWriter:
         self._plain = bytearray()
         self._stream: SealingStream | None = None
         self._fh = _create(self._staging_path)
+        try:
+            self._begin(stream, seq, kind, file_id, created_at, records, header)
+        except BaseException:  # a header orjson refuses, a child that would not start, a full
+            self.abort()  # disk: nothing of this file stays
+            raise
+
+    def _begin(
+        self,
+        stream: str,
+        seq: int,
+        kind: str,
+        file_id: uuid.UUID,
+        created_at: datetime,
+        records: int,
+        header: Mapping[str, Any] | None,
+    ) -> None:
+        """Write what precedes the records: the clear body's header (version 1), or the clear
+        envelope and the header into the sealing."""
+        recipients = self._recipients
         body_header = _line(
             {
                 "format": FORMAT_NAME,
@@ -158,7 +177,6 @@ class ExportFileWriter:
             self._write(body_header)
             return
         if not recipients:
-            self.abort()
             raise ValueError("a sealed file needs at least one recipient")
         envelope = {
             "format": FORMAT_NAME,
@@ -168,13 +186,9 @@ class ExportFileWriter:
             "sealed": {"alg": SEAL_ALG, "recipients": recipients.key_ids},
         }
         self._write(_line(envelope))
-        try:
-            if records >= STREAM_FROM_START_RECORDS:
-                self._start_stream()
-            self._put(body_header)
-        except BaseException:  # the child would not start: nothing of this file stays
-            self.abort()
-            raise
+        if records >= STREAM_FROM_START_RECORDS:
+            self._start_stream()
+        self._put(body_header)
 
     def _start_stream(self) -> None:
         """Hand the body to a sealing child from here on (what it holds so far first)."""
@@ -288,13 +302,15 @@ class ExportFileWriter:
 
     def abort(self) -> None:
         """Drop the staging file; nothing becomes visible."""
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            stream.abort()
-        with contextlib.suppress(OSError):
-            self._fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            self._staging_path.unlink()
+        try:
+            if self._stream is not None:
+                stream, self._stream = self._stream, None
+                stream.abort()
+        finally:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._staging_path.unlink()
 
 
 def publish_export(

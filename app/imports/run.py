@@ -200,7 +200,7 @@ async def run_import(
             async for batch in batches():
                 for line, row in batch:
                     if line in found:
-                        bulk.restore(row, found[line])
+                        bulk.restore(row, found.pop(line))
                 await write(batch, session)
         return summary
     writing: asyncio.Task[None] | None = None
@@ -259,7 +259,8 @@ async def spooled(chunks: AsyncIterator[bytes]) -> AsyncIterator[Chunks]:
 
         yield replay
     finally:
-        spool.close()
+        with contextlib.suppress(OSError):  # a full disk refuses the buffer's flush again
+            spool.close()
 
 
 async def import_stream(

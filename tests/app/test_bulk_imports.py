@@ -317,3 +317,19 @@ async def test_an_atomic_import_is_held_whole_first_and_a_larger_one_is_refused(
     assert refused.json()["error"] == "payload_too_large"
     kept = await fetch(sandbox.services.response_url, "SELECT count(*) AS n FROM settings")
     assert kept[0]["n"] == 40
+
+
+async def test_an_atomic_import_with_no_room_to_hold_it_is_unavailable_not_an_error(
+    api: httpx.AsyncClient, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full ``/tmp`` (here ``/dev/full``, whose every write and flush fails with ENOSPC) is
+    the server's trouble: a 503 with its typed body, nothing imported."""
+    headers = await admin_headers(api, sandbox.response_settings())
+    monkeypatch.setattr("tempfile.TemporaryFile", lambda: open("/dev/full", "r+b"))  # noqa: SIM115
+    for rows in (2, 2000):  # held in the file's buffer (the flush fails), or written through
+        body = ndjson(*({"key": f"full.k{i}", "value": i} for i in range(rows)))
+        answer = await _post(api, "settings", headers, body, "application/x-ndjson", atomic="true")
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "service_unavailable"
+    kept = await fetch(sandbox.services.response_url, "SELECT count(*) AS n FROM settings")
+    assert kept[0]["n"] == 0
