@@ -141,54 +141,39 @@ class ExportFileWriter:
         self._plain = bytearray()
         self._stream: SealingStream | None = None
         self._fh = _create(self._staging_path)
-        try:
-            self._begin(stream, seq, kind, file_id, created_at, records, header)
-        except BaseException:  # a header orjson refuses, a child that would not start, a full
-            self.abort()  # disk: nothing of this file stays
-            raise
-
-    def _begin(
-        self,
-        stream: str,
-        seq: int,
-        kind: str,
-        file_id: uuid.UUID,
-        created_at: datetime,
-        records: int,
-        header: Mapping[str, Any] | None,
-    ) -> None:
-        """Write what precedes the records: the clear body's header (version 1), or the clear
-        envelope and the header into the sealing."""
-        recipients = self._recipients
-        body_header = _line(
-            {
+        try:  # a header orjson refuses, a child that would not start, a full disk: nothing stays
+            body_header = _line(
+                {
+                    "format": FORMAT_NAME,
+                    "version": PLAINTEXT_VERSION if recipients is None else FORMAT_VERSION,
+                    "stream": stream,
+                    "seq": seq,
+                    "file_id": str(file_id),
+                    "kind": kind,
+                    "created_at": created_at.isoformat(),
+                    "records": records,
+                    **(header or {}),
+                }
+            )
+            if recipients is None:
+                self._write(body_header)
+                return
+            if not recipients:
+                raise ValueError("a sealed file needs at least one recipient")
+            envelope = {
                 "format": FORMAT_NAME,
-                "version": PLAINTEXT_VERSION if recipients is None else FORMAT_VERSION,
+                "version": FORMAT_VERSION,
                 "stream": stream,
                 "seq": seq,
-                "file_id": str(file_id),
-                "kind": kind,
-                "created_at": created_at.isoformat(),
-                "records": records,
-                **(header or {}),
+                "sealed": {"alg": SEAL_ALG, "recipients": recipients.key_ids},
             }
-        )
-        if recipients is None:
-            self._write(body_header)
-            return
-        if not recipients:
-            raise ValueError("a sealed file needs at least one recipient")
-        envelope = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "stream": stream,
-            "seq": seq,
-            "sealed": {"alg": SEAL_ALG, "recipients": recipients.key_ids},
-        }
-        self._write(_line(envelope))
-        if records >= STREAM_FROM_START_RECORDS:
-            self._start_stream()
-        self._put(body_header)
+            self._write(_line(envelope))
+            if records >= STREAM_FROM_START_RECORDS:
+                self._start_stream()
+            self._put(body_header)
+        except BaseException:
+            self.abort()
+            raise
 
     def _start_stream(self) -> None:
         """Hand the body to a sealing child from here on (what it holds so far first)."""

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import Executable
@@ -129,6 +129,10 @@ class Bulk(Generic[M]):
     carry: Callable[[M], Any] = lambda _row: None
     restore: Callable[[M, Any], None] = lambda _row, _found: None
 
+    def reads_twice(self, atomic: bool) -> bool:
+        """Whether an import reads its rows twice: atomic, with work before the writing."""
+        return atomic and self.prepare is not None
+
 
 async def run_import(
     bulk: Bulk[M],
@@ -190,7 +194,7 @@ async def run_import(
 
     if atomic:
         found: dict[int, Any] = {}  # line → what prepare left on its row
-        if bulk.prepare is not None:
+        if bulk.reads_twice(atomic):
             async for batch in batches():
                 await prepare(batch)
                 for line, row in batch:
@@ -232,13 +236,11 @@ async def spooled(chunks: AsyncIterator[bytes]) -> AsyncIterator[Chunks]:
     it locked) open while it sends; standard input is held so for a second reading. Where the
     temporary file cannot be written (a full ``/tmp``) the import is unavailable (503), not
     the client's fault."""
+    spool: BinaryIO | None = None
     try:
-        spool = await asyncio.to_thread(tempfile.TemporaryFile)
-    except OSError as exc:
-        raise ServiceUnavailable("no room to hold the import; try again later") from exc
-    try:
-        size = 0
         try:
+            spool = held = await asyncio.to_thread(tempfile.TemporaryFile)
+            size = 0
             async for chunk in chunks:
                 size += len(chunk)
                 if size > MAX_ATOMIC_BYTES:
@@ -247,20 +249,21 @@ async def spooled(chunks: AsyncIterator[bytes]) -> AsyncIterator[Chunks]:
                         " import larger files without atomic (each batch commits; a re-run"
                         " resumes)"
                     )
-                await asyncio.to_thread(spool.write, chunk)
-            await asyncio.to_thread(spool.flush)
+                await asyncio.to_thread(held.write, chunk)
+            await asyncio.to_thread(held.flush)
         except OSError as exc:
             raise ServiceUnavailable("no room to hold the import; try again later") from exc
 
         async def replay() -> AsyncIterator[bytes]:
-            await asyncio.to_thread(spool.seek, 0)
-            while chunk := await asyncio.to_thread(spool.read, SPOOL_CHUNK):
+            await asyncio.to_thread(held.seek, 0)
+            while chunk := await asyncio.to_thread(held.read, SPOOL_CHUNK):
                 yield chunk
 
         yield replay
     finally:
-        with contextlib.suppress(OSError):  # a full disk refuses the buffer's flush again
-            spool.close()
+        if spool is not None:
+            with contextlib.suppress(OSError):  # a full disk refuses the buffer's flush again
+                spool.close()
 
 
 async def import_stream(

@@ -127,17 +127,13 @@ async def _import(
             def advance(n: int) -> None:
                 bar.update(task, advance=n)
 
-            twice = atomic and bulk.prepare is not None  # checked (and hashed), then written
-            readings = 0
+            twice = bulk.reads_twice(atomic)  # checked (and hashed), then written
+            labels = iter(["checking and hashing"] if twice else [])
 
             def reading() -> AsyncIterator[bytes]:
                 """The input from where it started (an atomic import may read it twice)."""
-                nonlocal readings
-                readings += 1
                 stream.seek(start)
-                checking = twice and readings == 1
-                what = "checking and hashing" if checking else "importing"
-                bar.reset(task, total=total, description=f"{what} {source}")
+                bar.reset(task, total=total, description=f"{next(labels, 'importing')} {source}")
                 return _chunks(stream, advance)
 
             async with contextlib.AsyncExitStack() as held:
