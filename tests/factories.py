@@ -8,6 +8,7 @@ from typing import Any
 
 import bcrypt
 import httpx
+import orjson
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from pydantic import SecretStr
@@ -62,3 +63,32 @@ async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 5555))
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
             yield client
+
+
+def legacy_rows(n: int, *, prefix: str = "old") -> bytes:
+    """``n`` users of the previous deployment as NDJSON, each with a bcrypt hash of
+    ``PASSWORDS``."""
+    return b"".join(
+        orjson.dumps(
+            {
+                "username": f"{prefix}{i:05d}",
+                "email": f"{prefix}{i:05d}@example.org",
+                "password_hash": HASHES[i % len(HASHES)],
+            }
+        )
+        + b"\n"
+        for i in range(n)
+    )
+
+
+async def import_users(
+    api: httpx.AsyncClient, headers: dict[str, str], body: bytes, **params: str
+) -> httpx.Response:
+    """``POST /api/v1/users/import`` of an NDJSON body."""
+    return await api.post(
+        "/api/v1/users/import",
+        content=body,
+        params=params,
+        headers={**headers, "Content-Type": "application/x-ndjson"},
+        timeout=120,
+    )

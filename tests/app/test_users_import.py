@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,43 +21,12 @@ import orjson
 import pytest
 from pydantic import EmailStr, TypeAdapter, ValidationError
 
-from app.db import make_sessionmaker, session_scope
-from app.imports.run import BATCH, import_stream
-from app.users.bulk import users_bulk
 from app.users.import_rows import import_email
-from netsync.db import make_engine
-from netsync.passwords import hash_password
 from tests.commands import BIN
-from tests.factories import HASHES, PASSWORDS, admin_headers, create_user
+from tests.factories import HASHES, PASSWORDS, admin_headers, create_user, import_users, legacy_rows
 from tests.processes import ADMIN_PASSWORD, Process, start_system, token
 from tests.queries import fetch
 from tests.support import Sandbox, eventually
-
-
-def legacy_rows(n: int, *, prefix: str = "old") -> bytes:
-    return b"".join(
-        orjson.dumps(
-            {
-                "username": f"{prefix}{i:05d}",
-                "email": f"{prefix}{i:05d}@example.org",
-                "password_hash": HASHES[i % len(HASHES)],
-            }
-        )
-        + b"\n"
-        for i in range(n)
-    )
-
-
-async def _import(
-    api: httpx.AsyncClient, headers: dict[str, str], body: bytes, **params: str
-) -> httpx.Response:
-    return await api.post(
-        "/api/v1/users/import",
-        content=body,
-        params=params,
-        headers={**headers, "Content-Type": "application/x-ndjson"},
-        timeout=120,
-    )
 
 
 @pytest.mark.slow
@@ -68,7 +37,7 @@ async def test_ten_thousand_users_with_bcrypt_hashes_sign_in_on_the_request_side
     async with httpx.AsyncClient(base_url=base) as api:
         headers = {"Authorization": f"Bearer {await token(api, base, 'admin', ADMIN_PASSWORD)}"}
         started = time.monotonic()
-        answer = await _import(api, headers, legacy_rows(10_000))
+        answer = await import_users(api, headers, legacy_rows(10_000))
         assert answer.status_code == 200, answer.text
         summary = answer.json()
         assert (summary["created"], summary["failed"], summary["lines"]) == (10_000, 0, 10_000)
@@ -117,7 +86,7 @@ async def test_a_bad_row_is_reported_by_its_line_and_the_others_are_imported(
             b'{"username": "fay", "password_hash": "' + HASHES[1].encode() + b'", "admin": 1}',
         ]
     )
-    answer = await _import(api, headers, body)
+    answer = await import_users(api, headers, body)
     assert answer.status_code == 200, answer.text
     summary = answer.json()
     assert (summary["created"], summary["failed"]) == (2, 6), summary["errors"]
@@ -139,7 +108,7 @@ async def test_a_bad_row_is_reported_by_its_line_and_the_others_are_imported(
     )
     assert eve[0]["password_hash"].startswith("$argon2id$")
 
-    refused = await _import(
+    refused = await import_users(
         api, headers, legacy_rows(5, prefix="atomic") + b"{oops\n", atomic="true"
     )
     assert refused.status_code == 422
@@ -152,46 +121,12 @@ async def test_a_bad_row_is_reported_by_its_line_and_the_others_are_imported(
     assert kept[0]["n"] == 0
 
 
-async def test_an_atomic_import_hashes_its_plain_passwords_before_its_transaction_opens(
-    api: httpx.AsyncClient, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An atomic import is one transaction, and a password takes tens of milliseconds to hash:
-    hashed inside it, 2,000 plain passwords would hold every row it wrote (and, updating,
-    locked) for a minute. Every hash is computed before the transaction writes anything."""
-    headers = await admin_headers(api, sandbox.response_settings())
-    writing_while_hashing: list[int] = []
-
-    async def witnessed(password: str) -> str:
-        rows = await fetch(
-            sandbox.services.response_url,
-            "SELECT count(*) AS n FROM pg_stat_activity"
-            " WHERE datname = current_database() AND backend_xid IS NOT NULL",
-        )
-        writing_while_hashing.append(rows[0]["n"])
-        return await hash_password(password)
-
-    monkeypatch.setattr("app.users.bulk.hash_password", witnessed)
-    plain = b"".join(
-        orjson.dumps({"username": f"new{i}", "password": f"a long enough pass phrase {i}"}) + b"\n"
-        for i in range(3)
-    )
-    body = legacy_rows(BATCH) + plain  # the plain passwords are the second batch's
-    answer = await _import(api, headers, body, atomic="true")
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["created"] == BATCH + 3
-    assert writing_while_hashing == [0, 0, 0]
-    login = await api.post(
-        "/api/v1/auth/token", data={"username": "new2", "password": "a long enough pass phrase 2"}
-    )
-    assert login.status_code == 200, login.text
-
-
 async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
     api: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
     headers = await admin_headers(api, sandbox.response_settings())
     body = legacy_rows(300)
-    first = (await _import(api, headers, body)).json()
+    first = (await import_users(api, headers, body)).json()
     assert (first["created"], first["updated"], first["unchanged"]) == (300, 0, 0)
     # since the first run: one user changed their password, one account was deactivated
     users = await fetch(
@@ -209,7 +144,7 @@ async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
     assert off.status_code == 200, off.text
     outbox = "SELECT count(*) AS n FROM outbox_events WHERE entity = 'user'"
     before = (await fetch(sandbox.services.response_url, outbox))[0]["n"]
-    again = (await _import(api, headers, body.replace(b"old00007@", b"seven@"))).json()
+    again = (await import_users(api, headers, body.replace(b"old00007@", b"seven@"))).json()
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 300)
     assert (await fetch(sandbox.services.response_url, outbox))[0]["n"] == before
     kept = await fetch(
@@ -220,7 +155,7 @@ async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
     assert kept[0]["password_hash"].startswith("$argon2id$")  # the new password stays
     assert kept[1]["is_active"] is False  # and so does the deactivation
     assert kept[2]["email"] == "old00007@example.org"  # nothing changes without update
-    updated = await _import(api, headers, body.replace(b"old00007@", b"seven@"), update="true")
+    updated = await import_users(api, headers, body.replace(b"old00007@", b"seven@"), update="true")
     # update: the one that differs from the file in what it gives takes its values (the email
     # of old00007); old00003's new password stays (hashes are replaced only when asked), and
     # old00004's file row says nothing of is_active, so its deactivation stays
@@ -232,7 +167,7 @@ async def test_a_rerun_never_undoes_what_changed_since_and_update_is_asked_for(
     )
     assert now[0]["password_hash"].startswith("$argon2id$")
     assert now[1]["is_active"] is False
-    replaced = await _import(api, headers, body, update="true", replace_hashes="true")
+    replaced = await import_users(api, headers, body, update="true", replace_hashes="true")
     # and asked to, the file's hashes go back over the stored ones: old00003's old password
     # again, and old00007's old email (the file is the authority)
     assert (replaced.json()["updated"], replaced.json()["unchanged"]) == (2, 298)
@@ -276,7 +211,7 @@ async def test_hashes_whose_cost_would_stall_sign_in_are_refused_at_import_and_a
         orjson.dumps({"username": f"costly{i}", "password_hash": h}) + b"\n"
         for i, h in enumerate(costly)
     )
-    summary = (await _import(api, headers, body)).json()
+    summary = (await import_users(api, headers, body)).json()
     assert (summary["created"], summary["failed"]) == (0, len(costly))
     assert all("cost 4 to 12" in e["error"] for e in summary["errors"])
     # one that got into a database by another way is refused without being run
@@ -300,7 +235,7 @@ async def test_an_import_leaves_the_importing_administrator_alone(
 ) -> None:
     headers = await admin_headers(api, sandbox.response_settings())
     row = {"username": "ADMIN", "password_hash": HASHES[0], "role": "user", "is_active": False}
-    summary = (await _import(api, headers, orjson.dumps(row) + b"\n", update="true")).json()
+    summary = (await import_users(api, headers, orjson.dumps(row) + b"\n", update="true")).json()
     assert summary["failed"] == 1
     assert summary["errors"][0] == {
         "line": 1,
@@ -390,120 +325,6 @@ async def test_an_import_killed_half_way_is_finished_by_running_it_again(
         " GROUP BY entity_id HAVING count(*) > 1) AS t",
     )
     assert twice[0]["n"] == 0  # no user was sent twice
-
-
-async def test_a_file_changed_between_an_atomic_imports_readings_gives_no_row_anothers_hash(
-    api: httpx.AsyncClient, sandbox: Sandbox
-) -> None:
-    """A file read twice may hold other rows the second time (edited, sorted, regenerated
-    while the first reading hashed): a hash kept between the readings goes only to the row it
-    was made from, and a row it was not made for is hashed from its own password."""
-    await admin_headers(api, sandbox.response_settings())  # the schema and an administrator
-
-    passwords = {"ann": "the first long enough pass phrase", "bob": "another long pass phrase"}
-
-    def row(name: str) -> bytes:
-        return orjson.dumps({"username": name, "password": passwords[name]}) + b"\n"
-
-    readings = [row("ann") + row("bob"), row("bob") + row("ann")]
-
-    async def body() -> AsyncIterator[bytes]:
-        yield readings.pop(0)
-
-    engine = make_engine(sandbox.response_settings().database_url, pool_size=1)
-    try:
-        summary = await import_stream(
-            users_bulk(),
-            lambda: session_scope(make_sessionmaker(engine)),
-            body,
-            "ndjson",
-            atomic=True,
-        )
-    finally:
-        await engine.dispose()
-    assert summary.created == 2
-    for name in ("ann", "bob"):
-        login = await api.post(
-            "/api/v1/auth/token", data={"username": name, "password": passwords[name]}
-        )
-        assert login.status_code == 200, (name, login.text)
-
-
-async def test_the_command_imports_atomically_from_a_pipe_and_from_a_file(
-    sandbox: Sandbox, tmp_path: Path
-) -> None:
-    """``--atomic`` reads its rows twice (plain passwords are hashed before its transaction):
-    a pipe is held for the second reading, a file (or standard input redirected from one) is
-    read again from where it started; a bad last row keeps nothing of either."""
-    env = sandbox.env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-
-    async def run(source: str, stdin: bytes | int | None) -> tuple[int, bytes, bytes]:
-        """The command's exit code and output; ``stdin``: bytes through a pipe, or a file's
-        descriptor (read from where it stands)."""
-        given: int = asyncio.subprocess.DEVNULL
-        if isinstance(stdin, bytes):
-            given = asyncio.subprocess.PIPE
-        elif stdin is not None:
-            given = stdin
-        proc = await asyncio.create_subprocess_exec(
-            str(BIN / "netsync"),
-            "users",
-            "import",
-            source,
-            "--atomic",
-            "--json",
-            env=env,
-            stdin=given,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        sent = stdin if isinstance(stdin, bytes) else None
-        stdout, stderr = await asyncio.wait_for(proc.communicate(sent), 120)
-        assert proc.returncode is not None
-        return proc.returncode, stdout, stderr
-
-    def plain(prefix: str) -> bytes:
-        row = {"username": f"{prefix}plain", "password": "a long enough pass phrase of theirs"}
-        return orjson.dumps(row) + b"\n"
-
-    piped = legacy_rows(5, prefix="piped") + plain("piped")
-    code, stdout, stderr = await run("-", piped)
-    assert code == 0, stderr.decode()
-    assert orjson.loads(stdout)["created"] == 6
-    source = tmp_path / "users.ndjson"
-    source.write_bytes(legacy_rows(5, prefix="filed") + plain("filed"))
-    code, stdout, stderr = await run(str(source), None)
-    assert code == 0, stderr.decode()
-    assert orjson.loads(stdout)["created"] == 6
-    # standard input redirected from a file, its first line read already by the caller
-    # (``{ read -r _; netsync users import - --atomic; } < users.ndjson``)
-    skipped = b"{a line the caller read}\n"
-    source.write_bytes(skipped + legacy_rows(5, prefix="redirected") + plain("redirected"))
-    fd = os.open(source, os.O_RDONLY)
-    try:
-        os.lseek(fd, len(skipped), os.SEEK_SET)
-        code, stdout, stderr = await run("-", fd)
-    finally:
-        os.close(fd)
-    assert code == 0, stderr.decode()
-    assert orjson.loads(stdout)["created"] == 6
-    hashes = await fetch(
-        sandbox.services.response_url,
-        "SELECT password_hash FROM users"
-        " WHERE username IN ('pipedplain', 'filedplain', 'redirectedplain')",
-    )
-    assert [r["password_hash"][:10] for r in hashes] == ["$argon2id$"] * 3
-    refused = legacy_rows(5, prefix="refused") + plain("refused") + b"{oops\n"
-    source.write_bytes(refused)
-    for name, stdin in (("-", refused), (str(source), None)):
-        code, _, stderr = await run(name, stdin)
-        assert code == 2, stderr.decode()
-        assert "line 7" in stderr.decode()
-    kept = await fetch(
-        sandbox.services.response_url,
-        "SELECT count(*) AS n FROM users WHERE username LIKE 'refused%'",
-    )
-    assert kept[0]["n"] == 0
 
 
 @pytest.mark.parametrize(
